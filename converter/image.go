@@ -1,0 +1,363 @@
+package converter
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/images"
+	ctdconverter "github.com/containerd/containerd/v2/core/images/converter"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/platforms"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lazyconv/lazyconv/labels"
+)
+
+// ImageOptions configures ConvertImage.
+type ImageOptions struct {
+	// Layer converts each layer; nil converts only media types (with DockerToOCI).
+	Layer LayerConverter
+	// DockerToOCI rewrites Docker media types as OCI ones.
+	DockerToOCI bool
+	// Platforms selects the manifests of an index to keep; nil keeps all.
+	Platforms platforms.MatchComparer
+	// Progress, if set, receives every layer's progress.
+	Progress *Progress
+}
+
+// ImageResult is a converted image and what happened to each of its layers.
+type ImageResult struct {
+	Image  images.Image
+	Layers []LayerResult
+}
+
+// ConvertImage converts the image srcRef into dstRef (which may be the same
+// name): index, manifests and configs through containerd's converter helpers,
+// every layer of every manifest through ConvertLayer on bounded workers.
+// Everything is written under a lease (ctx's, or one made for the call), and
+// variants are linked to their sources only once the image is stored, so an
+// interrupted conversion leaves nothing that outlives its lease.
+func (c *Converter) ConvertImage(ctx context.Context, is images.Store, srcRef, dstRef string, opts ImageOptions) (*ImageResult, error) {
+	if _, ok := leases.FromContext(ctx); !ok {
+		l, err := c.lm.Create(ctx, leases.WithRandomID(), leases.WithExpiration(24*time.Hour))
+		if err != nil {
+			return nil, fmt.Errorf("creating lease: %w", err)
+		}
+		defer c.lm.Delete(context.WithoutCancel(ctx), l) //nolint:errcheck // expires anyway
+		ctx = leases.WithLease(ctx, l.ID)
+	}
+	if opts.Platforms == nil {
+		opts.Platforms = platforms.All
+	}
+	src, err := is.Get(ctx, srcRef)
+	if err != nil {
+		return nil, fmt.Errorf("image %q: %w", srcRef, err)
+	}
+	w := &imageWalk{c: c, opts: opts, done: map[digest.Digest]*manifestOnce{}}
+	target, err := w.convert(ctx, src.Target)
+	if err != nil {
+		return nil, err
+	}
+	dst := src
+	dst.Name = dstRef
+	if target != nil {
+		dst.Target = *target
+	}
+	img, err := is.Update(ctx, dst, "target")
+	if errdefs.IsNotFound(err) && dstRef != srcRef {
+		dst.CreatedAt, dst.UpdatedAt = time.Time{}, time.Time{}
+		img, err = is.Create(ctx, dst)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("storing image %q: %w", dstRef, err)
+	}
+	if err := c.Link(ctx, w.layers...); err != nil {
+		return nil, err
+	}
+	return &ImageResult{Image: img, Layers: w.layers}, nil
+}
+
+type imageWalk struct {
+	c      *Converter
+	opts   ImageOptions
+	mu     sync.Mutex
+	layers []LayerResult
+	done   map[digest.Digest]*manifestOnce
+}
+
+// manifestOnce converts a manifest once even when an index lists it twice.
+type manifestOnce struct {
+	once sync.Once
+	desc *ocispec.Descriptor
+	err  error
+}
+
+// convert returns the converted descriptor, or nil when desc is unchanged.
+func (w *imageWalk) convert(ctx context.Context, desc ocispec.Descriptor) (*ocispec.Descriptor, error) {
+	var (
+		out *ocispec.Descriptor
+		err error
+	)
+	switch {
+	case images.IsIndexType(desc.MediaType):
+		out, err = w.convertIndex(ctx, desc)
+	case images.IsManifestType(desc.MediaType):
+		w.mu.Lock()
+		m, ok := w.done[desc.Digest]
+		if !ok {
+			m = &manifestOnce{}
+			w.done[desc.Digest] = m
+		}
+		w.mu.Unlock()
+		m.once.Do(func() { m.desc, m.err = w.convertManifest(ctx, desc) })
+		out, err = m.desc, m.err
+		if out != nil {
+			cp := *out
+			cp.Platform, cp.Annotations = desc.Platform, desc.Annotations
+			out = &cp
+		}
+	default:
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return w.retype(desc, out), nil
+}
+
+// retype applies DockerToOCI to a descriptor, changed (out) or not (out nil):
+// Docker descriptors become OCI ones, or lose their annotations, which Docker
+// manifests cannot carry. It returns nil when nothing changed.
+func (w *imageWalk) retype(orig ocispec.Descriptor, out *ocispec.Descriptor) *ocispec.Descriptor {
+	if !images.IsDockerType(orig.MediaType) {
+		return out
+	}
+	cur := orig
+	if out != nil {
+		cur = *out
+	}
+	switch {
+	case w.opts.DockerToOCI:
+		cur.MediaType = ctdconverter.ConvertDockerMediaTypeToOCI(cur.MediaType)
+	case len(cur.Annotations) > 0:
+		cur.Annotations = nil
+	default:
+		return out
+	}
+	return &cur
+}
+
+func (w *imageWalk) convertIndex(ctx context.Context, desc ocispec.Descriptor) (*ocispec.Descriptor, error) {
+	var index ocispec.Index
+	lbls, err := ctdconverter.ReadJSON(ctx, w.c.cs, &index, desc)
+	if err != nil {
+		return nil, fmt.Errorf("reading index %s: %w", desc.Digest, err)
+	}
+	modified := false
+	if images.IsDockerType(index.MediaType) && w.opts.DockerToOCI {
+		index.MediaType = ctdconverter.ConvertDockerMediaTypeToOCI(index.MediaType)
+		modified = true
+	}
+	results := make([]*ocispec.Descriptor, len(index.Manifests))
+	keep := make([]bool, len(index.Manifests))
+	eg, egCtx := errgroup.WithContext(ctx)
+	for i, m := range index.Manifests {
+		if m.Platform != nil && !w.opts.Platforms.Match(*m.Platform) {
+			modified = true
+			continue
+		}
+		keep[i] = true
+		eg.Go(func() error {
+			out, err := w.convert(egCtx, m)
+			results[i] = out
+			return err
+		})
+	}
+	if err := eg.Wait(); err != nil {
+		return nil, err
+	}
+	var manifests []ocispec.Descriptor
+	for i, m := range index.Manifests {
+		if !keep[i] {
+			continue
+		}
+		if results[i] != nil {
+			m, modified = *results[i], true
+		}
+		manifests = append(manifests, m)
+	}
+	if len(manifests) == 0 {
+		return nil, fmt.Errorf("index %s has no manifest for the requested platforms: %w", desc.Digest, errdefs.ErrNotFound)
+	}
+	if !modified {
+		return nil, nil
+	}
+	index.Manifests = manifests
+	lbls = childLabels(lbls, "m", manifests)
+	return ctdconverter.WriteJSON(ctx, w.c.cs, &index, desc, lbls)
+}
+
+func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor) (*ocispec.Descriptor, error) {
+	var manifest ocispec.Manifest
+	lbls, err := ctdconverter.ReadJSON(ctx, w.c.cs, &manifest, desc)
+	if err != nil {
+		return nil, fmt.Errorf("reading manifest %s: %w", desc.Digest, err)
+	}
+	modified := false
+	if images.IsDockerType(manifest.MediaType) && w.opts.DockerToOCI {
+		manifest.MediaType = ctdconverter.ConvertDockerMediaTypeToOCI(manifest.MediaType)
+		modified = true
+	}
+	results := make([]*LayerResult, len(manifest.Layers))
+	if w.opts.Layer != nil {
+		p := w.opts.Progress
+		for _, l := range manifest.Layers {
+			if images.IsLayerType(l.MediaType) {
+				p.layer(l.Digest, l.Size) // queued, in manifest order
+			}
+		}
+		eg, egCtx := errgroup.WithContext(ctx)
+		for i, l := range manifest.Layers {
+			if !images.IsLayerType(l.MediaType) {
+				continue
+			}
+			eg.Go(func() error {
+				r, err := w.c.ConvertLayer(egCtx, w.opts.Layer, l, p)
+				if err != nil {
+					return err
+				}
+				results[i] = &r
+				return nil
+			})
+		}
+		if err := eg.Wait(); err != nil {
+			return nil, err
+		}
+	}
+	changedDiffIDs := map[int]digest.Digest{} // position among layer blobs -> new diffID
+	pos := 0
+	for i, l := range manifest.Layers {
+		if !images.IsLayerType(l.MediaType) {
+			continue
+		}
+		if r := results[i]; r != nil {
+			w.mu.Lock()
+			w.layers = append(w.layers, *r)
+			w.mu.Unlock()
+			if r.Desc.Digest != l.Digest || !maps.Equal(r.Desc.Annotations, l.Annotations) {
+				manifest.Layers[i] = r.Desc
+				modified = true
+			}
+			if r.Desc.Digest != l.Digest && r.DiffID != "" {
+				changedDiffIDs[pos] = r.DiffID
+			}
+		}
+		pos++
+	}
+	for i, l := range manifest.Layers {
+		if out := w.retype(l, nil); out != nil {
+			manifest.Layers[i] = *out
+			modified = true
+		}
+	}
+	newConfig, err := w.convertConfig(ctx, manifest.Config, changedDiffIDs, pos)
+	if err != nil {
+		return nil, err
+	}
+	if newConfig != nil {
+		manifest.Config = *newConfig
+		modified = true
+	}
+	if !modified {
+		return nil, nil
+	}
+	lbls = childLabels(lbls, "l", manifest.Layers)
+	lbls["containerd.io/gc.ref.content.config"] = manifest.Config.Digest.String()
+	return ctdconverter.WriteJSON(ctx, w.c.cs, &manifest, desc, lbls)
+}
+
+// convertConfig writes the config with its diff_ids replaced at the given
+// positions (and Docker's legacy image IDs cleared), retyped with DockerToOCI.
+func (w *imageWalk) convertConfig(ctx context.Context, desc ocispec.Descriptor, diffIDs map[int]digest.Digest, layerCount int) (*ocispec.Descriptor, error) {
+	if len(diffIDs) == 0 {
+		return w.retype(desc, nil), nil
+	}
+	var cfg ctdconverter.DualConfig
+	lbls, err := ctdconverter.ReadJSON(ctx, w.c.cs, &cfg, desc)
+	if err != nil {
+		return nil, fmt.Errorf("reading config %s: %w", desc.Digest, err)
+	}
+	var rootfs ocispec.RootFS
+	if raw := cfg["rootfs"]; raw != nil {
+		if err := json.Unmarshal(*raw, &rootfs); err != nil {
+			return nil, fmt.Errorf("config %s: rootfs: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
+		}
+	}
+	if len(rootfs.DiffIDs) != layerCount {
+		return nil, fmt.Errorf("config %s lists %d diff_ids for %d layers: %w",
+			desc.Digest, len(rootfs.DiffIDs), layerCount, errdefs.ErrInvalidArgument)
+	}
+	for i, d := range diffIDs {
+		rootfs.DiffIDs[i] = d
+	}
+	b, err := json.Marshal(rootfs)
+	if err != nil {
+		return nil, err
+	}
+	cfg["rootfs"] = (*json.RawMessage)(&b)
+	for _, k := range []string{"config", "container_config"} {
+		if raw := cfg[k]; raw != nil && string(*raw) != "null" {
+			var fields map[string]*json.RawMessage
+			if err := json.Unmarshal(*raw, &fields); err != nil {
+				return nil, fmt.Errorf("config %s: %s: %v: %w", desc.Digest, k, err, errdefs.ErrInvalidArgument)
+			}
+			delete(fields, "Image")
+			b, err := json.Marshal(fields)
+			if err != nil {
+				return nil, err
+			}
+			cfg[k] = (*json.RawMessage)(&b)
+		}
+	}
+	out, err := ctdconverter.WriteJSON(ctx, w.c.cs, &cfg, desc, withoutSourceLabels(lbls))
+	if err != nil {
+		return nil, err
+	}
+	return w.retype(desc, out), nil
+}
+
+// childLabels returns a new blob's labels: the source's, less distribution
+// sources (the new blob exists in no registry yet) and child references, plus
+// one "containerd.io/gc.ref.content.<kind>.<i>" reference per child.
+func childLabels(src map[string]string, kind string, children []ocispec.Descriptor) map[string]string {
+	out := withoutSourceLabels(src)
+	prefix := "containerd.io/gc.ref.content." + kind + "."
+	for k := range out {
+		if strings.HasPrefix(k, prefix) || k == "containerd.io/gc.ref.content.config" {
+			delete(out, k)
+		}
+	}
+	for i, c := range children {
+		out[prefix+strconv.Itoa(i)] = c.Digest.String()
+	}
+	return out
+}
+
+func withoutSourceLabels(src map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range src {
+		if !strings.HasPrefix(k, labels.DistributionSourcePrefix) {
+			out[k] = v
+		}
+	}
+	return out
+}

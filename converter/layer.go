@@ -1,0 +1,304 @@
+package converter
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lazyconv/lazyconv/labels"
+)
+
+// LayerConverter converts one layer blob to one format. Implementations are
+// stateless and safe for concurrent use; the Converter adds caching,
+// de-duplication, bounded workers and leases around them.
+type LayerConverter interface {
+	// Variant names the output format with its non-default options. It keys
+	// the variant cache (a label on the source) and de-duplication, so two
+	// converters with the same Variant must produce the same blob.
+	Variant() string
+	// Keep inspects the source and returns the descriptor to use unchanged when
+	// the layer already is in the target format (nil when it must be
+	// converted), plus labels learnt about the source, to be cached on it once
+	// the conversion succeeds.
+	Keep(ctx context.Context, cs content.Store, desc ocispec.Descriptor) (keep *ocispec.Descriptor, learnt map[string]string, err error)
+	// Convert writes the converted blob to cs under ctx's lease.
+	Convert(ctx context.Context, cs content.Store, desc ocispec.Descriptor, counters Counters) (Converted, error)
+	// MediaType is the media type of the variant of a source of srcMediaType.
+	MediaType(srcMediaType string) string
+}
+
+// Counters receive the bytes a conversion reads and writes, for progress.
+type Counters struct {
+	In, Out *atomic.Int64
+}
+
+// Converted is what LayerConverter.Convert wrote.
+type Converted struct {
+	// Desc describes the new blob, annotations included.
+	Desc ocispec.Descriptor
+	// DiffID is the new blob's uncompressed digest.
+	DiffID digest.Digest
+	// SourceDiffID is the source's uncompressed digest, when the conversion
+	// computed it on the way ("" otherwise).
+	SourceDiffID digest.Digest
+}
+
+// LayerResult is the outcome of converting one layer.
+type LayerResult struct {
+	// Source is the layer converted.
+	Source ocispec.Descriptor
+	// Desc is the layer to use in its place (Source itself when kept).
+	Desc ocispec.Descriptor
+	// DiffID is Desc's uncompressed digest, when known.
+	DiffID digest.Digest
+	// State is StateCommitted, StateCached or StateKept.
+	State LayerState
+	// links are the labels to write once the whole conversion succeeded.
+	links []labelUpdate
+}
+
+type labelUpdate struct {
+	dgst   digest.Digest
+	labels map[string]string
+}
+
+// Converter runs layer conversions over a content store: bounded workers, one
+// conversion per (namespace, source, variant) at a time, a variant cache kept
+// in labels, and every write under a lease. It is safe for concurrent use and
+// meant to be shared by every request of a process.
+type Converter struct {
+	cs      content.Store
+	lm      leases.Manager
+	workers chan struct{}
+	flights flightGroup[flightResult]
+	// conversions counts blobs actually converted (not cached, not kept).
+	conversions atomic.Int64
+}
+
+type flightResult struct {
+	res       LayerResult
+	namespace string
+	lease     string
+}
+
+// Option configures a Converter.
+type Option func(*Converter) error
+
+// WithWorkers bounds how many layers are converted at once (default GOMAXPROCS).
+func WithWorkers(n int) Option {
+	return func(c *Converter) error {
+		if n < 1 {
+			return fmt.Errorf("workers must be at least 1, got %d: %w", n, errdefs.ErrInvalidArgument)
+		}
+		c.workers = make(chan struct{}, n)
+		return nil
+	}
+}
+
+// New returns a Converter writing to cs and protecting its work with leases from lm.
+func New(cs content.Store, lm leases.Manager, opts ...Option) (*Converter, error) {
+	c := &Converter{cs: cs, lm: lm, workers: make(chan struct{}, runtime.GOMAXPROCS(0))}
+	for _, o := range opts {
+		if err := o(c); err != nil {
+			return nil, err
+		}
+	}
+	c.flights.release = c.releaseFlight
+	return c, nil
+}
+
+// ContentStore is the store the Converter works on.
+func (c *Converter) ContentStore() content.Store { return c.cs }
+
+// Conversions returns how many blobs this Converter has converted (cache hits
+// and layers kept as they are do not count).
+func (c *Converter) Conversions() int64 { return c.conversions.Load() }
+
+// ConvertLayer converts one layer with lc, from the variant cache when it can.
+// The caller's lease (from ctx) gains the result; the variant is linked to its
+// source only by Link, once the caller's whole conversion succeeded.
+func (c *Converter) ConvertLayer(ctx context.Context, lc LayerConverter, desc ocispec.Descriptor, p *Progress) (LayerResult, error) {
+	lp := p.layer(desc.Digest, desc.Size)
+	res, err := c.convertLayer(ctx, lc, desc, lp)
+	if err != nil {
+		lp.set(StateFailed)
+		return LayerResult{}, err
+	}
+	lp.setOutput(res.Desc.Digest, res.Desc.Size)
+	lp.set(res.State)
+	return res, nil
+}
+
+func (c *Converter) convertLayer(ctx context.Context, lc LayerConverter, desc ocispec.Descriptor, lp *layerProgress) (LayerResult, error) {
+	info, err := c.cs.Info(ctx, desc.Digest)
+	if err != nil {
+		return LayerResult{}, fmt.Errorf("layer %s: %w", desc.Digest, err)
+	}
+	if res, ok := c.cached(ctx, lc, desc, info); ok {
+		return res, nil
+	}
+	ns, _ := namespaces.Namespace(ctx)
+	key := ns + "\x00" + desc.Digest.String() + "\x00" + lc.Variant()
+	fr, _, err := c.flights.do(ctx, key, func(ctx context.Context) (flightResult, error) {
+		return c.convertOnce(ctx, lc, desc, info, lp)
+	}, func(fr flightResult) error {
+		return c.adopt(ctx, fr)
+	})
+	if err != nil {
+		return LayerResult{}, err
+	}
+	return fr.res, nil
+}
+
+// cached returns the linked variant of desc, if it is still in the store.
+func (c *Converter) cached(ctx context.Context, lc LayerConverter, desc ocispec.Descriptor, info content.Info) (LayerResult, bool) {
+	vd, ok := labels.Variant(info, lc.Variant())
+	if !ok {
+		return LayerResult{}, false
+	}
+	vinfo, err := c.cs.Info(ctx, vd)
+	if err != nil {
+		log.G(ctx).WithError(err).Debugf("variant %s of %s is linked but not readable", vd, desc.Digest)
+		return LayerResult{}, false
+	}
+	diffID, _ := labels.UncompressedDigest(vinfo)
+	out := ocispec.Descriptor{
+		MediaType:   lc.MediaType(desc.MediaType),
+		Digest:      vd,
+		Size:        vinfo.Size,
+		Annotations: labels.AnnotationsFromLabels(vinfo),
+		Platform:    desc.Platform,
+		URLs:        nil,
+	}
+	return LayerResult{Source: desc, Desc: out, DiffID: diffID, State: StateCached}, true
+}
+
+// convertOnce is the de-duplicated work: it runs under its own lease, which
+// releaseFlight drops once every waiting caller has added the result to theirs.
+func (c *Converter) convertOnce(ctx context.Context, lc LayerConverter, desc ocispec.Descriptor, info content.Info, lp *layerProgress) (flightResult, error) {
+	select {
+	case c.workers <- struct{}{}:
+	case <-ctx.Done():
+		return flightResult{}, context.Cause(ctx)
+	}
+	defer func() { <-c.workers }()
+
+	ns, _ := namespaces.Namespace(ctx)
+	l, err := c.lm.Create(ctx, leases.WithRandomID(), leases.WithExpiration(time.Hour),
+		leases.WithLabel("lazyconv.io/converting", desc.Digest.String()))
+	if err != nil {
+		return flightResult{}, fmt.Errorf("creating lease: %w", err)
+	}
+	fr := flightResult{namespace: ns, lease: l.ID}
+	ctx = leases.WithLease(ctx, l.ID)
+	res, err := c.convertLeased(ctx, lc, desc, info, lp)
+	if err != nil {
+		c.dropLease(ns, l.ID)
+		return flightResult{}, err
+	}
+	fr.res = res
+	return fr, nil
+}
+
+func (c *Converter) convertLeased(ctx context.Context, lc LayerConverter, desc ocispec.Descriptor, info content.Info, lp *layerProgress) (LayerResult, error) {
+	lp.set(StateReading)
+	keep, learnt, err := lc.Keep(ctx, c.cs, desc)
+	if err != nil {
+		return LayerResult{}, err
+	}
+	var links []labelUpdate
+	if len(learnt) > 0 {
+		links = append(links, labelUpdate{dgst: desc.Digest, labels: learnt})
+	}
+	if keep != nil {
+		diffID, _ := labels.UncompressedDigest(info)
+		return LayerResult{Source: desc, Desc: *keep, DiffID: diffID, State: StateKept, links: links}, nil
+	}
+	lp.set(StateConverting)
+	conv, err := lc.Convert(ctx, c.cs, desc, Counters{In: &lp.in, Out: &lp.out})
+	if err != nil {
+		return LayerResult{}, fmt.Errorf("converting layer %s to %s: %w", desc.Digest, lc.Variant(), err)
+	}
+	c.conversions.Add(1)
+	src := map[string]string{labels.VariantKey(lc.Variant()): conv.Desc.Digest.String()}
+	if _, ok := labels.UncompressedDigest(info); !ok && conv.SourceDiffID != "" {
+		src[labels.Uncompressed] = conv.SourceDiffID.String()
+	}
+	links = append(links,
+		labelUpdate{dgst: desc.Digest, labels: src},
+		labelUpdate{dgst: conv.Desc.Digest, labels: map[string]string{labels.VariantBackRefKey(lc.Variant()): desc.Digest.String()}},
+	)
+	conv.Desc.Platform = desc.Platform
+	return LayerResult{Source: desc, Desc: conv.Desc, DiffID: conv.DiffID, State: StateCommitted, links: links}, nil
+}
+
+// adopt adds a flight's output blob to the caller's lease, if it has one.
+func (c *Converter) adopt(ctx context.Context, fr flightResult) error {
+	id, ok := leases.FromContext(ctx)
+	if !ok || fr.res.State != StateCommitted {
+		return nil
+	}
+	err := c.lm.AddResource(ctx, leases.Lease{ID: id}, leases.Resource{ID: fr.res.Desc.Digest.String(), Type: "content"})
+	if err != nil {
+		return fmt.Errorf("adding %s to lease %s: %w", fr.res.Desc.Digest, id, err)
+	}
+	return nil
+}
+
+func (c *Converter) releaseFlight(fr flightResult) { c.dropLease(fr.namespace, fr.lease) }
+
+func (c *Converter) dropLease(ns, id string) {
+	ctx := namespaces.WithNamespace(context.Background(), ns)
+	if err := c.lm.Delete(ctx, leases.Lease{ID: id}); err != nil && !errdefs.IsNotFound(err) {
+		log.G(ctx).WithError(err).Warnf("dropping lease %s", id)
+	}
+}
+
+// Link writes what the given results learnt into the store: each variant is
+// linked from its source (a GC reference, which is also the variant cache) and
+// back to it, and facts about sources (uncompressed digest, is it eStargz) are
+// cached. Call it once the whole conversion succeeded, still under its lease.
+func (c *Converter) Link(ctx context.Context, results ...LayerResult) error {
+	merged := map[digest.Digest]map[string]string{}
+	var order []digest.Digest
+	for _, r := range results {
+		for _, u := range r.links {
+			m, ok := merged[u.dgst]
+			if !ok {
+				m = map[string]string{}
+				merged[u.dgst] = m
+				order = append(order, u.dgst)
+			}
+			maps.Copy(m, u.labels)
+		}
+	}
+	for _, d := range order {
+		if err := c.setLabels(ctx, d, merged[d]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Converter) setLabels(ctx context.Context, d digest.Digest, set map[string]string) error {
+	info := content.Info{Digest: d, Labels: set}
+	fields := make([]string, 0, len(set))
+	for k := range set {
+		fields = append(fields, "labels."+k)
+	}
+	if _, err := c.cs.Update(ctx, info, fields...); err != nil {
+		return fmt.Errorf("labelling %s: %w", d, err)
+	}
+	return nil
+}

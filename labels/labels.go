@@ -1,0 +1,172 @@
+// Package labels names every content label and descriptor annotation lazyconv
+// reads or writes, with typed helpers to get and set them.
+//
+// Labels are lazyconv's cache: what it learns about a blob (is it eStargz, what
+// is its uncompressed digest, which converted variants exist) is stored as a
+// content-store label, so that containerd's garbage collector and other tools
+// (BuildKit, nerdctl) see the same facts.
+package labels
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/content"
+	ctdlabels "github.com/containerd/containerd/v2/pkg/labels"
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/opencontainers/go-digest"
+)
+
+const (
+	// Uncompressed is containerd's label holding the digest of a layer's
+	// uncompressed tar (its diffID).
+	Uncompressed = ctdlabels.LabelUncompressed
+
+	// EStargz caches whether a blob is eStargz ("true" or "false"). It is the
+	// key BuildKit writes, so both tools share one answer.
+	EStargz = "buildkit.io/compression/estargz"
+
+	// VariantPrefix starts the label on a source blob that names a converted
+	// variant of it. The full key is VariantPrefix + variant name; being a
+	// "containerd.io/gc.ref.content." label, it keeps the variant alive for as
+	// long as the source lives.
+	VariantPrefix = "containerd.io/gc.ref.content.lazyconv."
+
+	// VariantBackRefPrefix starts the containerd v2.2+ back-reference label on a
+	// variant, naming its source: the variant is kept while the source lives even
+	// if the source's own labels are rewritten.
+	VariantBackRefPrefix = "containerd.io/gc.bref.content.lazyconv."
+
+	// DistributionSourcePrefix starts containerd's labels recording which
+	// repository of which registry a blob came from:
+	// "containerd.io/distribution.source.<host>" = "<repo>[,<repo>...]".
+	DistributionSourcePrefix = ctdlabels.LabelDistributionSource + "."
+
+	// TOCDigestAnnotation is the layer descriptor annotation holding the digest
+	// of an eStargz layer's TOC JSON.
+	TOCDigestAnnotation = estargz.TOCJSONDigestAnnotation
+
+	// UncompressedSizeAnnotation is the layer descriptor annotation holding the
+	// size of an eStargz layer once decompressed.
+	UncompressedSizeAnnotation = estargz.StoreUncompressedSizeAnnotation
+)
+
+// UncompressedDigest returns the layer's cached uncompressed digest, if any.
+func UncompressedDigest(info content.Info) (digest.Digest, bool) {
+	v, ok := info.Labels[Uncompressed]
+	if !ok {
+		return "", false
+	}
+	d, err := digest.Parse(v)
+	if err != nil {
+		return "", false
+	}
+	return d, true
+}
+
+// IsEStargz returns the cached eStargz answer for a blob and whether one is cached.
+func IsEStargz(info content.Info) (isEStargz, known bool) {
+	v, ok := info.Labels[EStargz]
+	if !ok {
+		return false, false
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, false
+	}
+	return b, true
+}
+
+// FormatBool is the label value for a cached boolean answer.
+func FormatBool(b bool) string { return strconv.FormatBool(b) }
+
+// VariantKey returns the label key on a source blob that links its variant of
+// the given name (for example "estargz" or "estargz.level-6").
+func VariantKey(name string) string { return VariantPrefix + name }
+
+// VariantBackRefKey returns the back-reference label key on a variant of the
+// given name, whose value is its source's digest.
+func VariantBackRefKey(name string) string { return VariantBackRefPrefix + name }
+
+// Variant returns the digest of the source blob's variant of the given name, if linked.
+func Variant(info content.Info, name string) (digest.Digest, bool) {
+	v, ok := info.Labels[VariantKey(name)]
+	if !ok {
+		return "", false
+	}
+	d, err := digest.Parse(v)
+	if err != nil {
+		return "", false
+	}
+	return d, true
+}
+
+// Variants returns every variant linked from the source blob, by variant name.
+func Variants(info content.Info) map[string]digest.Digest {
+	out := map[string]digest.Digest{}
+	for k, v := range info.Labels {
+		name, ok := strings.CutPrefix(k, VariantPrefix)
+		if !ok {
+			continue
+		}
+		if d, err := digest.Parse(v); err == nil {
+			out[name] = d
+		}
+	}
+	return out
+}
+
+// VariantName builds a variant name from a format and its non-default options,
+// in a stable order: VariantName("estargz", map[string]string{"level": "6"})
+// is "estargz.level-6". Option keys and values must not contain '.' or '='.
+func VariantName(format string, options map[string]string) string {
+	var b strings.Builder
+	b.WriteString(format)
+	for _, k := range slices.Sorted(maps.Keys(options)) {
+		fmt.Fprintf(&b, ".%s-%s", k, options[k])
+	}
+	return b.String()
+}
+
+// DistributionSources returns the repositories recorded per registry host.
+func DistributionSources(info content.Info) map[string][]string {
+	out := map[string][]string{}
+	for k, v := range info.Labels {
+		host, ok := strings.CutPrefix(k, DistributionSourcePrefix)
+		if !ok || v == "" {
+			continue
+		}
+		out[host] = strings.Split(v, ",")
+	}
+	return out
+}
+
+// AnnotationPrefix starts labels on a converted blob that record its
+// descriptor annotations (for example the eStargz TOC digest), so that a cache
+// hit rebuilds the same descriptor without reading the blob.
+const AnnotationPrefix = "lazyconv.io/annotation."
+
+// AnnotationsToLabels records descriptor annotations as labels into dst.
+func AnnotationsToLabels(annotations, dst map[string]string) {
+	for k, v := range annotations {
+		dst[AnnotationPrefix+k] = v
+	}
+}
+
+// AnnotationsFromLabels returns the descriptor annotations recorded on a blob
+// (nil when there are none).
+func AnnotationsFromLabels(info content.Info) map[string]string {
+	var out map[string]string
+	for k, v := range info.Labels {
+		if a, ok := strings.CutPrefix(k, AnnotationPrefix); ok {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[a] = v
+		}
+	}
+	return out
+}
