@@ -142,10 +142,10 @@ func (c *estargzConverter) Convert(ctx context.Context, cs content.Store, desc o
 		ew := estargz.NewWriterWithCompressor(w, &tocCounter{payloadCompressor: comp, toc: tocSize})
 		ew.ChunkSize = c.chunkSize
 		if err := ew.AppendTarLossLess(src); err != nil {
-			return nil, inputError(ctx, desc, src, err)
+			return nil, inputError(ctx, src, err)
 		}
 		if err := src.drain(); err != nil {
-			return nil, inputError(ctx, desc, src, err)
+			return nil, inputError(ctx, src, err)
 		}
 		var err error
 		if tocDigest, err = ew.Close(); err != nil {
@@ -153,9 +153,9 @@ func (c *estargzConverter) Convert(ctx context.Context, cs content.Store, desc o
 		}
 		diffID = digest.Digest(ew.DiffID())
 		if comp.PayloadDigest() != src.DiffID() {
-			return nil, fmt.Errorf("layer %s cannot be converted to eStargz losslessly (an entry, such as a sparse file, "+
+			return nil, fmt.Errorf("cannot be converted to eStargz losslessly (an entry, such as a sparse file, "+
 				"would be rewritten: payload %s differs from source %s): %w",
-				desc.Digest, comp.PayloadDigest(), src.DiffID(), errdefs.ErrInvalidArgument)
+				comp.PayloadDigest(), src.DiffID(), errdefs.ErrInvalidArgument)
 		}
 		annotations := map[string]string{
 			labels.TOCDigestAnnotation:        tocDigest.String(),
@@ -182,7 +182,7 @@ func (c *estargzConverter) Convert(ctx context.Context, cs content.Store, desc o
 
 // inputError classifies a failure while reading the source: a cancelled
 // context stays what it is; anything the source or its tar gave is bad input.
-func inputError(ctx context.Context, desc ocispec.Descriptor, src *sourceStream, err error) error {
+func inputError(ctx context.Context, src *sourceStream, err error) error {
 	if ctxErr := context.Cause(ctx); ctxErr != nil {
 		return ctxErr
 	}
@@ -192,7 +192,7 @@ func inputError(ctx context.Context, desc ocispec.Descriptor, src *sourceStream,
 	if errdefs.IsNotFound(err) || errdefs.IsUnavailable(err) {
 		return err
 	}
-	return fmt.Errorf("layer %s: reading source: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
+	return fmt.Errorf("reading source: %v: %w", err, errdefs.ErrInvalidArgument)
 }
 
 // tocCounter is the payload compressor with the TOC's uncompressed bytes
@@ -279,7 +279,7 @@ func readTOCDigest(ctx context.Context, cs content.Provider, desc ocispec.Descri
 	defer ra.Close()
 	r, err := estargz.Open(io.NewSectionReader(ra, 0, ra.Size()))
 	if err != nil {
-		return "", fmt.Errorf("layer %s: reading eStargz TOC: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
+		return "", fmt.Errorf("reading eStargz TOC: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	return r.TOCDigest(), nil
 }

@@ -23,8 +23,9 @@ type flightGroup[T any] struct {
 }
 
 type flight[T any] struct {
-	cancel  context.CancelFunc
-	done    chan struct{}
+	cancel   context.CancelFunc
+	done     chan struct{} // the work returned
+	finished chan struct{} // ... and run has released what it had to
 	val     T
 	err     error
 	waiters int  // callers inside do for this call
@@ -42,7 +43,7 @@ func (g *flightGroup[T]) do(ctx context.Context, key string, fn func(context.Con
 	f, joined := g.calls[key]
 	if !joined {
 		workCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		f = &flight[T]{cancel: cancel, done: make(chan struct{})}
+		f = &flight[T]{cancel: cancel, done: make(chan struct{}), finished: make(chan struct{})}
 		g.calls[key] = f
 		go g.run(workCtx, key, f, fn)
 	}
@@ -90,10 +91,12 @@ func (g *flightGroup[T]) run(ctx context.Context, key string, f *flight[T], fn f
 	if last {
 		g.releaseOne(f)
 	}
+	close(f.finished)
 }
 
-// leave counts a caller out; the last one out cancels unfinished work, or
-// releases finished work.
+// leave counts a caller out; the last one out cancels unfinished work and
+// waits for it to wind down (so that what it wrote is cleaned up before the
+// caller returns), or releases finished work.
 func (g *flightGroup[T]) leave(key string, f *flight[T]) {
 	g.mu.Lock()
 	f.waiters--
@@ -115,6 +118,7 @@ func (g *flightGroup[T]) leave(key string, f *flight[T]) {
 	g.mu.Unlock()
 	if cancel {
 		f.cancel()
+		<-f.finished
 	}
 	if release {
 		g.releaseOne(f)

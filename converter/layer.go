@@ -133,7 +133,10 @@ func (c *Converter) ConvertLayer(ctx context.Context, lc LayerConverter, desc oc
 	res, err := c.convertLayer(ctx, lc, desc, lp)
 	if err != nil {
 		lp.set(StateFailed)
-		return LayerResult{}, err
+		if ctxErr := context.Cause(ctx); ctxErr != nil {
+			return LayerResult{}, ctxErr
+		}
+		return LayerResult{}, fmt.Errorf("converting layer %s to %s: %w", desc.Digest, lc.Variant(), err)
 	}
 	lp.setOutput(res.Desc.Digest, res.Desc.Size)
 	lp.set(res.State)
@@ -143,7 +146,7 @@ func (c *Converter) ConvertLayer(ctx context.Context, lc LayerConverter, desc oc
 func (c *Converter) convertLayer(ctx context.Context, lc LayerConverter, desc ocispec.Descriptor, lp *layerProgress) (LayerResult, error) {
 	info, err := c.cs.Info(ctx, desc.Digest)
 	if err != nil {
-		return LayerResult{}, fmt.Errorf("layer %s: %w", desc.Digest, err)
+		return LayerResult{}, err
 	}
 	if res, ok := c.cached(ctx, lc, desc, info); ok {
 		return res, nil
@@ -228,7 +231,7 @@ func (c *Converter) convertLeased(ctx context.Context, lc LayerConverter, desc o
 	lp.set(StateConverting)
 	conv, err := lc.Convert(ctx, c.cs, desc, Counters{In: &lp.in, Out: &lp.out})
 	if err != nil {
-		return LayerResult{}, fmt.Errorf("converting layer %s to %s: %w", desc.Digest, lc.Variant(), err)
+		return LayerResult{}, err
 	}
 	c.conversions.Add(1)
 	src := map[string]string{labels.VariantKey(lc.Variant()): conv.Desc.Digest.String()}

@@ -89,7 +89,7 @@ func (c *recompressConverter) Convert(ctx context.Context, cs content.Store, des
 		}
 		if _, err := io.Copy(zw, src); err != nil {
 			zw.Close()
-			return nil, inputError(ctx, desc, src, err)
+			return nil, inputError(ctx, src, err)
 		}
 		if err := zw.Close(); err != nil {
 			return nil, err

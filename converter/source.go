@@ -97,6 +97,7 @@ func LayerMediaType(mediaType string, c Compression) string {
 // read, and remembers the first error the blob or its decompression gave, so
 // that a failed conversion can tell bad input from a failing store.
 type sourceStream struct {
+	ctx       context.Context
 	ra        content.ReaderAt
 	counted   *countingReader
 	decomp    io.ReadCloser
@@ -115,32 +116,32 @@ func openSource(ctx context.Context, cs content.Provider, desc ocispec.Descripto
 	}
 	ra, err := cs.ReaderAt(ctx, desc)
 	if err != nil {
-		return nil, fmt.Errorf("opening layer %s: %w", desc.Digest, err)
+		return nil, err
 	}
 	counted := &countingReader{r: io.NewSectionReader(ra, 0, ra.Size()), n: bytesIn}
 	br := bufio.NewReaderSize(counted, 1<<20)
-	s := &sourceStream{ra: ra, counted: counted, diffHash: sha256.New()}
+	s := &sourceStream{ctx: ctx, ra: ra, counted: counted, diffHash: sha256.New()}
 	actual := sniffCompression(br)
 	if actual != declared && !(declared == Uncompressed && actual != Uncompressed) {
 		// A compressed media type over data with no such magic is bad input;
 		// an uncompressed media type over compressed data is read as what it is.
 		ra.Close()
-		return nil, fmt.Errorf("layer %s: media type %q declares %s data but the blob is not: %w",
-			desc.Digest, desc.MediaType, declared, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("media type %q declares %s data but the blob is not: %w",
+			desc.MediaType, declared, errdefs.ErrInvalidArgument)
 	}
 	switch actual {
 	case Gzip:
 		zr, err := gzip.NewReader(br)
 		if err != nil {
 			ra.Close()
-			return nil, fmt.Errorf("layer %s: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
 		}
 		s.decomp = zr
 	case Zstd:
 		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
 		if err != nil {
 			ra.Close()
-			return nil, fmt.Errorf("layer %s: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
+			return nil, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
 		}
 		s.decomp = zr.IOReadCloser()
 	default:
@@ -149,8 +150,11 @@ func openSource(ctx context.Context, cs content.Provider, desc ocispec.Descripto
 	return s, nil
 }
 
-// Read yields the uncompressed tar.
+// Read yields the uncompressed tar, and stops when the context is done.
 func (s *sourceStream) Read(p []byte) (int, error) {
+	if err := context.Cause(s.ctx); err != nil {
+		return 0, err
+	}
 	n, err := s.decomp.Read(p)
 	if n > 0 {
 		s.diffHash.Write(p[:n])

@@ -1,0 +1,79 @@
+package converter_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/content"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/internal/imagegen"
+	"github.com/lazyconv/lazyconv/labels"
+)
+
+// countingStore is the real store with every byte read through ReaderAt counted.
+type countingStore struct {
+	content.Store
+	read atomic.Int64
+}
+
+func (s *countingStore) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
+	ra, err := s.Store.ReaderAt(ctx, desc)
+	if err != nil {
+		return nil, err
+	}
+	return &countingReaderAt{ReaderAt: ra, n: &s.read}, nil
+}
+
+type countingReaderAt struct {
+	content.ReaderAt
+	n *atomic.Int64
+}
+
+func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.ReaderAt.ReadAt(p, off)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func TestIsEStargzReadsFooterAndTOCOnlyAndCaches(t *testing.T) {
+	f := newFixture(t)
+	conv, err := converter.NewEStargz()
+	require.NoError(t, err)
+	big := imagegen.TarBytes(losslessCases()["large file"])
+	res, err := f.conv.ConvertLayer(f.ctx, conv, putLayer(t, f, big, "gzip"), nil)
+	require.NoError(t, err)
+	plain := putLayer(t, f, big, "gzip")
+
+	for _, tc := range []struct {
+		name string
+		desc ocispec.Descriptor
+		want bool
+	}{
+		{"eStargz", res.Desc, true},
+		{"plain gzip", plain, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cs := &countingStore{Store: f.cs}
+			is, err := converter.IsEStargz(f.ctx, cs, tc.desc.Digest)
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, is)
+			first := cs.read.Load()
+			assert.Greater(t, first, int64(0))
+			assert.Less(t, first, tc.desc.Size/10, "reads only the footer and the TOC, not the %d-byte blob", tc.desc.Size)
+
+			info, err := f.cs.Info(f.ctx, tc.desc.Digest)
+			require.NoError(t, err)
+			assert.Equal(t, labels.FormatBool(tc.want), info.Labels[labels.EStargz])
+
+			is, err = converter.IsEStargz(f.ctx, cs, tc.desc.Digest)
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, is)
+			assert.Equal(t, first, cs.read.Load(), "a second call reads 0 bytes")
+		})
+	}
+}
