@@ -7,6 +7,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	_ "crypto/sha256" // digests of generated blobs
 	"encoding/json"
 	"fmt"
 	"io"
