@@ -161,7 +161,7 @@ func (c *estargzConverter) Convert(ctx context.Context, cs content.Store, desc o
 			labels.TOCDigestAnnotation:        tocDigest.String(),
 			labels.UncompressedSizeAnnotation: strconv.FormatInt(comp.size+tocSize.n, 10),
 		}
-		lbls := map[string]string{labels.Uncompressed: diffID.String()}
+		lbls := map[string]string{labels.Uncompressed: diffID.String(), labels.EStargz: labels.FormatBool(true)}
 		labels.AnnotationsToLabels(annotations, lbls)
 		return lbls, nil
 	})

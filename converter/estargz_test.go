@@ -44,7 +44,7 @@ func losslessCases() map[string][]imagegen.Entry {
 	sparse := make([]byte, 10<<20)                                 // a sparse file on disk is zeros in a tar
 	copy(sparse[5<<20:], "middle")
 	return map[string][]imagegen.Entry{
-		"regular files and dirs": {dir("etc/"), file("etc/hosts", []byte("127.0.0.1 localhost\n")), file("etc/text", text)},
+		"regular files and dirs":    {dir("etc/"), file("etc/hosts", []byte("127.0.0.1 localhost\n")), file("etc/text", text)},
 		"empty dirs and empty file": {dir("empty/"), dir("empty/nested/"), file("zero", nil)},
 		"hard links": {dir("bin/"), file("bin/busybox", text),
 			{Header: tar.Header{Name: "bin/sh", Typeflag: tar.TypeLink, Linkname: "bin/busybox", ModTime: epoch}}},
@@ -53,7 +53,7 @@ func losslessCases() map[string][]imagegen.Entry {
 			{Header: tar.Header{Name: "dangling", Typeflag: tar.TypeSymlink, Linkname: "/nowhere/at/all", ModTime: epoch}}},
 		"xattrs": {{Header: tar.Header{Name: "caps", Typeflag: tar.TypeReg, Mode: 0o755, ModTime: epoch, Size: 3, Format: tar.FormatPAX,
 			PAXRecords: map[string]string{"SCHILY.xattr.security.capability": "\x01\x00\x00\x02", "SCHILY.xattr.user.note": "hello"}}, Body: []byte("cap")}},
-		"large file": {file("large.bin", large)},
+		"large file":          {file("large.bin", large)},
 		"sparse-on-disk file": {file("sparse.img", sparse)},
 		"long names": {dir(strings.Repeat("d", 120) + "/"), file(strings.Repeat("d", 120)+"/"+strings.Repeat("f", 150), []byte("long")),
 			{Header: tar.Header{Name: "l", Typeflag: tar.TypeSymlink, Linkname: strings.Repeat("t", 200), ModTime: epoch}}},
@@ -194,4 +194,3 @@ func TestEStargzVariantNames(t *testing.T) {
 	_, err = converter.NewEStargz(converter.WithEStargzChunkSize(-1))
 	require.Error(t, err)
 }
-

@@ -26,10 +26,10 @@ type flight[T any] struct {
 	cancel   context.CancelFunc
 	done     chan struct{} // the work returned
 	finished chan struct{} // ... and run has released what it had to
-	val     T
-	err     error
-	waiters int  // callers inside do for this call
-	settled bool // done and released, or about to be
+	val      T
+	err      error
+	waiters  int  // callers inside do for this call
+	settled  bool // done and released, or about to be
 }
 
 // do returns the result of fn for key, running fn only if no call for key is in

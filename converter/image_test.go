@@ -267,4 +267,3 @@ func TestConvertImagePlatforms(t *testing.T) {
 		converter.ImageOptions{Layer: conv, Platforms: platforms.Only(ocispec.Platform{OS: "windows", Architecture: "amd64"})})
 	require.Error(t, err)
 }
-

@@ -125,4 +125,3 @@ func (c *recompressConverter) compressor(w io.Writer) (io.WriteCloser, error) {
 type nopWriteCloser struct{ io.Writer }
 
 func (nopWriteCloser) Close() error { return nil }
-

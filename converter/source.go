@@ -84,7 +84,8 @@ func LayerMediaType(mediaType string, c Compression) string {
 	}
 	base := ocispec.MediaTypeImageLayer
 	if foreign {
-		base = ocispec.MediaTypeImageLayerNonDistributable //nolint:staticcheck // kept for old images
+		//lint:ignore SA1019 old images still carry non-distributable layers
+		base = ocispec.MediaTypeImageLayerNonDistributable
 	}
 	if c == Uncompressed {
 		return base

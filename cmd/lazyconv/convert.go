@@ -61,7 +61,7 @@ unpacking a converted layer yields the source tar byte for byte.`,
 			displayDone := make(chan struct{})
 			if !cmd.Bool("quiet") {
 				go func() {
-					newProgressDisplay(os.Stdout, progress).run(displayCtx)
+					newProgressDisplay(s.out, progress).run(displayCtx)
 					close(displayDone)
 				}()
 			} else {

@@ -247,10 +247,10 @@ func imageVerifyCommand() *cli.Command {
 				rep, err := converter.VerifyEStargz(s.ctx, cs, l)
 				if err != nil {
 					bad++
-					fmt.Fprintf(tw, "%s\tFAILED: %v\t\t\t\n", l.Digest, err)
+					fmt.Fprintf(tw, "%s\tFAILED: %v\t\t\t\n", shortDigest(l.Digest.String()), err)
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", l.Digest, rep.TOCDigest, rep.Entries, rep.Files, humanSize(rep.Bytes))
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", shortDigest(l.Digest.String()), shortDigest(rep.TOCDigest.String()), rep.Entries, rep.Files, humanSize(rep.Bytes))
 			}
 			tw.Flush()
 			if bad > 0 {

@@ -13,9 +13,10 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -116,19 +117,32 @@ func WriteDirTar(tw *tar.Writer, dir, prefix string, limit int64) (int64, error)
 	return written, err
 }
 
+// Goroot returns the Go installation's root, as `go env GOROOT` tells it.
+func Goroot() (string, error) {
+	out, err := exec.Command("go", "env", "GOROOT").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOROOT: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
 // WriteGorootTar writes a tar of real files from GOROOT (sources, packages,
 // binaries: a realistic mix) of at least size file bytes, repeating the tree
 // under numbered prefixes when it is smaller than size.
 func WriteGorootTar(w io.Writer, size int64) error {
+	root, err := Goroot()
+	if err != nil {
+		return err
+	}
 	tw := tar.NewWriter(w)
 	var total int64
 	for i := 0; total < size; i++ {
-		n, err := WriteDirTar(tw, runtime.GOROOT(), "copy"+strconv.Itoa(i), size-total)
+		n, err := WriteDirTar(tw, root, "copy"+strconv.Itoa(i), size-total)
 		if err != nil {
 			return err
 		}
 		if n == 0 {
-			return fmt.Errorf("GOROOT %s has no files: %w", runtime.GOROOT(), errdefs.ErrNotFound)
+			return fmt.Errorf("GOROOT %s has no files: %w", root, errdefs.ErrNotFound)
 		}
 		total += n
 	}

@@ -1,0 +1,38 @@
+# lazyconv — build, demo, test, bench.
+GO ?= go
+STATICCHECK_VERSION ?= v0.8.2
+DEMO_DIR ?= $(CURDIR)/.cache/demo
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: all build demo test lint bench clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/lazyconv ./cmd/lazyconv
+
+# The main job on the embedded default store (no containerd needed): build an
+# image from GOROOT, import it, convert it to eStargz, verify it, convert again
+# to show the variant cache.
+demo: build
+	DEMO_DIR=$(DEMO_DIR) GO=$(GO) ./hack/demo.sh
+
+# Everything CI runs: formatting, vet, staticcheck, and the tests under -race.
+test: lint
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+# Go benchmarks, then the side-by-side report against stargz-snapshotter's
+# nativeconverter (ratios, medians), cached re-convert and peak RSS.
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 3x -benchmem ./converter/
+	$(GO) run ./hack/benchreport -lazyconv bin/lazyconv
+
+clean:
+	rm -rf bin .cache
