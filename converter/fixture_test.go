@@ -2,11 +2,13 @@ package converter_test
 
 import (
 	"context"
+	"os"
 	"sort"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/log"
 	"github.com/stretchr/testify/require"
 
 	"github.com/lazyconv/lazyconv/converter"
@@ -62,4 +64,10 @@ func (f *fixture) gc(t testing.TB) {
 
 func namespacesCtx(ctx context.Context) context.Context {
 	return namespaces.WithNamespace(ctx, "test")
+}
+
+func TestMain(m *testing.M) {
+	// The local content store warns once per store that fsverity is unsupported.
+	_ = log.SetLevel("error")
+	os.Exit(m.Run())
 }

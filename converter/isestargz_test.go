@@ -1,11 +1,14 @@
 package converter_test
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"sync/atomic"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/stargz-snapshotter/estargz"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -47,6 +50,17 @@ func TestIsEStargzReadsFooterAndTOCOnlyAndCaches(t *testing.T) {
 	big := imagegen.TarBytes(losslessCases()["large file"])
 	res, err := f.conv.ConvertLayer(f.ctx, conv, putLayer(t, f, big, "gzip"), nil)
 	require.NoError(t, err)
+	is, err := converter.IsEStargz(f.ctx, f.cs, res.Desc.Digest)
+	require.NoError(t, err)
+	assert.True(t, is, "lazyconv's own output is labelled eStargz when written")
+
+	// An eStargz layer from elsewhere (as pulled from a registry) carries no label.
+	blob, err := estargz.Build(io.NewSectionReader(bytes.NewReader(big), 0, int64(len(big))))
+	require.NoError(t, err)
+	foreignBytes, err := io.ReadAll(blob)
+	require.NoError(t, err)
+	require.NoError(t, blob.Close())
+	foreign := putBlob(t, f, foreignBytes, ocispec.MediaTypeImageLayerGzip, nil)
 	plain := putLayer(t, f, big, "gzip")
 
 	for _, tc := range []struct {
@@ -54,7 +68,7 @@ func TestIsEStargzReadsFooterAndTOCOnlyAndCaches(t *testing.T) {
 		desc ocispec.Descriptor
 		want bool
 	}{
-		{"eStargz", res.Desc, true},
+		{"eStargz", foreign, true},
 		{"plain gzip", plain, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
