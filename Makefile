@@ -5,7 +5,7 @@ DEMO_DIR ?= $(CURDIR)/.cache/demo
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build demo test lint bench clean
+.PHONY: all build demo test lint bench clean protos
 
 all: build
 
@@ -36,3 +36,13 @@ bench: build
 
 clean:
 	rm -rf bin .cache
+
+PROTOC_GEN_GO_VERSION ?= v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
+
+# Regenerates api/ (protoc from Debian's protobuf-compiler, plugins from the Go module proxy).
+protos:
+	GOBIN=$(CURDIR)/bin $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(CURDIR)/bin $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	PATH=$(CURDIR)/bin:$$PATH protoc -I api --go_out=api --go_opt=paths=source_relative \
+	  --go-grpc_out=api --go-grpc_opt=paths=source_relative api/lazyconv/v1/converter.proto

@@ -48,7 +48,8 @@ type ImageResult struct {
 // interrupted conversion leaves nothing that outlives its lease.
 func (c *Converter) ConvertImage(ctx context.Context, is images.Store, srcRef, dstRef string, opts ImageOptions) (*ImageResult, error) {
 	if _, ok := leases.FromContext(ctx); !ok {
-		l, err := c.lm.Create(ctx, leases.WithRandomID(), leases.WithExpiration(24*time.Hour))
+		l, err := c.lm.Create(ctx, leases.WithRandomID(), leases.WithExpiration(24*time.Hour),
+			leases.WithLabel(labels.LeaseConverting, srcRef))
 		if err != nil {
 			return nil, fmt.Errorf("creating lease: %w", err)
 		}

@@ -199,7 +199,7 @@ func (c *Converter) convertOnce(ctx context.Context, lc LayerConverter, desc oci
 
 	ns, _ := namespaces.Namespace(ctx)
 	l, err := c.lm.Create(ctx, leases.WithRandomID(), leases.WithExpiration(time.Hour),
-		leases.WithLabel("lazyconv.io/converting", desc.Digest.String()))
+		leases.WithLabel(labels.LeaseConverting, desc.Digest.String()))
 	if err != nil {
 		return flightResult{}, fmt.Errorf("creating lease: %w", err)
 	}

@@ -170,3 +170,9 @@ func AnnotationsFromLabels(info content.Info) map[string]string {
 	}
 	return out
 }
+
+// LeaseConverting marks the leases lazyconv creates for conversions in flight
+// (value: what is being converted). A lease so marked that outlives its
+// process (a crash, kill -9) is deleted when the service starts again, so
+// that garbage collection reclaims what the interrupted conversion wrote.
+const LeaseConverting = "lazyconv.io/converting"
