@@ -10,8 +10,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/urfave/cli/v3"
 
-	"github.com/lazyconv/lazyconv/converter"
-	"github.com/lazyconv/lazyconv/labels"
+	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 )
 
 func contentCommand() *cli.Command {
@@ -30,7 +29,7 @@ func contentCommand() *cli.Command {
 					defer s.Close()
 					tw := tabwriter.NewWriter(s.out, 1, 8, 2, ' ', 0)
 					fmt.Fprintln(tw, "DIGEST\tSIZE\tLABELS")
-					err = s.store.ContentStore().Walk(s.ctx, func(info content.Info) error {
+					err = s.client.ContentStore().Walk(s.ctx, func(info content.Info) error {
 						fmt.Fprintf(tw, "%s\t%s\t%s\n", info.Digest, humanSize(info.Size), formatLabels(info.Labels))
 						return nil
 					})
@@ -52,15 +51,11 @@ func contentCommand() *cli.Command {
 						return err
 					}
 					defer s.Close()
-					info, err := s.store.ContentStore().Info(s.ctx, dgst)
+					resp, err := s.api.CheckEStargz(s.ctx, &api.CheckEStargzRequest{Digest: dgst.String()})
 					if err != nil {
 						return err
 					}
-					_, cached := labels.IsEStargz(info)
-					is, err := converter.IsEStargz(s.ctx, s.store.ContentStore(), dgst)
-					if err != nil {
-						return err
-					}
+					is, cached := resp.GetEstargz(), resp.GetCached()
 					source := "checked footer and TOC"
 					if cached {
 						source = "cached"

@@ -9,7 +9,9 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/urfave/cli/v3"
 
+	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/service"
 )
 
 func imageConvertCommand() *cli.Command {
@@ -23,7 +25,9 @@ e.g. 'lazyconv image convert --estargz --oci example.com/foo:orig example.com/fo
 
 Layers already converted (by lazyconv, for this or any image sharing them) come
 from the variant cache without being read. eStargz conversion is lossless:
-unpacking a converted layer yields the source tar byte for byte.`,
+unpacking a converted layer yields the source tar byte for byte. Against a
+daemon the conversion runs inside it (or in the lazyconvd sidecar); no blob
+crosses the socket.`,
 		Flags: append([]cli.Flag{
 			&cli.BoolFlag{Name: "estargz", Usage: "convert layers to eStargz (lossless)"},
 			&cli.BoolFlag{Name: "uncompress", Usage: "convert layers to uncompressed tar"},
@@ -37,13 +41,11 @@ unpacking a converted layer yields the source tar byte for byte.`,
 			if cmd.Args().Len() != 2 {
 				return fmt.Errorf("image convert takes SRC and DST: %w", errdefs.ErrInvalidArgument)
 			}
-			src, dst := cmd.Args().Get(0), cmd.Args().Get(1)
-			lc, err := layerConverter(cmd)
+			req, err := convertRequest(cmd)
 			if err != nil {
 				return err
 			}
-			pm, err := platformMatcher(cmd)
-			if err != nil {
+			if _, err := platformMatcher(cmd); err != nil {
 				return err
 			}
 			s, err := openSession(ctx, cmd)
@@ -51,61 +53,75 @@ unpacking a converted layer yields the source tar byte for byte.`,
 				return err
 			}
 			defer s.Close()
-			conv, err := s.converter()
-			if err != nil {
-				return err
-			}
-			progress := converter.NewProgress()
+			display := newProgressDisplay(s.out)
 			start := time.Now()
 			displayCtx, stopDisplay := context.WithCancel(ctx)
 			displayDone := make(chan struct{})
-			if !cmd.Bool("quiet") {
-				go func() {
-					newProgressDisplay(s.out, progress).run(displayCtx)
-					close(displayDone)
-				}()
-			} else {
+			go func() {
+				if !cmd.Bool("quiet") {
+					display.run(displayCtx)
+				}
 				close(displayDone)
-			}
-			res, err := conv.ConvertImage(s.ctx, s.store.ImageStore(), src, dst, converter.ImageOptions{
-				Layer: lc, DockerToOCI: cmd.Bool("oci"), Platforms: pm, Progress: progress,
+			}()
+			var result *api.ConvertResult
+			err = s.api.Convert(s.ctx, req, func(ev *api.ConvertEvent) error {
+				if l := ev.GetLayer(); l != nil {
+					display.update(service.LayerStatus(l))
+				}
+				if r := ev.GetResult(); r != nil {
+					result = r
+				}
+				return nil
 			})
 			stopDisplay()
 			<-displayDone
-			// As containerd's GC scheduler does after a lease is dropped.
-			if _, gcErr := s.store.GarbageCollect(s.ctx); gcErr != nil && err == nil {
-				err = gcErr
+			if s.embedded() {
+				// As containerd's GC scheduler does after a lease is dropped.
+				if _, gcErr := s.store.GarbageCollect(s.ctx); gcErr != nil && err == nil {
+					err = gcErr
+				}
 			}
 			if err != nil {
 				return err
 			}
+			if result == nil {
+				return fmt.Errorf("the conversion service sent no result: %w", errdefs.ErrUnknown)
+			}
 			if cmd.Bool("quiet") {
-				fmt.Fprintln(s.out, res.Image.Target.Digest)
+				fmt.Fprintln(s.out, result.GetTarget().GetDigest())
 				return nil
 			}
 			fmt.Fprintln(s.out)
-			printSummary(s.out, res, progress, time.Since(start))
-			fmt.Fprintf(s.out, "%s %s\n", res.Image.Name, res.Image.Target.Digest)
+			printSummary(s.out, display.snapshot(), time.Since(start))
+			fmt.Fprintf(s.out, "%s %s\n", result.GetName(), result.GetTarget().GetDigest())
 			return nil
 		},
 	}
 }
 
-// layerConverter builds the layer converter the flags ask for.
-func layerConverter(cmd *cli.Command) (converter.LayerConverter, error) {
+// convertRequest builds the API request the flags ask for.
+func convertRequest(cmd *cli.Command) (*api.ConvertRequest, error) {
+	req := &api.ConvertRequest{
+		Source: cmd.Args().Get(0), Target: cmd.Args().Get(1), Oci: cmd.Bool("oci"),
+		Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
+		Format: service.FormatNone,
+	}
 	switch {
 	case cmd.Bool("estargz") && cmd.Bool("uncompress"):
 		return nil, fmt.Errorf("--estargz and --uncompress exclude each other: %w", errdefs.ErrInvalidArgument)
 	case cmd.Bool("estargz"):
 		if !cmd.Bool("oci") {
-			fmt.Fprintln(os.Stderr, "lazyconv: warning: --estargz without --oci drops the TOC digest annotations of Docker-typed layers")
+			fmt.Fprintln(os.Stderr, "lazyconv: warning: without --oci, Docker-typed layers lose their eStargz TOC digest annotations")
 		}
-		return converter.NewEStargz(
-			converter.WithEStargzCompressionLevel(int(cmd.Int("estargz-compression-level"))),
-			converter.WithEStargzChunkSize(int(cmd.Int("estargz-chunk-size"))),
-		)
+		level, chunk := int32(cmd.Int("estargz-compression-level")), int64(cmd.Int("estargz-chunk-size"))
+		req.Format = service.FormatEStargz
+		req.Estargz = &api.EStargzOptions{CompressionLevel: &level, ChunkSize: &chunk}
+		// Validate here, so that bad options fail before any connection.
+		if _, err := converter.NewEStargz(converter.WithEStargzCompressionLevel(int(level)), converter.WithEStargzChunkSize(int(chunk))); err != nil {
+			return nil, err
+		}
 	case cmd.Bool("uncompress"):
-		return converter.NewRecompress(converter.Uncompressed, 0)
+		req.Format = service.FormatUncompress
 	}
-	return nil, nil
+	return req, nil
 }

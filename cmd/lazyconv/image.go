@@ -81,7 +81,7 @@ func imageImportCommand() *cli.Command {
 				return err
 			}
 			defer s.Close()
-			imgs, err := s.store.Client().Import(s.ctx, r, containerd.WithImportPlatform(pm),
+			imgs, err := s.client.Import(s.ctx, r, containerd.WithImportPlatform(pm),
 				containerd.WithAllPlatforms(cmd.Bool("all-platforms")))
 			if err != nil {
 				return fmt.Errorf("importing %s: %w", cmd.Args().First(), err)
@@ -118,7 +118,7 @@ func imageExportCommand() *cli.Command {
 				opts = append(opts, archive.WithAllPlatforms())
 			}
 			for _, ref := range cmd.Args().Slice()[1:] {
-				opts = append(opts, archive.WithImage(s.store.ImageStore(), ref))
+				opts = append(opts, archive.WithImage(s.client.ImageService(), ref))
 			}
 			var w io.Writer = os.Stdout
 			if name := cmd.Args().First(); name != "-" {
@@ -129,7 +129,7 @@ func imageExportCommand() *cli.Command {
 				defer f.Close()
 				w = f
 			}
-			return s.store.Client().Export(s.ctx, w, opts...)
+			return s.client.Export(s.ctx, w, opts...)
 		},
 	}
 }
@@ -146,7 +146,7 @@ func imageListCommand() *cli.Command {
 				return err
 			}
 			defer s.Close()
-			imgs, err := s.store.ImageStore().List(s.ctx)
+			imgs, err := s.client.ImageService().List(s.ctx)
 			if err != nil {
 				return err
 			}
@@ -157,7 +157,7 @@ func imageListCommand() *cli.Command {
 				}
 				return nil
 			}
-			cs := s.store.ContentStore()
+			cs := s.client.ContentStore()
 			tw := tabwriter.NewWriter(s.out, 1, 8, 2, ' ', 0)
 			fmt.Fprintln(tw, "REF\tTYPE\tDIGEST\tSIZE\tPLATFORMS")
 			for _, img := range imgs {
@@ -196,7 +196,7 @@ func imageRemoveCommand() *cli.Command {
 			defer s.Close()
 			var failed error
 			for _, ref := range cmd.Args().Slice() {
-				if err := s.store.ImageStore().Delete(s.ctx, ref); err != nil {
+				if err := s.client.ImageService().Delete(s.ctx, ref); err != nil {
 					fmt.Fprintf(os.Stderr, "%s: %v\n", ref, err)
 					failed = err
 					continue
@@ -224,11 +224,11 @@ func imageVerifyCommand() *cli.Command {
 				return err
 			}
 			defer s.Close()
-			img, err := s.store.ImageStore().Get(s.ctx, cmd.Args().First())
+			img, err := s.client.ImageService().Get(s.ctx, cmd.Args().First())
 			if err != nil {
 				return err
 			}
-			cs := s.store.ContentStore()
+			cs := s.client.ContentStore()
 			var layers []ocispec.Descriptor
 			handler := images.HandlerFunc(func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
 				if images.IsLayerType(desc.MediaType) {

@@ -6,16 +6,15 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/urfave/cli/v3"
 
-	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/localstore"
 )
 
@@ -37,7 +36,9 @@ func app() *cli.Command {
 		Usage:   "convert container images to lazy-pull formats (eStargz) inside containerd's stores",
 		Version: version,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "root", Usage: "embedded store directory (containerd metadata DB + content store, no daemon)", Value: localstore.DefaultRoot(), Sources: cli.EnvVars("LAZYCONV_ROOT")},
+			&cli.StringFlag{Name: "root", Usage: "embedded store directory (containerd metadata DB + content store, no daemon); chosen when set, or when no containerd socket exists", Value: localstore.DefaultRoot(), Sources: cli.EnvVars("LAZYCONV_ROOT")},
+			&cli.StringFlag{Name: "address", Aliases: []string{"a"}, Usage: "containerd's socket (daemon mode)", Value: defaultAddress, Sources: cli.EnvVars("CONTAINERD_ADDRESS")},
+			&cli.StringFlag{Name: "converter-address", Usage: "lazyconvd sidecar socket serving the conversion API (daemon mode)", Sources: cli.EnvVars("LAZYCONV_CONVERTER_ADDRESS")},
 			&cli.StringFlag{Name: "namespace", Aliases: []string{"n"}, Usage: "containerd namespace", Value: namespaces.Default, Sources: cli.EnvVars("CONTAINERD_NAMESPACE")},
 			&cli.BoolFlag{Name: "debug", Usage: "debug logging"},
 		},
@@ -51,31 +52,8 @@ func app() *cli.Command {
 			}
 			return ctx, nil
 		},
-		Commands: []*cli.Command{imageCommand(), contentCommand(), gcCommand()},
+		Commands: []*cli.Command{imageCommand(), contentCommand(), gcCommand(), versionCommand()},
 	}
-}
-
-// session is an open embedded store with a namespaced context.
-type session struct {
-	ctx   context.Context
-	store *localstore.Store
-	out   io.Writer
-}
-
-func openSession(ctx context.Context, cmd *cli.Command) (*session, error) {
-	ctx = namespaces.WithNamespace(ctx, cmd.String("namespace"))
-	st, err := localstore.Open(ctx, cmd.String("root"))
-	if err != nil {
-		return nil, err
-	}
-	return &session{ctx: ctx, store: st, out: cmd.Root().Writer}, nil
-}
-
-func (s *session) Close() error { return s.store.Close() }
-
-// converter returns a Converter over the session's store.
-func (s *session) converter() (*converter.Converter, error) {
-	return converter.New(s.store.ContentStore(), s.store.LeaseManager())
 }
 
 func gcCommand() *cli.Command {
@@ -88,11 +66,45 @@ func gcCommand() *cli.Command {
 				return err
 			}
 			defer s.Close()
+			if !s.embedded() {
+				return fmt.Errorf("containerd collects garbage itself after leases and images are removed; gc is for --root stores: %w", errdefs.ErrNotImplemented)
+			}
 			stats, err := s.store.GarbageCollect(s.ctx)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(s.out, "garbage collected in %s\n", stats.Elapsed())
+			return nil
+		},
+	}
+}
+
+func versionCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "version",
+		Usage: "print the client's version and the conversion service's capabilities",
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			fmt.Fprintf(cmd.Root().Writer, "lazyconv %s\n", version)
+			s, err := openSession(ctx, cmd)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			caps, err := s.api.Capabilities(s.ctx)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(s.out, "service %s at %s: default format %s, %d workers\n", caps.GetVersion(), s.where, caps.GetDefaultFormat(), caps.GetWorkers())
+			for _, f := range caps.GetFormats() {
+				state := "available"
+				if !f.GetAvailable() {
+					state = "unavailable: " + f.GetReason()
+				}
+				fmt.Fprintf(s.out, "  format %-12s %s\n", f.GetName(), state)
+			}
+			for _, b := range caps.GetBuilders() {
+				fmt.Fprintf(s.out, "  builder %-11s found=%t %s %s\n", b.GetName(), b.GetFound(), b.GetPath(), b.GetVersion())
+			}
 			return nil
 		},
 	}

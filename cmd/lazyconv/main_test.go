@@ -69,7 +69,7 @@ func TestCLIConvertVerifyExportRoundTrip(t *testing.T) {
 
 	out, err = lazyconv(t, root, "image", "convert", "--estargz", "--oci", "example.com/cli:v1", "example.com/cli:again")
 	require.NoError(t, err, out)
-	assert.Equal(t, 2, strings.Count(out, "cached"), out)
+	assert.Contains(t, out, "cached", out)
 	assert.NotContains(t, out, "committed")
 
 	exported := filepath.Join(dir, "esgz.tar")

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -14,31 +15,51 @@ import (
 	"github.com/lazyconv/lazyconv/converter"
 )
 
-// progressDisplay shows a conversion's layers while it runs: a table redrawn
-// in place on a terminal, one plain line per state change otherwise.
+// progressDisplay shows a conversion's layers while it runs, fed by the
+// service's events: a table redrawn in place on a terminal, one plain line
+// per state change otherwise.
 type progressDisplay struct {
-	out   io.Writer
-	tty   bool
-	p     *converter.Progress
-	lines int
-	seen  map[string]converter.LayerState
+	out    io.Writer
+	tty    bool
+	mu     sync.Mutex
+	order  []string
+	layers map[string]converter.LayerStatus
+	lines  int
+	shown  map[string]converter.LayerState
 }
 
-func newProgressDisplay(out io.Writer, p *converter.Progress) *progressDisplay {
+func newProgressDisplay(out io.Writer) *progressDisplay {
 	tty := false
 	if f, ok := out.(*os.File); ok {
 		tty = term.IsTerminal(int(f.Fd()))
 	}
-	return &progressDisplay{out: out, tty: tty, p: p, seen: map[string]converter.LayerState{}}
+	return &progressDisplay{out: out, tty: tty, layers: map[string]converter.LayerStatus{}, shown: map[string]converter.LayerState{}}
 }
 
-// run refreshes the display until ctx is done, then draws the final state.
-func (d *progressDisplay) run(ctx context.Context) {
-	interval := 100 * time.Millisecond
-	if !d.tty {
-		interval = 250 * time.Millisecond
+// update records a layer's latest status.
+func (d *progressDisplay) update(s converter.LayerStatus) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	key := s.Digest.String()
+	if _, ok := d.layers[key]; !ok {
+		d.order = append(d.order, key)
 	}
-	t := time.NewTicker(interval)
+	d.layers[key] = s
+}
+
+func (d *progressDisplay) snapshot() []converter.LayerStatus {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]converter.LayerStatus, 0, len(d.order))
+	for _, k := range d.order {
+		out = append(out, d.layers[k])
+	}
+	return out
+}
+
+// run redraws until ctx is done, then draws the final state.
+func (d *progressDisplay) run(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {
@@ -52,14 +73,14 @@ func (d *progressDisplay) run(ctx context.Context) {
 }
 
 func (d *progressDisplay) draw() {
-	snap := d.p.Snapshot()
+	snap := d.snapshot()
 	if !d.tty {
 		for _, s := range snap {
 			key := s.Digest.String()
-			if prev, ok := d.seen[key]; ok && prev == s.State {
+			if prev, ok := d.shown[key]; ok && prev == s.State {
 				continue
 			}
-			d.seen[key] = s.State
+			d.shown[key] = s.State
 			fmt.Fprintln(d.out, layerLine(s))
 		}
 		return
@@ -96,20 +117,15 @@ func shortDigest(d string) string {
 }
 
 // printSummary prints the final table of a conversion: sizes and times per layer.
-func printSummary(out io.Writer, res *converter.ImageResult, p *converter.Progress, elapsed time.Duration) {
-	status := map[string]converter.LayerStatus{}
-	for _, s := range p.Snapshot() {
-		status[s.Digest.String()] = s
-	}
+func printSummary(out io.Writer, layers []converter.LayerStatus, elapsed time.Duration) {
 	tw := tabwriter.NewWriter(out, 1, 8, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "SOURCE LAYER\tSTATE\tSOURCE SIZE\tOUTPUT\tOUTPUT SIZE\tTIME\t")
 	var inTotal, outTotal int64
-	for _, l := range res.Layers {
-		s := status[l.Source.Digest.String()]
-		inTotal += l.Source.Size
-		outTotal += l.Desc.Size
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.2fs\t\n", shortDigest(l.Source.Digest.String()), l.State,
-			humanSize(l.Source.Size), shortDigest(l.Desc.Digest.String()), humanSize(l.Desc.Size), s.Elapsed.Seconds())
+	for _, l := range layers {
+		inTotal += l.Size
+		outTotal += l.OutSize
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.2fs\t\n", shortDigest(l.Digest.String()), l.State,
+			humanSize(l.Size), shortDigest(l.Output.String()), humanSize(l.OutSize), l.Elapsed.Seconds())
 	}
 	fmt.Fprintf(tw, "total\t\t%s\t\t%s\t%.2fs\t\n", humanSize(inTotal), humanSize(outTotal), elapsed.Seconds())
 	tw.Flush()

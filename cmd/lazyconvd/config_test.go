@@ -1,0 +1,70 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// exampleSidecarConfig extracts the commented lazyconvd section of
+// config.toml.example, uncommented.
+func exampleSidecarConfig(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("../../config.toml.example")
+	require.NoError(t, err)
+	_, section, ok := strings.Cut(string(b), "# --- lazyconvd.toml ---\n")
+	require.True(t, ok, "config.toml.example has a lazyconvd section")
+	var out []string
+	for _, line := range strings.Split(section, "\n") {
+		if rest, ok := strings.CutPrefix(line, "# "); ok && (strings.Contains(rest, "=") || strings.HasPrefix(rest, "[") || strings.HasPrefix(rest, "#")) {
+			out = append(out, rest)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func TestConfigExampleIsTheDefaults(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "lazyconvd.toml")
+	require.NoError(t, os.WriteFile(p, []byte(exampleSidecarConfig(t)), 0o644))
+	cfg, err := loadConfig(p)
+	require.NoError(t, err)
+	assert.Equal(t, defaultConfig(), cfg)
+}
+
+func TestConfigLoading(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		content string
+		check   func(t *testing.T, cfg config, err error)
+	}{
+		{"missing file means defaults", "", func(t *testing.T, cfg config, err error) {
+			require.NoError(t, err)
+			assert.Equal(t, defaultConfig(), cfg)
+		}},
+		{"values override defaults", "address = \"/tmp/x.sock\"\n[converter]\nworkers = 3\n", func(t *testing.T, cfg config, err error) {
+			require.NoError(t, err)
+			assert.Equal(t, "/tmp/x.sock", cfg.Address)
+			assert.Equal(t, 3, cfg.Converter.Workers)
+			assert.Equal(t, defaultConfig().ContainerdAddress, cfg.ContainerdAddress)
+			assert.Equal(t, 9, cfg.Converter.EStargzCompressionLevel)
+		}},
+		{"unknown key is an error", "adress = \"/tmp/typo.sock\"\n", func(t *testing.T, _ config, err error) {
+			require.Error(t, err)
+			assert.True(t, errdefs.IsInvalidArgument(err))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "lazyconvd.toml")
+			if tc.content != "" {
+				require.NoError(t, os.WriteFile(p, []byte(tc.content), 0o644))
+			}
+			cfg, err := loadConfig(p)
+			tc.check(t, cfg, err)
+		})
+	}
+}

@@ -1,0 +1,95 @@
+// Command lazyconvd is lazyconv's sidecar for a stock containerd: it serves
+// the conversion API on its own unix socket and works on containerd's stores
+// as a client (every blob it converts crosses containerd's socket twice, which
+// is why the in-daemon plugin is faster).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/log"
+	"google.golang.org/grpc"
+
+	"github.com/lazyconv/lazyconv/service"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	configPath := flag.String("config", "/etc/lazyconv/lazyconvd.toml", "configuration file (TOML); absent means defaults")
+	address := flag.String("address", "", "socket to serve on (overrides the config)")
+	containerdAddress := flag.String("containerd-address", "", "containerd's socket (overrides the config)")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *configPath, *address, *containerdAddress); err != nil {
+		fmt.Fprintln(os.Stderr, "lazyconvd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, configPath, address, containerdAddress string) error {
+	cfg, err := loadConfig(configPath)
+	if err != nil {
+		return err
+	}
+	if address != "" {
+		cfg.Address = address
+	}
+	if containerdAddress != "" {
+		cfg.ContainerdAddress = containerdAddress
+	}
+	client, err := containerd.New(cfg.ContainerdAddress)
+	if err != nil {
+		return fmt.Errorf("connecting to containerd at %s: %w", cfg.ContainerdAddress, err)
+	}
+	defer client.Close()
+	svc, err := service.New(client.ContentStore(), client.ImageService(), client.LeasesService(), cfg.Converter, version)
+	if err != nil {
+		return err
+	}
+	nss, err := client.NamespaceService().List(ctx)
+	if err != nil {
+		return fmt.Errorf("listing containerd's namespaces: %w", err)
+	}
+	if n, err := service.RecoverLeases(ctx, client.LeasesService(), nss); err != nil {
+		return err
+	} else if n > 0 {
+		log.G(ctx).Infof("dropped %d leases of conversions interrupted by a previous exit", n)
+	}
+
+	if err := os.MkdirAll(filepath.Dir(cfg.Address), 0o711); err != nil {
+		return err
+	}
+	if err := os.Remove(cfg.Address); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	l, err := net.Listen("unix", cfg.Address)
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(cfg.Address, 0o660); err != nil {
+		l.Close()
+		return err
+	}
+	server := grpc.NewServer()
+	if err := svc.Register(server); err != nil {
+		return err
+	}
+	go func() {
+		<-ctx.Done()
+		server.GracefulStop()
+	}()
+	log.G(ctx).Infof("lazyconvd %s serving on %s, converting in containerd at %s", version, cfg.Address, cfg.ContainerdAddress)
+	return server.Serve(l)
+}
