@@ -48,7 +48,7 @@ func imageCommand() *cli.Command {
 		Usage:   "manage and convert images",
 		Commands: []*cli.Command{
 			imageImportCommand(), imageExportCommand(), imageListCommand(), imageRemoveCommand(),
-			imageConvertCommand(), imageVerifyCommand(),
+			imageConvertCommand(), imageVerifyCommand(), imagePullCommand(), imagePushCommand(),
 		},
 	}
 }
@@ -196,7 +196,7 @@ func imageRemoveCommand() *cli.Command {
 			defer s.Close()
 			var failed error
 			for _, ref := range cmd.Args().Slice() {
-				if err := s.client.ImageService().Delete(s.ctx, ref); err != nil {
+				if err := s.client.ImageService().Delete(s.ctx, ref, images.SynchronousDelete()); err != nil {
 					fmt.Fprintf(os.Stderr, "%s: %v\n", ref, err)
 					failed = err
 					continue

@@ -1,0 +1,73 @@
+package integration
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestPluginIsListedAndExampleConfigLoadsCleanly(t *testing.T) {
+	requireRoot(t)
+	example, err := os.ReadFile("../config.toml.example")
+	require.NoError(t, err)
+	d := startDaemon(t, bins.containerdLazyconv, string(example))
+	c := d.client(t)
+	resp, err := c.IntrospectionService().Plugins(nsContext("default"), `type=="io.containerd.grpc.v1",id=="lazyconv"`)
+	require.NoError(t, err)
+	require.Len(t, resp.Plugins, 1)
+	assert.Nil(t, resp.Plugins[0].InitErr, "the lazyconv plugin initialised")
+	for _, format := range []string{"estargz", "uncompress", "gzip", "zstd"} {
+		resp, err := c.IntrospectionService().Plugins(nsContext("default"), `type=="io.containerd.image-converter.v1",id=="`+format+`"`)
+		require.NoError(t, err)
+		require.Len(t, resp.Plugins, 1, format)
+		assert.Nil(t, resp.Plugins[0].InitErr, format)
+	}
+	for _, line := range strings.Split(d.logText(), "\n") {
+		if strings.Contains(line, "level=warning") && (strings.Contains(line, "unknown key") ||
+			strings.Contains(line, "migrated") || strings.Contains(line, "lazyconv")) {
+			t.Errorf("config.toml.example gives a warning: %s", line)
+		}
+	}
+	out := mustLazyconv(t, "--address", d.address, "version")
+	assert.Contains(t, out, "default format estargz")
+	assert.Contains(t, out, "format estargz")
+}
+
+func TestConvertInDaemonThroughRegistryRoundTrip(t *testing.T) {
+	requireRoot(t)
+	reg := startRegistry(t)
+	d := startDaemon(t, bins.containerdLazyconv, testConfig)
+	src := reg.host + "/lazyconv/app:v1"
+	dst := reg.host + "/lazyconv/app:esgz"
+	img := newTestImage(t, src, 0)
+	lc := func(args ...string) string { return mustLazyconv(t, append([]string{"--address", d.address}, args...)...) }
+
+	lc("image", "import", img.archive)
+	lc("image", "push", "--plain-http", src)
+	lc("image", "rm", src)
+	lc("image", "pull", "--plain-http", src)
+
+	out := lc("image", "convert", "--estargz", "--oci", src, dst)
+	assert.Contains(t, out, "committed", out)
+	assert.NotContains(t, out, "cached", out)
+	assert.Contains(t, out, dst+" sha256:")
+
+	lc("image", "push", "--plain-http", dst)
+	lc("image", "rm", src, dst)
+	c := d.client(t)
+	ctx := nsContext("default")
+	var left []string
+	require.NoError(t, c.ContentStore().Walk(ctx, func(info contentInfo) error {
+		left = append(left, info.Digest.String())
+		return nil
+	}))
+	assert.Empty(t, left, "nothing is left once the images are removed")
+
+	mustLazyconv(t, "--address", d.address, "-n", "other", "image", "pull", "--plain-http", dst)
+	out = mustLazyconv(t, "--address", d.address, "-n", "other", "image", "verify", dst)
+	assert.Contains(t, out, "3 eStargz layers verified")
+	assertConvertedImage(t, nsContext("other"), c.ContentStore(), c.ImageService(), dst, img)
+}
