@@ -149,7 +149,11 @@ func assertEStargzOf(t *testing.T, cs content.Provider, desc ocispec.Descriptor,
 		require.NoError(t, err)
 		fr, err := r.OpenFile(h.Name)
 		require.NoError(t, err, h.Name)
-		got, err := io.ReadAll(io.NewSectionReader(fr, 0, fr.Size()))
+		got := make([]byte, fr.Size())
+		_, err = fr.ReadAt(got, 0) // one read: estargz decompresses a chunk from its start per read
+		if err == io.EOF {
+			err = nil
+		}
 		require.NoError(t, err)
 		assert.True(t, bytes.Equal(want, got), "content of %s", h.Name)
 	}

@@ -175,7 +175,7 @@ func TestCancelledConversionLeavesNothing(t *testing.T) {
 	f := newFixture(t, converter.WithWorkers(1))
 	var layers []imagegen.Layer
 	for i := range 3 {
-		tarball := imagegen.TarBytes([]imagegen.Entry{file("big", randomBytes(int64(10+i), 24<<20))})
+		tarball := imagegen.TarBytes([]imagegen.Entry{file("big", randomBytes(int64(10+i), 8<<20))})
 		layers = append(layers, imagegen.Layer{MediaType: ocispec.MediaTypeImageLayerGzip, Blob: imagegen.Compress(tarball, "gzip")})
 	}
 	_, err := imagegen.Store(f.ctx, f.cs, f.store.ImageStore(), imagegen.Image{Name: "big:v1", Layers: layers})
