@@ -149,4 +149,3 @@ func reachableContent(t *testing.T, ctx context.Context, c *containerd.Client) m
 	}
 	return seen
 }
-

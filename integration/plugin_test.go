@@ -43,7 +43,9 @@ func TestConvertInDaemonThroughRegistryRoundTrip(t *testing.T) {
 	src := reg.host + "/lazyconv/app:v1"
 	dst := reg.host + "/lazyconv/app:esgz"
 	img := newTestImage(t, src, 0)
-	lc := func(args ...string) string { return mustLazyconv(t, append([]string{"--address", d.address}, args...)...) }
+	lc := func(args ...string) string {
+		return mustLazyconv(t, append([]string{"--address", d.address}, args...)...)
+	}
 
 	lc("image", "import", img.archive)
 	lc("image", "push", "--plain-http", src)
