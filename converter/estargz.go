@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"strconv"
 
@@ -135,11 +134,10 @@ func (c *estargzConverter) Convert(ctx context.Context, cs content.Store, desc o
 	}
 	defer src.Close()
 	comp := newPayloadCompressor(c.level)
-	tocSize := &countingHash{}
 	var tocDigest, diffID digest.Digest
 	ref := "lazyconv-" + c.Variant() + "-" + desc.Digest.Encoded()
 	blob, err := writeBlob(ctx, cs, ref, counters.Out, func(w io.Writer) (map[string]string, error) {
-		ew := estargz.NewWriterWithCompressor(w, &tocCounter{payloadCompressor: comp, toc: tocSize})
+		ew := estargz.NewWriterWithCompressor(w, comp)
 		ew.ChunkSize = c.chunkSize
 		if err := ew.AppendTarLossLess(src); err != nil {
 			return nil, inputError(ctx, src, err)
@@ -159,7 +157,7 @@ func (c *estargzConverter) Convert(ctx context.Context, cs content.Store, desc o
 		}
 		annotations := map[string]string{
 			labels.TOCDigestAnnotation:        tocDigest.String(),
-			labels.UncompressedSizeAnnotation: strconv.FormatInt(comp.size+tocSize.n, 10),
+			labels.UncompressedSizeAnnotation: strconv.FormatInt(comp.size+comp.tocSize, 10),
 		}
 		lbls := map[string]string{labels.Uncompressed: diffID.String(), labels.EStargz: labels.FormatBool(true)}
 		labels.AnnotationsToLabels(annotations, lbls)
@@ -174,7 +172,7 @@ func (c *estargzConverter) Convert(ctx context.Context, cs content.Store, desc o
 		Size:      blob.Size,
 		Annotations: map[string]string{
 			labels.TOCDigestAnnotation:        tocDigest.String(),
-			labels.UncompressedSizeAnnotation: strconv.FormatInt(comp.size+tocSize.n, 10),
+			labels.UncompressedSizeAnnotation: strconv.FormatInt(comp.size+comp.tocSize, 10),
 		},
 	}
 	return Converted{Desc: out, DiffID: diffID, SourceDiffID: src.DiffID()}, nil
@@ -193,29 +191,6 @@ func inputError(ctx context.Context, src *sourceStream, err error) error {
 		return err
 	}
 	return fmt.Errorf("reading source: %v: %w", err, errdefs.ErrInvalidArgument)
-}
-
-// tocCounter is the payload compressor with the TOC's uncompressed bytes
-// counted, for the uncompressed-size annotation.
-type tocCounter struct {
-	*payloadCompressor
-	toc *countingHash
-}
-
-func (t *tocCounter) WriteTOCAndFooter(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, error) {
-	t.toc.Hash = diffHash
-	return t.payloadCompressor.WriteTOCAndFooter(w, off, toc, t.toc)
-}
-
-// countingHash counts the bytes written to the hash it wraps.
-type countingHash struct {
-	hash.Hash
-	n int64
-}
-
-func (c *countingHash) Write(p []byte) (int, error) {
-	c.n += int64(len(p))
-	return c.Hash.Write(p)
 }
 
 // IsEStargz reports whether the blob is eStargz: it has an eStargz footer and

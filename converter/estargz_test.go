@@ -3,8 +3,10 @@ package converter_test
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"io"
 	"math/rand"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -127,6 +129,13 @@ func assertEStargzOf(t *testing.T, cs content.Provider, desc ocispec.Descriptor,
 	unpacked, err := io.ReadAll(rc)
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(tarball, unpacked), "estargz.Unpack must yield the source tar byte for byte (%d vs %d bytes)", len(tarball), len(unpacked))
+
+	// The uncompressed-size annotation is the size of the whole blob decompressed.
+	zr, err := gzip.NewReader(io.NewSectionReader(ra, 0, ra.Size()))
+	require.NoError(t, err)
+	total, err := io.Copy(io.Discard, zr)
+	require.NoError(t, err)
+	assert.Equal(t, strconv.FormatInt(total, 10), desc.Annotations[labels.UncompressedSizeAnnotation])
 
 	r, err := estargz.Open(sr)
 	require.NoError(t, err)

@@ -1,7 +1,11 @@
 package converter
 
 import (
+	"archive/tar"
+	"bufio"
 	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"hash"
 	"io"
@@ -47,16 +51,15 @@ func validGzipLevel(level int) error {
 type payloadCompressor struct {
 	level   int
 	pool    *sync.Pool
-	toc     *estargz.GzipCompressor
 	payload hash.Hash
-	size    int64
+	size    int64 // uncompressed payload bytes
+	tocSize int64 // uncompressed bytes of the TOC's tar entry
 }
 
 func newPayloadCompressor(level int) *payloadCompressor {
 	return &payloadCompressor{
 		level:   level,
 		pool:    gzipWriterPool(level),
-		toc:     estargz.NewGzipCompressorWithLevel(level),
 		payload: sha256.New(),
 	}
 }
@@ -68,10 +71,83 @@ func (c *payloadCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error
 	return &pooledGzipWriter{gz: gz, c: c}, nil
 }
 
-// WriteTOCAndFooter writes the TOC and footer exactly as estargz's own gzip
-// compressor does.
+// WriteTOCAndFooter writes the TOC as estargz's gzip compressor does (a tar
+// entry named stargz.index.json in its own gzip stream, then the footer
+// pointing at it), but streams the JSON entry by entry instead of building it
+// whole: estargz's MarshalIndent holds two copies of a TOC that is tens of
+// megabytes for a layer of many files. The JSON is compact, not indented.
 func (c *payloadCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, error) {
-	return c.toc.WriteTOCAndFooter(w, off, toc, diffHash)
+	size, err := writeTOCJSON(io.Discard, toc)
+	if err != nil {
+		return "", err
+	}
+	gz, err := gzip.NewWriterLevel(w, c.level)
+	if err != nil {
+		return "", err
+	}
+	counted := &countingWriter{w: gz}
+	tw := tar.NewWriter(io.MultiWriter(counted, diffHash))
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: estargz.TOCTarName, Size: size}); err != nil {
+		return "", err
+	}
+	dg := digest.SHA256.Digester()
+	if _, err := writeTOCJSON(io.MultiWriter(tw, dg.Hash()), toc); err != nil {
+		return "", err
+	}
+	if err := tw.Close(); err != nil {
+		return "", err
+	}
+	if err := gz.Close(); err != nil {
+		return "", err
+	}
+	c.tocSize = counted.n
+	if _, err := w.Write(gzipFooter(off)); err != nil {
+		return "", err
+	}
+	return dg.Digest(), nil
+}
+
+// writeTOCJSON writes toc as compact JSON, one entry at a time, and returns
+// the bytes written.
+func writeTOCJSON(w io.Writer, toc *estargz.JTOC) (int64, error) {
+	cw := &countingWriter{w: w}
+	bw := bufio.NewWriterSize(cw, 64<<10)
+	fmt.Fprintf(bw, `{"version":%d,"entries":[`, toc.Version)
+	for i, e := range toc.Entries {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		b, err := json.Marshal(e)
+		if err != nil {
+			return 0, err
+		}
+		bw.Write(b)
+	}
+	bw.WriteString("]}")
+	if err := bw.Flush(); err != nil {
+		return 0, err
+	}
+	return cw.n, nil
+}
+
+// gzipFooter is estargz's footer: an empty gzip stream whose extra field
+// holds the TOC offset ("%016xSTARGZ", RFC 1952 subfield "SG").
+func gzipFooter(tocOffset int64) []byte {
+	subfield := fmt.Sprintf("%016xSTARGZ", tocOffset)
+	extra := []byte{'S', 'G', 0, 0}
+	binary.LittleEndian.PutUint16(extra[2:], uint16(len(subfield)))
+	return estargz.CreateGzipFooter(append(extra, subfield...))
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // PayloadDigest is the digest of every uncompressed payload byte written.
