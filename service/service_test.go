@@ -1,0 +1,209 @@
+package service_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/internal/imagegen"
+	"github.com/lazyconv/lazyconv/labels"
+	"github.com/lazyconv/lazyconv/localstore"
+	"github.com/lazyconv/lazyconv/service"
+)
+
+func TestMain(m *testing.M) {
+	_ = log.SetLevel("error")
+	os.Exit(m.Run())
+}
+
+type fixture struct {
+	ctx   context.Context
+	store *localstore.Store
+	svc   *service.Service
+}
+
+func newFixture(t *testing.T, cfg service.Config) *fixture {
+	t.Helper()
+	ctx := namespaces.WithNamespace(context.Background(), "test")
+	st, err := localstore.Open(ctx, t.TempDir())
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	svc, err := service.New(st.ContentStore(), st.ImageStore(), st.LeaseManager(), cfg, "test")
+	require.NoError(t, err)
+	img := imagegen.Image{Name: "app:v1"}
+	for _, e := range []imagegen.Entry{file("a", "alpha"), file("b", "beta")} {
+		tarball := imagegen.TarBytes([]imagegen.Entry{e})
+		img.Layers = append(img.Layers, imagegen.Layer{MediaType: ocispec.MediaTypeImageLayerGzip, Blob: imagegen.Compress(tarball, "gzip")})
+	}
+	_, err = imagegen.Store(ctx, st.ContentStore(), st.ImageStore(), img)
+	require.NoError(t, err)
+	return &fixture{ctx: ctx, store: st, svc: svc}
+}
+
+func file(name, body string) imagegen.Entry {
+	e := imagegen.Entry{Body: []byte(body)}
+	e.Header.Name, e.Header.Typeflag, e.Header.Mode = name, '0', 0o644
+	return e
+}
+
+func TestConvertStreamsLayersThenResult(t *testing.T) {
+	f := newFixture(t, service.DefaultConfig())
+	var events []*api.ConvertEvent
+	req := &api.ConvertRequest{Source: "app:v1", Target: "app:esgz", AllPlatforms: true}
+	require.NoError(t, f.svc.ConvertImage(f.ctx, req, func(ev *api.ConvertEvent) error {
+		events = append(events, ev)
+		return nil
+	}))
+	require.NotEmpty(t, events)
+	last := events[len(events)-1].GetResult()
+	require.NotNil(t, last, "the result comes last")
+	assert.Equal(t, "app:esgz", last.GetName())
+	assert.Equal(t, int64(2), last.GetConverted())
+	final := map[string]api.LayerState{}
+	for _, ev := range events[:len(events)-1] {
+		require.NotNil(t, ev.GetLayer())
+		final[ev.GetLayer().GetDigest()] = ev.GetLayer().GetState()
+	}
+	require.Len(t, final, 2)
+	for d, s := range final {
+		assert.Equal(t, api.LayerState_LAYER_STATE_COMMITTED, s, d)
+	}
+
+	// Again: the default format (estargz) comes from the cache.
+	events = nil
+	require.NoError(t, f.svc.ConvertImage(f.ctx, req, func(ev *api.ConvertEvent) error { events = append(events, ev); return nil }))
+	assert.Equal(t, int64(0), events[len(events)-1].GetResult().GetConverted())
+}
+
+func TestConvertRejectsBadRequests(t *testing.T) {
+	f := newFixture(t, service.DefaultConfig())
+	level := int32(42)
+	for _, tc := range []struct {
+		name  string
+		ctx   context.Context
+		req   *api.ConvertRequest
+		class func(error) bool
+	}{
+		{"no source", f.ctx, &api.ConvertRequest{Target: "x"}, errdefs.IsInvalidArgument},
+		{"unknown format", f.ctx, &api.ConvertRequest{Source: "app:v1", Target: "x", Format: "squashfs"}, errdefs.IsInvalidArgument},
+		{"bad level", f.ctx, &api.ConvertRequest{Source: "app:v1", Target: "x", Estargz: &api.EStargzOptions{CompressionLevel: &level}}, errdefs.IsInvalidArgument},
+		{"bad platform", f.ctx, &api.ConvertRequest{Source: "app:v1", Target: "x", Platforms: []string{"a/b/c/d/e"}}, errdefs.IsInvalidArgument},
+		{"missing image", f.ctx, &api.ConvertRequest{Source: "nope:v1", Target: "x"}, errdefs.IsNotFound},
+		{"no namespace", context.Background(), &api.ConvertRequest{Source: "app:v1", Target: "x"}, errdefs.IsFailedPrecondition},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := f.svc.ConvertImage(tc.ctx, tc.req, func(*api.ConvertEvent) error { return nil })
+			require.Error(t, err)
+			assert.True(t, tc.class(err), "%v", err)
+		})
+	}
+}
+
+func TestConfigIsValidated(t *testing.T) {
+	st, err := localstore.Open(context.Background(), t.TempDir())
+	require.NoError(t, err)
+	defer st.Close()
+	for _, cfg := range []service.Config{
+		{Workers: -1, DefaultFormat: "estargz", EStargzCompressionLevel: 9},
+		{DefaultFormat: "tarball", EStargzCompressionLevel: 9},
+		{DefaultFormat: "estargz", EStargzCompressionLevel: 99},
+	} {
+		_, err := service.New(st.ContentStore(), st.ImageStore(), st.LeaseManager(), cfg, "test")
+		require.Error(t, err)
+		assert.True(t, errdefs.IsInvalidArgument(err), "%v", err)
+	}
+}
+
+func TestRecoverLeasesDropsOnlyLazyconvLeases(t *testing.T) {
+	f := newFixture(t, service.DefaultConfig())
+	lm := f.store.LeaseManager()
+	ours, err := lm.Create(f.ctx, leases.WithRandomID(), leases.WithLabel(labels.LeaseConverting, "app:v1"))
+	require.NoError(t, err)
+	theirs, err := lm.Create(f.ctx, leases.WithRandomID(), leases.WithLabel("other", "x"))
+	require.NoError(t, err)
+	n, err := service.RecoverLeases(f.ctx, lm, []string{"test"})
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	ls, err := lm.List(f.ctx)
+	require.NoError(t, err)
+	var ids []string
+	for _, l := range ls {
+		ids = append(ids, l.ID)
+	}
+	assert.Equal(t, []string{theirs.ID}, ids)
+	assert.NotContains(t, ids, ours.ID)
+}
+
+func TestGRPCEdge(t *testing.T) {
+	f := newFixture(t, service.DefaultConfig())
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	l, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	server := grpc.NewServer()
+	require.NoError(t, f.svc.Register(server))
+	go server.Serve(l)
+	defer server.Stop()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	defer conn.Close()
+	client := api.NewConverterClient(conn)
+	ctx := namespaces.WithNamespace(context.Background(), "test") // travels as containerd's gRPC header
+
+	caps, err := client.Capabilities(ctx, &api.CapabilitiesRequest{})
+	require.NoError(t, err)
+	assert.Equal(t, "estargz", caps.GetDefaultFormat())
+	var names []string
+	for _, f := range caps.GetFormats() {
+		names = append(names, f.GetName())
+	}
+	assert.Equal(t, service.Formats, names)
+
+	stream, err := client.Convert(ctx, &api.ConvertRequest{Source: "app:v1", Target: "app:esgz", AllPlatforms: true})
+	require.NoError(t, err)
+	var result *api.ConvertResult
+	for {
+		ev, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		require.NoError(t, err)
+		if r := ev.GetResult(); r != nil {
+			result = r
+		}
+	}
+	require.NotNil(t, result)
+	img, err := f.store.ImageStore().Get(f.ctx, "app:esgz")
+	require.NoError(t, err)
+	assert.Equal(t, img.Target.Digest.String(), result.GetTarget().GetDigest())
+
+	stream, err = client.Convert(ctx, &api.ConvertRequest{Source: "missing:v1", Target: "x"})
+	require.NoError(t, err)
+	_, err = stream.Recv()
+	assert.True(t, errdefs.IsNotFound(errgrpc.ToNative(err)), "errors keep their errdefs class across gRPC: %v", err)
+
+	_, err = client.CheckEStargz(ctx, &api.CheckEStargzRequest{Digest: "bogus"})
+	assert.True(t, errdefs.IsInvalidArgument(errgrpc.ToNative(err)), "%v", err)
+	resp, err := client.CheckEStargz(ctx, &api.CheckEStargzRequest{Digest: img.Target.Digest.String()})
+	require.NoError(t, err)
+	assert.False(t, resp.GetEstargz(), "a manifest is no eStargz blob")
+	assert.False(t, resp.GetCached())
+	resp, err = client.CheckEStargz(ctx, &api.CheckEStargzRequest{Digest: img.Target.Digest.String()})
+	require.NoError(t, err)
+	assert.True(t, resp.GetCached(), "the second answer comes from the label")
+}
