@@ -5,7 +5,7 @@ DEMO_DIR ?= $(CURDIR)/.cache/demo
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build demo test lint bench clean protos
+.PHONY: all build daemons demo test lint bench clean protos
 
 all: build
 
@@ -30,9 +30,15 @@ lint:
 
 # Go benchmarks, then the side-by-side report against stargz-snapshotter's
 # nativeconverter (ratios, medians), cached re-convert and peak RSS.
-bench: build
+bench: build daemons
 	$(GO) test -run '^$$' -bench . -benchtime 3x -benchmem ./converter/
-	$(GO) run ./hack/benchreport -lazyconv bin/lazyconv
+	$(GO) run ./hack/benchreport -bin bin
+
+# containerd-lazyconv, the lazyconvd sidecar, and a stock containerd v2.4 (from the Go module proxy).
+daemons:
+	$(GO) build -tags no_btrfs -ldflags "$(LDFLAGS)" -o bin/containerd-lazyconv ./cmd/containerd-lazyconv
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/lazyconvd ./cmd/lazyconvd
+	test -x bin/stock/containerd || GOBIN=$(CURDIR)/bin/stock $(GO) install -tags no_btrfs github.com/containerd/containerd/v2/cmd/containerd@v2.4.2
 
 clean:
 	rm -rf bin .cache

@@ -22,7 +22,7 @@ var benchLayer struct {
 func loadBenchLayer(b *testing.B) ([]byte, int64) {
 	if benchLayer.blob == nil {
 		var tarball bytes.Buffer
-		require.NoError(b, imagegen.WriteGorootTar(&tarball, 32<<20))
+		require.NoError(b, imagegen.WriteGorootTar(&tarball, "go", 32<<20))
 		benchLayer.tarBytes = int64(tarball.Len())
 		benchLayer.blob = imagegen.Compress(tarball.Bytes(), "gzip")
 	}

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"math/rand"
 	"os"
@@ -59,7 +60,7 @@ func newTestImage(t *testing.T, name string, bigLayers int64) testImage {
 	if bigLayers > 0 {
 		for i := range tars {
 			var b bytes.Buffer
-			require.NoError(t, imagegen.WriteGorootTar(&b, bigLayers+int64(i)<<20))
+			require.NoError(t, imagegen.WriteGorootTar(&b, fmt.Sprintf("layer%d-", i), bigLayers))
 			tars[i] = b.Bytes()
 		}
 	}

@@ -39,16 +39,18 @@ func main() {
 	multi := flag.Int("multi-layers", 4, "layers of the multi-layer image")
 	multiMiB := flag.Int("multi-layer-mib", 64, "size of each layer of the multi-layer image")
 	rssMiB := flag.Int("rss-layer-mib", 1024, "layer size for the peak RSS measurement (0 skips it)")
-	lazyconvBin := flag.String("lazyconv", "bin/lazyconv", "lazyconv binary for the RSS measurement")
+	binDir := flag.String("bin", "bin", "directory of lazyconv, lazyconvd, containerd-lazyconv and stock/containerd")
+	modeMiB := flag.Int("modes-layer-mib", 32, "layer size for the in-daemon/sidecar/embedded comparison (0 skips it)")
 	flag.Parse()
 	_ = log.SetLevel("error")
-	if err := run(*runs, *layerMiB, *multi, *multiMiB, *rssMiB, *lazyconvBin); err != nil {
+	if err := run(*runs, *layerMiB, *multi, *multiMiB, *rssMiB, *modeMiB, *binDir); err != nil {
 		fmt.Fprintln(os.Stderr, "benchreport:", err)
 		os.Exit(1)
 	}
 }
 
-func run(runs, layerMiB, multi, multiMiB, rssMiB int, bin string) error {
+func run(runs, layerMiB, multi, multiMiB, rssMiB, modeMiB int, binDir string) error {
+	bin := filepath.Join(binDir, "lazyconv")
 	work, err := os.MkdirTemp("", "lazyconv-bench-")
 	if err != nil {
 		return err
@@ -85,6 +87,15 @@ func run(runs, layerMiB, multi, multiMiB, rssMiB int, bin string) error {
 	if err := cachedReconvert(ctx, st, several, runs); err != nil {
 		return err
 	}
+	if modeMiB > 0 {
+		modeLayers, err := generateLayers(work, "modes", multi, int64(modeMiB)<<20)
+		if err != nil {
+			return err
+		}
+		if err := compareModes(work, binDir, modeLayers, runs); err != nil {
+			return err
+		}
+	}
 	if rssMiB > 0 {
 		if err := peakRSS(work, bin, rssMiB); err != nil {
 			return err
@@ -113,7 +124,7 @@ func generateLayers(dir, name string, n int, size int64) ([]generated, error) {
 		dg := digest.SHA256.Digester()
 		cw := &countWriter{w: io.MultiWriter(zw, dg.Hash())}
 		// Offset each layer's files so that layers differ.
-		if err := imagegen.WriteGorootTar(cw, size+int64(i)<<20); err != nil {
+		if err := imagegen.WriteGorootTar(cw, fmt.Sprintf("%s%d-", name, i), size); err != nil {
 			return nil, err
 		}
 		zw.Close()

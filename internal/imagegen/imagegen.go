@@ -128,8 +128,9 @@ func Goroot() (string, error) {
 
 // WriteGorootTar writes a tar of real files from GOROOT (sources, packages,
 // binaries: a realistic mix) of at least size file bytes, repeating the tree
-// under numbered prefixes when it is smaller than size.
-func WriteGorootTar(w io.Writer, size int64) error {
+// under numbered directories named after prefix when it is smaller than
+// size. Different prefixes give different layers of the same files.
+func WriteGorootTar(w io.Writer, prefix string, size int64) error {
 	root, err := Goroot()
 	if err != nil {
 		return err
@@ -137,7 +138,7 @@ func WriteGorootTar(w io.Writer, size int64) error {
 	tw := tar.NewWriter(w)
 	var total int64
 	for i := 0; total < size; i++ {
-		n, err := WriteDirTar(tw, root, "copy"+strconv.Itoa(i), size-total)
+		n, err := WriteDirTar(tw, root, prefix+strconv.Itoa(i), size-total)
 		if err != nil {
 			return err
 		}
