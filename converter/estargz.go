@@ -3,6 +3,7 @@ package converter
 import (
 	"archive/tar"
 	"context"
+	"maps"
 	"errors"
 	"fmt"
 	"io"
@@ -26,11 +27,11 @@ const (
 )
 
 // EStargzOption configures the eStargz converter.
-type EStargzOption func(*estargzConverter) error
+type EStargzOption func(*tocConverter) error
 
 // WithEStargzCompressionLevel sets the gzip level (-2 to 9; default 9).
 func WithEStargzCompressionLevel(level int) EStargzOption {
-	return func(c *estargzConverter) error {
+	return func(c *tocConverter) error {
 		if err := validGzipLevel(level); err != nil {
 			return err
 		}
@@ -41,8 +42,10 @@ func WithEStargzCompressionLevel(level int) EStargzOption {
 
 // WithEStargzChunkSize sets the largest run of a regular file's bytes kept in
 // one gzip stream (0: estargz's default of 4 MiB).
-func WithEStargzChunkSize(size int) EStargzOption {
-	return func(c *estargzConverter) error {
+func WithEStargzChunkSize(size int) EStargzOption { return withChunkSize(size) }
+
+func withChunkSize(size int) func(*tocConverter) error {
+	return func(c *tocConverter) error {
 		if size < 0 {
 			return fmt.Errorf("chunk size must not be negative, got %d: %w", size, errdefs.ErrInvalidArgument)
 		}
@@ -51,9 +54,31 @@ func WithEStargzChunkSize(size int) EStargzOption {
 	}
 }
 
-type estargzConverter struct {
-	level     int
-	chunkSize int
+// tocConverter writes layers in a format with a table of contents, through
+// estargz's lossless writer: eStargz (gzip) or zstd:chunked.
+type tocConverter struct {
+	format       string      // variant base name
+	out          Compression // output compression
+	level        int
+	defaultLevel int
+	chunkSize    int
+	// newCompressor returns a fresh compressor for one conversion: its
+	// state (hashes, zstd:chunked metadata) is never shared.
+	newCompressor func(level int) tocCompressor
+	// keep reports whether a source already is in the format.
+	keep func(ctx context.Context, cs content.Store, desc ocispec.Descriptor) (*ocispec.Descriptor, map[string]string, error)
+}
+
+// tocCompressor is an estargz.Compressor that also tells what the lossless
+// check and the descriptor annotations need.
+type tocCompressor interface {
+	estargz.Compressor
+	// PayloadDigest is the digest of every uncompressed payload byte written.
+	PayloadDigest() digest.Digest
+	// UncompressedSize is the size of the blob once decompressed.
+	UncompressedSize() int64
+	// Annotations are format-specific descriptor annotations, known after the TOC is written.
+	Annotations() map[string]string
 }
 
 // NewEStargz returns the lossless eStargz layer converter: estargz.Unpack of
@@ -62,7 +87,12 @@ type estargzConverter struct {
 // eStargz TOC, or an entry estargz cannot represent) fails with
 // ErrInvalidArgument.
 func NewEStargz(opts ...EStargzOption) (LayerConverter, error) {
-	c := &estargzConverter{level: DefaultEStargzCompressionLevel, chunkSize: DefaultEStargzChunkSize}
+	c := &tocConverter{
+		format: "estargz", out: Gzip,
+		level: DefaultEStargzCompressionLevel, defaultLevel: DefaultEStargzCompressionLevel, chunkSize: DefaultEStargzChunkSize,
+		newCompressor: func(level int) tocCompressor { return newPayloadCompressor(level) },
+		keep:          keepEStargz,
+	}
 	for _, o := range opts {
 		if err := o(c); err != nil {
 			return nil, err
@@ -71,24 +101,29 @@ func NewEStargz(opts ...EStargzOption) (LayerConverter, error) {
 	return c, nil
 }
 
-// Variant is "estargz", qualified by non-default options.
-func (c *estargzConverter) Variant() string {
+// Variant is the format, qualified by non-default options.
+func (c *tocConverter) Variant() string {
 	opts := map[string]string{}
-	if c.level != DefaultEStargzCompressionLevel {
+	if c.level != c.defaultLevel {
 		opts["level"] = strconv.Itoa(c.level)
 	}
 	if c.chunkSize != DefaultEStargzChunkSize {
 		opts["chunk"] = strconv.Itoa(c.chunkSize)
 	}
-	return labels.VariantName("estargz", opts)
+	return labels.VariantName(c.format, opts)
 }
 
-// MediaType is the gzip layer type of the source's family.
-func (c *estargzConverter) MediaType(src string) string { return LayerMediaType(src, Gzip) }
+// MediaType is the output compression's layer type in the source's family.
+func (c *tocConverter) MediaType(src string) string { return LayerMediaType(src, c.out) }
 
-// Keep keeps gzip layers that already are eStargz (filling in a missing TOC
-// digest annotation from the TOC).
-func (c *estargzConverter) Keep(ctx context.Context, cs content.Store, desc ocispec.Descriptor) (*ocispec.Descriptor, map[string]string, error) {
+// Keep keeps sources already in the format.
+func (c *tocConverter) Keep(ctx context.Context, cs content.Store, desc ocispec.Descriptor) (*ocispec.Descriptor, map[string]string, error) {
+	return c.keep(ctx, cs, desc)
+}
+
+// keepEStargz keeps gzip layers that already are eStargz (filling in a
+// missing TOC digest annotation from the TOC).
+func keepEStargz(ctx context.Context, cs content.Store, desc ocispec.Descriptor) (*ocispec.Descriptor, map[string]string, error) {
 	comp, err := LayerCompression(desc.MediaType)
 	if err != nil {
 		return nil, nil, err
@@ -127,14 +162,17 @@ func (c *estargzConverter) Keep(ctx context.Context, cs content.Store, desc ocis
 }
 
 // Convert streams the layer through estargz's lossless writer.
-func (c *estargzConverter) Convert(ctx context.Context, cs content.Store, desc ocispec.Descriptor, counters Counters) (Converted, error) {
+func (c *tocConverter) Convert(ctx context.Context, cs content.Store, desc ocispec.Descriptor, counters Counters) (Converted, error) {
 	src, err := openSource(ctx, cs, desc, counters.In)
 	if err != nil {
 		return Converted{}, err
 	}
 	defer src.Close()
-	comp := newPayloadCompressor(c.level)
-	var tocDigest, diffID digest.Digest
+	comp := c.newCompressor(c.level)
+	var (
+		diffID      digest.Digest
+		annotations map[string]string
+	)
 	ref := "lazyconv-" + c.Variant() + "-" + desc.Digest.Encoded()
 	blob, err := writeBlob(ctx, cs, ref, counters.Out, func(w io.Writer) (map[string]string, error) {
 		ew := estargz.NewWriterWithCompressor(w, comp)
@@ -145,36 +183,32 @@ func (c *estargzConverter) Convert(ctx context.Context, cs content.Store, desc o
 		if err := src.drain(); err != nil {
 			return nil, inputError(ctx, src, err)
 		}
-		var err error
-		if tocDigest, err = ew.Close(); err != nil {
+		tocDigest, err := ew.Close()
+		if err != nil {
 			return nil, err
 		}
 		diffID = digest.Digest(ew.DiffID())
 		if comp.PayloadDigest() != src.DiffID() {
-			return nil, fmt.Errorf("cannot be converted to eStargz losslessly (an entry, such as a sparse file, "+
+			return nil, fmt.Errorf("cannot be converted to %s losslessly (an entry, such as a sparse file, "+
 				"would be rewritten: payload %s differs from source %s): %w",
-				comp.PayloadDigest(), src.DiffID(), errdefs.ErrInvalidArgument)
+				c.format, comp.PayloadDigest(), src.DiffID(), errdefs.ErrInvalidArgument)
 		}
-		annotations := map[string]string{
+		annotations = map[string]string{
 			labels.TOCDigestAnnotation:        tocDigest.String(),
-			labels.UncompressedSizeAnnotation: strconv.FormatInt(comp.size+comp.tocSize, 10),
+			labels.UncompressedSizeAnnotation: strconv.FormatInt(comp.UncompressedSize(), 10),
 		}
-		lbls := map[string]string{labels.Uncompressed: diffID.String(), labels.EStargz: labels.FormatBool(true)}
+		maps.Copy(annotations, comp.Annotations())
+		lbls := map[string]string{labels.Uncompressed: diffID.String()}
+		if c.out == Gzip {
+			lbls[labels.EStargz] = labels.FormatBool(true)
+		}
 		labels.AnnotationsToLabels(annotations, lbls)
 		return lbls, nil
 	})
 	if err != nil {
 		return Converted{}, err
 	}
-	out := ocispec.Descriptor{
-		MediaType: c.MediaType(desc.MediaType),
-		Digest:    blob.Digest,
-		Size:      blob.Size,
-		Annotations: map[string]string{
-			labels.TOCDigestAnnotation:        tocDigest.String(),
-			labels.UncompressedSizeAnnotation: strconv.FormatInt(comp.size+comp.tocSize, 10),
-		},
-	}
+	out := ocispec.Descriptor{MediaType: c.MediaType(desc.MediaType), Digest: blob.Digest, Size: blob.Size, Annotations: annotations}
 	return Converted{Desc: out, DiffID: diffID, SourceDiffID: src.DiffID()}, nil
 }
 

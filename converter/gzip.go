@@ -155,6 +155,13 @@ func (c *payloadCompressor) PayloadDigest() digest.Digest {
 	return digest.NewDigestFromBytes(digest.SHA256, c.payload.Sum(nil))
 }
 
+// UncompressedSize is the payload and the TOC's tar entry: eStargz's TOC is
+// part of the layer's tar stream.
+func (c *payloadCompressor) UncompressedSize() int64 { return c.size + c.tocSize }
+
+// Annotations: eStargz has none beyond the common ones.
+func (c *payloadCompressor) Annotations() map[string]string { return nil }
+
 type pooledGzipWriter struct {
 	gz *gzip.Writer
 	c  *payloadCompressor

@@ -307,8 +307,16 @@ func (w *imageWalk) convertConfig(ctx context.Context, desc ocispec.Descriptor, 
 		return nil, fmt.Errorf("config %s lists %d diff_ids for %d layers: %w",
 			desc.Digest, len(rootfs.DiffIDs), layerCount, errdefs.ErrInvalidArgument)
 	}
+	changed := false
 	for i, d := range diffIDs {
-		rootfs.DiffIDs[i] = d
+		if rootfs.DiffIDs[i] != d {
+			rootfs.DiffIDs[i] = d
+			changed = true
+		}
+	}
+	if !changed {
+		// Only the compression changed (uncompress, zstd:chunked): the config stays byte for byte.
+		return w.retype(desc, nil), nil
 	}
 	b, err := json.Marshal(rootfs)
 	if err != nil {

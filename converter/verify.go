@@ -8,6 +8,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -22,7 +23,7 @@ type EStargzReport struct {
 	Bytes     int64 // file bytes read back
 }
 
-// VerifyEStargz opens an eStargz layer, verifies its TOC against the TOC
+// VerifyEStargz opens an eStargz or zstd:chunked layer, verifies its TOC against the TOC
 // digest annotation, and reads every regular file back, checking each against
 // the digest the TOC records. It reads the whole blob.
 func VerifyEStargz(ctx context.Context, cs content.Provider, desc ocispec.Descriptor) (EStargzReport, error) {
@@ -35,7 +36,8 @@ func VerifyEStargz(ctx context.Context, cs content.Provider, desc ocispec.Descri
 		return EStargzReport{}, err
 	}
 	defer ra.Close()
-	r, err := estargz.Open(io.NewSectionReader(&blockReaderAt{ra: ra, size: ra.Size()}, 0, ra.Size()))
+	r, err := estargz.Open(io.NewSectionReader(&blockReaderAt{ra: ra, size: ra.Size()}, 0, ra.Size()),
+		estargz.WithDecompressors(new(zstdchunked.Decompressor)))
 	if err != nil {
 		return EStargzReport{}, fmt.Errorf("layer %s is not eStargz: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
 	}

@@ -19,7 +19,7 @@ func TestPluginIsListedAndExampleConfigLoadsCleanly(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, resp.Plugins, 1)
 	assert.Nil(t, resp.Plugins[0].InitErr, "the lazyconv plugin initialised")
-	for _, format := range []string{"estargz", "uncompress", "gzip", "zstd"} {
+	for _, format := range []string{"estargz", "zstdchunked", "uncompress", "gzip", "zstd"} {
 		resp, err := c.IntrospectionService().Plugins(nsContext("default"), `type=="io.containerd.image-converter.v1",id=="`+format+`"`)
 		require.NoError(t, err)
 		require.Len(t, resp.Plugins, 1, format)
@@ -70,6 +70,6 @@ func TestConvertInDaemonThroughRegistryRoundTrip(t *testing.T) {
 
 	mustLazyconv(t, "--address", d.address, "-n", "other", "image", "pull", "--plain-http", dst)
 	out = mustLazyconv(t, "--address", d.address, "-n", "other", "image", "verify", dst)
-	assert.Contains(t, out, "3 eStargz layers verified")
+	assert.Contains(t, out, "3 lazy-pull layers verified")
 	assertConvertedImage(t, nsContext("other"), c.ContentStore(), c.ImageService(), dst, img)
 }

@@ -20,6 +20,10 @@ type Config struct {
 	EStargzCompressionLevel int `toml:"estargz_compression_level"`
 	// EStargzChunkSize is the default eStargz chunk size (0: 4 MiB).
 	EStargzChunkSize int `toml:"estargz_chunk_size"`
+	// ZstdChunkedCompressionLevel is the default zstd level of zstd:chunked layers.
+	ZstdChunkedCompressionLevel int `toml:"zstdchunked_compression_level"`
+	// ZstdChunkedChunkSize is the default zstd:chunked chunk size (0: 4 MiB).
+	ZstdChunkedChunkSize int `toml:"zstdchunked_chunk_size"`
 }
 
 // DefaultConfig is the configuration with every option at its default.
@@ -28,21 +32,25 @@ func DefaultConfig() Config {
 		DefaultFormat:           FormatEStargz,
 		EStargzCompressionLevel: converter.DefaultEStargzCompressionLevel,
 		EStargzChunkSize:        converter.DefaultEStargzChunkSize,
+
+		ZstdChunkedCompressionLevel: converter.DefaultZstdChunkedCompressionLevel,
+		ZstdChunkedChunkSize:        converter.DefaultEStargzChunkSize,
 	}
 }
 
 // Formats a request can name.
 const (
-	FormatEStargz    = "estargz"
-	FormatUncompress = "uncompress"
-	FormatGzip       = "gzip"
-	FormatZstd       = "zstd"
+	FormatEStargz     = "estargz"
+	FormatZstdChunked = "zstdchunked"
+	FormatUncompress  = "uncompress"
+	FormatGzip        = "gzip"
+	FormatZstd        = "zstd"
 	// FormatNone converts media types only (with oci).
 	FormatNone = "none"
 )
 
 // Formats lists the formats this build serves, in the order Capabilities reports them.
-var Formats = []string{FormatEStargz, FormatUncompress, FormatGzip, FormatZstd}
+var Formats = []string{FormatEStargz, FormatZstdChunked, FormatUncompress, FormatGzip, FormatZstd}
 
 // validate checks the configuration, with ErrInvalidArgument on a bad value.
 func (c Config) validate() error {
@@ -51,6 +59,11 @@ func (c Config) validate() error {
 	}
 	if _, err := layerConverterFor(c.DefaultFormat, c, nil); err != nil {
 		return fmt.Errorf("default_format: %w", err)
+	}
+	for _, f := range Formats {
+		if _, err := layerConverterFor(f, c, nil); err != nil {
+			return fmt.Errorf("%s options: %w", f, err)
+		}
 	}
 	return nil
 }

@@ -96,7 +96,7 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	if format == "" {
 		format = s.cfg.DefaultFormat
 	}
-	lc, err := layerConverterFor(format, s.cfg, req.GetEstargz())
+	lc, err := layerConverterFor(format, s.cfg, req)
 	if err != nil {
 		return err
 	}
@@ -113,7 +113,8 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	done := make(chan outcome, 1)
 	go func() {
 		res, err := s.conv.ConvertImage(ctx, s.is, req.GetSource(), req.GetTarget(), converter.ImageOptions{
-			Layer: lc, DockerToOCI: req.GetOci(), Platforms: pm, Progress: progress,
+			// zstd:chunked has no Docker media type, and its annotations need OCI manifests.
+			Layer: lc, DockerToOCI: req.GetOci() || format == FormatZstdChunked, Platforms: pm, Progress: progress,
 		})
 		done <- outcome{res, err}
 	}()
@@ -249,25 +250,39 @@ func platformMatcher(pss []string, all bool) (platforms.MatchComparer, error) {
 	return platforms.DefaultStrict(), nil
 }
 
+// overrides applies a request's optional level and chunk size over defaults.
+func overrides(level *int32, chunk *int64, defLevel, defChunk int) (int, int) {
+	if level != nil {
+		defLevel = int(*level)
+	}
+	if chunk != nil {
+		defChunk = int(*chunk)
+	}
+	return defLevel, defChunk
+}
+
 // LayerConverter builds the layer converter of a format with the configured
 // options (nil for FormatNone).
 func LayerConverter(format string, cfg Config) (converter.LayerConverter, error) {
 	return layerConverterFor(format, cfg, nil)
 }
 
-// layerConverterFor builds the layer converter of a format, with the request's
-// eStargz options over the configured defaults.
-func layerConverterFor(format string, cfg Config, eo *api.EStargzOptions) (converter.LayerConverter, error) {
+// layerConverterFor builds the layer converter of a format, with the
+// request's options (if any) over the configured defaults.
+func layerConverterFor(format string, cfg Config, req *api.ConvertRequest) (converter.LayerConverter, error) {
 	switch format {
 	case FormatEStargz:
 		level, chunk := cfg.EStargzCompressionLevel, cfg.EStargzChunkSize
-		if eo != nil && eo.CompressionLevel != nil {
-			level = int(eo.GetCompressionLevel())
-		}
-		if eo != nil && eo.ChunkSize != nil {
-			chunk = int(eo.GetChunkSize())
+		if eo := req.GetEstargz(); eo != nil {
+			level, chunk = overrides(eo.CompressionLevel, eo.ChunkSize, level, chunk)
 		}
 		return converter.NewEStargz(converter.WithEStargzCompressionLevel(level), converter.WithEStargzChunkSize(chunk))
+	case FormatZstdChunked:
+		level, chunk := cfg.ZstdChunkedCompressionLevel, cfg.ZstdChunkedChunkSize
+		if zo := req.GetZstdchunked(); zo != nil {
+			level, chunk = overrides(zo.CompressionLevel, zo.ChunkSize, level, chunk)
+		}
+		return converter.NewZstdChunked(converter.WithZstdChunkedCompressionLevel(level), converter.WithZstdChunkedChunkSize(chunk))
 	case FormatUncompress:
 		return converter.NewRecompress(converter.Uncompressed, 0)
 	case FormatGzip:

@@ -17,7 +17,7 @@ import (
 func imageConvertCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "convert",
-		Usage:     "convert an image to eStargz (lossless) or uncompressed layers",
+		Usage:     "convert an image to eStargz or zstd:chunked (lossless), or uncompressed layers",
 		ArgsUsage: "SRC DST",
 		Description: `Convert an image's layers, writing the result as DST.
 
@@ -34,6 +34,9 @@ crosses the socket.`,
 			&cli.BoolFlag{Name: "oci", Usage: "convert Docker media types to OCI ones (eStargz annotations need it)"},
 			&cli.IntFlag{Name: "estargz-compression-level", Usage: "eStargz gzip level", Value: converter.DefaultEStargzCompressionLevel},
 			&cli.IntFlag{Name: "estargz-chunk-size", Usage: "eStargz chunk size in bytes (0: 4 MiB)", Value: converter.DefaultEStargzChunkSize},
+			&cli.BoolFlag{Name: "zstdchunked", Usage: "convert layers to zstd:chunked (lossless; implies --oci)"},
+			&cli.IntFlag{Name: "zstdchunked-compression-level", Usage: "zstd:chunked zstd level", Value: converter.DefaultZstdChunkedCompressionLevel},
+			&cli.IntFlag{Name: "zstdchunked-chunk-size", Usage: "zstd:chunked chunk size in bytes (0: 4 MiB)", Value: converter.DefaultEStargzChunkSize},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the new image's digest"},
 		}, platformFlags...),
 		DisableSliceFlagSeparator: true,
@@ -106,9 +109,22 @@ func convertRequest(cmd *cli.Command) (*api.ConvertRequest, error) {
 		Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
 		Format: service.FormatNone,
 	}
+	formats := 0
+	for _, f := range []string{"estargz", "zstdchunked", "uncompress"} {
+		if cmd.Bool(f) {
+			formats++
+		}
+	}
 	switch {
-	case cmd.Bool("estargz") && cmd.Bool("uncompress"):
-		return nil, fmt.Errorf("--estargz and --uncompress exclude each other: %w", errdefs.ErrInvalidArgument)
+	case formats > 1:
+		return nil, fmt.Errorf("--estargz, --zstdchunked and --uncompress exclude each other: %w", errdefs.ErrInvalidArgument)
+	case cmd.Bool("zstdchunked"):
+		level, chunk := int32(cmd.Int("zstdchunked-compression-level")), int64(cmd.Int("zstdchunked-chunk-size"))
+		req.Format = service.FormatZstdChunked
+		req.Zstdchunked = &api.ZstdChunkedOptions{CompressionLevel: &level, ChunkSize: &chunk}
+		if _, err := converter.NewZstdChunked(converter.WithZstdChunkedCompressionLevel(int(level)), converter.WithZstdChunkedChunkSize(int(chunk))); err != nil {
+			return nil, err
+		}
 	case cmd.Bool("estargz"):
 		if !cmd.Bool("oci") {
 			fmt.Fprintln(os.Stderr, "lazyconv: warning: without --oci, Docker-typed layers lose their eStargz TOC digest annotations")

@@ -211,7 +211,7 @@ func imageRemoveCommand() *cli.Command {
 func imageVerifyCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "verify",
-		Usage:     "verify every eStargz layer of an image: TOC digest, and every file against the TOC",
+		Usage:     "verify every eStargz or zstd:chunked layer of an image: TOC digest, and every file against the TOC",
 		ArgsUsage: "REF",
 		Flags:     platformFlags,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
@@ -256,7 +256,7 @@ func imageVerifyCommand() *cli.Command {
 			if bad > 0 {
 				return fmt.Errorf("%d of %d layers failed verification: %w", bad, len(layers), errdefs.ErrDataLoss)
 			}
-			fmt.Fprintf(s.out, "%s: %d eStargz layers verified\n", img.Name, len(layers))
+			fmt.Fprintf(s.out, "%s: %d lazy-pull layers verified\n", img.Name, len(layers))
 			return nil
 		},
 	}

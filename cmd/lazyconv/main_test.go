@@ -61,7 +61,7 @@ func TestCLIConvertVerifyExportRoundTrip(t *testing.T) {
 
 	out, err = lazyconv(t, root, "image", "verify", "example.com/cli:esgz")
 	require.NoError(t, err, out)
-	assert.Contains(t, out, "2 eStargz layers verified")
+	assert.Contains(t, out, "2 lazy-pull layers verified")
 
 	// Verifying the source fails: its layers are not eStargz.
 	out, err = lazyconv(t, root, "image", "verify", "example.com/cli:v1")
@@ -144,4 +144,21 @@ func tarHeader(name string, mode int64, isDir bool) tar.Header {
 		h.Typeflag = tar.TypeDir
 	}
 	return h
+}
+
+func TestCLIZstdChunked(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	_, err := lazyconv(t, root, "image", "import", writeArchive(t, dir, "example.com/cli:v1"))
+	require.NoError(t, err)
+	out, err := lazyconv(t, root, "image", "convert", "--zstdchunked", "example.com/cli:v1", "example.com/cli:zc")
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "committed")
+	out, err = lazyconv(t, root, "image", "verify", "example.com/cli:zc")
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "2 lazy-pull layers verified")
+	_, err = lazyconv(t, root, "image", "convert", "--zstdchunked", "--estargz", "example.com/cli:v1", "x")
+	require.Error(t, err)
+	_, err = lazyconv(t, root, "image", "convert", "--zstdchunked", "--zstdchunked-compression-level", "0", "example.com/cli:v1", "x")
+	require.Error(t, err)
 }

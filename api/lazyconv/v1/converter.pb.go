@@ -93,16 +93,19 @@ type ConvertRequest struct {
 	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
 	// Target image name (may equal source).
 	Target string `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"`
-	// Layer format: "estargz", "uncompress", "gzip", "zstd", or "" for the
-	// service's default format. "none" converts media types only.
+	// Layer format: "estargz", "zstdchunked", "nydus", "uncompress", "gzip",
+	// "zstd", or "" for the service's default format. "none" converts media
+	// types only. zstdchunked and nydus imply oci.
 	Format string `protobuf:"bytes,3,opt,name=format,proto3" json:"format,omitempty"`
 	// Convert Docker media types to OCI ones.
 	Oci bool `protobuf:"varint,4,opt,name=oci,proto3" json:"oci,omitempty"`
 	// Platforms to keep (containerd's platform syntax); empty with
 	// all_platforms false means the service's own platform.
-	Platforms     []string        `protobuf:"bytes,5,rep,name=platforms,proto3" json:"platforms,omitempty"`
-	AllPlatforms  bool            `protobuf:"varint,6,opt,name=all_platforms,json=allPlatforms,proto3" json:"all_platforms,omitempty"`
-	Estargz       *EStargzOptions `protobuf:"bytes,7,opt,name=estargz,proto3" json:"estargz,omitempty"`
+	Platforms     []string            `protobuf:"bytes,5,rep,name=platforms,proto3" json:"platforms,omitempty"`
+	AllPlatforms  bool                `protobuf:"varint,6,opt,name=all_platforms,json=allPlatforms,proto3" json:"all_platforms,omitempty"`
+	Estargz       *EStargzOptions     `protobuf:"bytes,7,opt,name=estargz,proto3" json:"estargz,omitempty"`
+	Zstdchunked   *ZstdChunkedOptions `protobuf:"bytes,8,opt,name=zstdchunked,proto3" json:"zstdchunked,omitempty"`
+	Nydus         *NydusOptions       `protobuf:"bytes,9,opt,name=nydus,proto3" json:"nydus,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -186,6 +189,155 @@ func (x *ConvertRequest) GetEstargz() *EStargzOptions {
 	return nil
 }
 
+func (x *ConvertRequest) GetZstdchunked() *ZstdChunkedOptions {
+	if x != nil {
+		return x.Zstdchunked
+	}
+	return nil
+}
+
+func (x *ConvertRequest) GetNydus() *NydusOptions {
+	if x != nil {
+		return x.Nydus
+	}
+	return nil
+}
+
+type ZstdChunkedOptions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// zstd level (1-22); unset means the service's configured default.
+	CompressionLevel *int32 `protobuf:"varint,1,opt,name=compression_level,json=compressionLevel,proto3,oneof" json:"compression_level,omitempty"`
+	// Chunk size in bytes; unset means the service's configured default.
+	ChunkSize     *int64 `protobuf:"varint,2,opt,name=chunk_size,json=chunkSize,proto3,oneof" json:"chunk_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ZstdChunkedOptions) Reset() {
+	*x = ZstdChunkedOptions{}
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ZstdChunkedOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ZstdChunkedOptions) ProtoMessage() {}
+
+func (x *ZstdChunkedOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ZstdChunkedOptions.ProtoReflect.Descriptor instead.
+func (*ZstdChunkedOptions) Descriptor() ([]byte, []int) {
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ZstdChunkedOptions) GetCompressionLevel() int32 {
+	if x != nil && x.CompressionLevel != nil {
+		return *x.CompressionLevel
+	}
+	return 0
+}
+
+func (x *ZstdChunkedOptions) GetChunkSize() int64 {
+	if x != nil && x.ChunkSize != nil {
+		return *x.ChunkSize
+	}
+	return 0
+}
+
+type NydusOptions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Path of the nydus-image builder; empty means the service's configured one.
+	BuilderPath string `protobuf:"bytes,1,opt,name=builder_path,json=builderPath,proto3" json:"builder_path,omitempty"`
+	// Work directory for the builder; empty means a temporary one.
+	WorkDir string `protobuf:"bytes,2,opt,name=work_dir,json=workDir,proto3" json:"work_dir,omitempty"`
+	// Prefetch patterns, one path per line.
+	PrefetchPatterns string `protobuf:"bytes,3,opt,name=prefetch_patterns,json=prefetchPatterns,proto3" json:"prefetch_patterns,omitempty"`
+	// Blob compressor: "zstd" (default), "lz4_block" or "none".
+	Compressor string `protobuf:"bytes,4,opt,name=compressor,proto3" json:"compressor,omitempty"`
+	// RAFS version: "6" (default) or "5".
+	FsVersion     string `protobuf:"bytes,5,opt,name=fs_version,json=fsVersion,proto3" json:"fs_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NydusOptions) Reset() {
+	*x = NydusOptions{}
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NydusOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NydusOptions) ProtoMessage() {}
+
+func (x *NydusOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NydusOptions.ProtoReflect.Descriptor instead.
+func (*NydusOptions) Descriptor() ([]byte, []int) {
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *NydusOptions) GetBuilderPath() string {
+	if x != nil {
+		return x.BuilderPath
+	}
+	return ""
+}
+
+func (x *NydusOptions) GetWorkDir() string {
+	if x != nil {
+		return x.WorkDir
+	}
+	return ""
+}
+
+func (x *NydusOptions) GetPrefetchPatterns() string {
+	if x != nil {
+		return x.PrefetchPatterns
+	}
+	return ""
+}
+
+func (x *NydusOptions) GetCompressor() string {
+	if x != nil {
+		return x.Compressor
+	}
+	return ""
+}
+
+func (x *NydusOptions) GetFsVersion() string {
+	if x != nil {
+		return x.FsVersion
+	}
+	return ""
+}
+
 type EStargzOptions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// gzip level; unset means the service's configured default.
@@ -198,7 +350,7 @@ type EStargzOptions struct {
 
 func (x *EStargzOptions) Reset() {
 	*x = EStargzOptions{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[1]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -210,7 +362,7 @@ func (x *EStargzOptions) String() string {
 func (*EStargzOptions) ProtoMessage() {}
 
 func (x *EStargzOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[1]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -223,7 +375,7 @@ func (x *EStargzOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EStargzOptions.ProtoReflect.Descriptor instead.
 func (*EStargzOptions) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{1}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *EStargzOptions) GetCompressionLevel() int32 {
@@ -256,7 +408,7 @@ type LayerProgress struct {
 
 func (x *LayerProgress) Reset() {
 	*x = LayerProgress{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[2]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -268,7 +420,7 @@ func (x *LayerProgress) String() string {
 func (*LayerProgress) ProtoMessage() {}
 
 func (x *LayerProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[2]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -281,7 +433,7 @@ func (x *LayerProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerProgress.ProtoReflect.Descriptor instead.
 func (*LayerProgress) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{2}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *LayerProgress) GetDigest() string {
@@ -352,7 +504,7 @@ type Descriptor struct {
 
 func (x *Descriptor) Reset() {
 	*x = Descriptor{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -364,7 +516,7 @@ func (x *Descriptor) String() string {
 func (*Descriptor) ProtoMessage() {}
 
 func (x *Descriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -377,7 +529,7 @@ func (x *Descriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Descriptor.ProtoReflect.Descriptor instead.
 func (*Descriptor) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{3}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Descriptor) GetMediaType() string {
@@ -420,7 +572,7 @@ type ConvertResult struct {
 
 func (x *ConvertResult) Reset() {
 	*x = ConvertResult{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -432,7 +584,7 @@ func (x *ConvertResult) String() string {
 func (*ConvertResult) ProtoMessage() {}
 
 func (x *ConvertResult) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -445,7 +597,7 @@ func (x *ConvertResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConvertResult.ProtoReflect.Descriptor instead.
 func (*ConvertResult) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{4}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ConvertResult) GetName() string {
@@ -482,7 +634,7 @@ type ConvertEvent struct {
 
 func (x *ConvertEvent) Reset() {
 	*x = ConvertEvent{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -494,7 +646,7 @@ func (x *ConvertEvent) String() string {
 func (*ConvertEvent) ProtoMessage() {}
 
 func (x *ConvertEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -507,7 +659,7 @@ func (x *ConvertEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConvertEvent.ProtoReflect.Descriptor instead.
 func (*ConvertEvent) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{5}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ConvertEvent) GetEvent() isConvertEvent_Event {
@@ -560,7 +712,7 @@ type CheckEStargzRequest struct {
 
 func (x *CheckEStargzRequest) Reset() {
 	*x = CheckEStargzRequest{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +724,7 @@ func (x *CheckEStargzRequest) String() string {
 func (*CheckEStargzRequest) ProtoMessage() {}
 
 func (x *CheckEStargzRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,7 +737,7 @@ func (x *CheckEStargzRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckEStargzRequest.ProtoReflect.Descriptor instead.
 func (*CheckEStargzRequest) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{6}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CheckEStargzRequest) GetDigest() string {
@@ -606,7 +758,7 @@ type CheckEStargzResponse struct {
 
 func (x *CheckEStargzResponse) Reset() {
 	*x = CheckEStargzResponse{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -618,7 +770,7 @@ func (x *CheckEStargzResponse) String() string {
 func (*CheckEStargzResponse) ProtoMessage() {}
 
 func (x *CheckEStargzResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -631,7 +783,7 @@ func (x *CheckEStargzResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckEStargzResponse.ProtoReflect.Descriptor instead.
 func (*CheckEStargzResponse) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{7}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CheckEStargzResponse) GetEstargz() bool {
@@ -656,7 +808,7 @@ type CapabilitiesRequest struct {
 
 func (x *CapabilitiesRequest) Reset() {
 	*x = CapabilitiesRequest{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +820,7 @@ func (x *CapabilitiesRequest) String() string {
 func (*CapabilitiesRequest) ProtoMessage() {}
 
 func (x *CapabilitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,7 +833,7 @@ func (x *CapabilitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CapabilitiesRequest.ProtoReflect.Descriptor instead.
 func (*CapabilitiesRequest) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{8}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{10}
 }
 
 type Format struct {
@@ -696,7 +848,7 @@ type Format struct {
 
 func (x *Format) Reset() {
 	*x = Format{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -708,7 +860,7 @@ func (x *Format) String() string {
 func (*Format) ProtoMessage() {}
 
 func (x *Format) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -721,7 +873,7 @@ func (x *Format) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Format.ProtoReflect.Descriptor instead.
 func (*Format) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{9}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Format) GetName() string {
@@ -757,7 +909,7 @@ type Builder struct {
 
 func (x *Builder) Reset() {
 	*x = Builder{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +921,7 @@ func (x *Builder) String() string {
 func (*Builder) ProtoMessage() {}
 
 func (x *Builder) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +934,7 @@ func (x *Builder) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Builder.ProtoReflect.Descriptor instead.
 func (*Builder) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{10}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Builder) GetName() string {
@@ -826,7 +978,7 @@ type CapabilitiesResponse struct {
 
 func (x *CapabilitiesResponse) Reset() {
 	*x = CapabilitiesResponse{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +990,7 @@ func (x *CapabilitiesResponse) String() string {
 func (*CapabilitiesResponse) ProtoMessage() {}
 
 func (x *CapabilitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +1003,7 @@ func (x *CapabilitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CapabilitiesResponse.ProtoReflect.Descriptor instead.
 func (*CapabilitiesResponse) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{11}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CapabilitiesResponse) GetVersion() string {
@@ -893,7 +1045,7 @@ var File_lazyconv_v1_converter_proto protoreflect.FileDescriptor
 
 const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\n" +
-	"\x1blazyconv/v1/converter.proto\x12\vlazyconv.v1\"\xe4\x01\n" +
+	"\x1blazyconv/v1/converter.proto\x12\vlazyconv.v1\"\xd8\x02\n" +
 	"\x0eConvertRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x16\n" +
@@ -901,7 +1053,24 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\x03oci\x18\x04 \x01(\bR\x03oci\x12\x1c\n" +
 	"\tplatforms\x18\x05 \x03(\tR\tplatforms\x12#\n" +
 	"\rall_platforms\x18\x06 \x01(\bR\fallPlatforms\x125\n" +
-	"\aestargz\x18\a \x01(\v2\x1b.lazyconv.v1.EStargzOptionsR\aestargz\"\x8b\x01\n" +
+	"\aestargz\x18\a \x01(\v2\x1b.lazyconv.v1.EStargzOptionsR\aestargz\x12A\n" +
+	"\vzstdchunked\x18\b \x01(\v2\x1f.lazyconv.v1.ZstdChunkedOptionsR\vzstdchunked\x12/\n" +
+	"\x05nydus\x18\t \x01(\v2\x19.lazyconv.v1.NydusOptionsR\x05nydus\"\x8f\x01\n" +
+	"\x12ZstdChunkedOptions\x120\n" +
+	"\x11compression_level\x18\x01 \x01(\x05H\x00R\x10compressionLevel\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"chunk_size\x18\x02 \x01(\x03H\x01R\tchunkSize\x88\x01\x01B\x14\n" +
+	"\x12_compression_levelB\r\n" +
+	"\v_chunk_size\"\xb8\x01\n" +
+	"\fNydusOptions\x12!\n" +
+	"\fbuilder_path\x18\x01 \x01(\tR\vbuilderPath\x12\x19\n" +
+	"\bwork_dir\x18\x02 \x01(\tR\aworkDir\x12+\n" +
+	"\x11prefetch_patterns\x18\x03 \x01(\tR\x10prefetchPatterns\x12\x1e\n" +
+	"\n" +
+	"compressor\x18\x04 \x01(\tR\n" +
+	"compressor\x12\x1d\n" +
+	"\n" +
+	"fs_version\x18\x05 \x01(\tR\tfsVersion\"\x8b\x01\n" +
 	"\x0eEStargzOptions\x120\n" +
 	"\x11compression_level\x18\x01 \x01(\x05H\x00R\x10compressionLevel\x88\x01\x01\x12\"\n" +
 	"\n" +
@@ -985,43 +1154,47 @@ func file_lazyconv_v1_converter_proto_rawDescGZIP() []byte {
 }
 
 var file_lazyconv_v1_converter_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_lazyconv_v1_converter_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_lazyconv_v1_converter_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_lazyconv_v1_converter_proto_goTypes = []any{
 	(LayerState)(0),              // 0: lazyconv.v1.LayerState
 	(*ConvertRequest)(nil),       // 1: lazyconv.v1.ConvertRequest
-	(*EStargzOptions)(nil),       // 2: lazyconv.v1.EStargzOptions
-	(*LayerProgress)(nil),        // 3: lazyconv.v1.LayerProgress
-	(*Descriptor)(nil),           // 4: lazyconv.v1.Descriptor
-	(*ConvertResult)(nil),        // 5: lazyconv.v1.ConvertResult
-	(*ConvertEvent)(nil),         // 6: lazyconv.v1.ConvertEvent
-	(*CheckEStargzRequest)(nil),  // 7: lazyconv.v1.CheckEStargzRequest
-	(*CheckEStargzResponse)(nil), // 8: lazyconv.v1.CheckEStargzResponse
-	(*CapabilitiesRequest)(nil),  // 9: lazyconv.v1.CapabilitiesRequest
-	(*Format)(nil),               // 10: lazyconv.v1.Format
-	(*Builder)(nil),              // 11: lazyconv.v1.Builder
-	(*CapabilitiesResponse)(nil), // 12: lazyconv.v1.CapabilitiesResponse
-	nil,                          // 13: lazyconv.v1.Descriptor.AnnotationsEntry
+	(*ZstdChunkedOptions)(nil),   // 2: lazyconv.v1.ZstdChunkedOptions
+	(*NydusOptions)(nil),         // 3: lazyconv.v1.NydusOptions
+	(*EStargzOptions)(nil),       // 4: lazyconv.v1.EStargzOptions
+	(*LayerProgress)(nil),        // 5: lazyconv.v1.LayerProgress
+	(*Descriptor)(nil),           // 6: lazyconv.v1.Descriptor
+	(*ConvertResult)(nil),        // 7: lazyconv.v1.ConvertResult
+	(*ConvertEvent)(nil),         // 8: lazyconv.v1.ConvertEvent
+	(*CheckEStargzRequest)(nil),  // 9: lazyconv.v1.CheckEStargzRequest
+	(*CheckEStargzResponse)(nil), // 10: lazyconv.v1.CheckEStargzResponse
+	(*CapabilitiesRequest)(nil),  // 11: lazyconv.v1.CapabilitiesRequest
+	(*Format)(nil),               // 12: lazyconv.v1.Format
+	(*Builder)(nil),              // 13: lazyconv.v1.Builder
+	(*CapabilitiesResponse)(nil), // 14: lazyconv.v1.CapabilitiesResponse
+	nil,                          // 15: lazyconv.v1.Descriptor.AnnotationsEntry
 }
 var file_lazyconv_v1_converter_proto_depIdxs = []int32{
-	2,  // 0: lazyconv.v1.ConvertRequest.estargz:type_name -> lazyconv.v1.EStargzOptions
-	0,  // 1: lazyconv.v1.LayerProgress.state:type_name -> lazyconv.v1.LayerState
-	13, // 2: lazyconv.v1.Descriptor.annotations:type_name -> lazyconv.v1.Descriptor.AnnotationsEntry
-	4,  // 3: lazyconv.v1.ConvertResult.target:type_name -> lazyconv.v1.Descriptor
-	3,  // 4: lazyconv.v1.ConvertEvent.layer:type_name -> lazyconv.v1.LayerProgress
-	5,  // 5: lazyconv.v1.ConvertEvent.result:type_name -> lazyconv.v1.ConvertResult
-	10, // 6: lazyconv.v1.CapabilitiesResponse.formats:type_name -> lazyconv.v1.Format
-	11, // 7: lazyconv.v1.CapabilitiesResponse.builders:type_name -> lazyconv.v1.Builder
-	1,  // 8: lazyconv.v1.Converter.Convert:input_type -> lazyconv.v1.ConvertRequest
-	7,  // 9: lazyconv.v1.Converter.CheckEStargz:input_type -> lazyconv.v1.CheckEStargzRequest
-	9,  // 10: lazyconv.v1.Converter.Capabilities:input_type -> lazyconv.v1.CapabilitiesRequest
-	6,  // 11: lazyconv.v1.Converter.Convert:output_type -> lazyconv.v1.ConvertEvent
-	8,  // 12: lazyconv.v1.Converter.CheckEStargz:output_type -> lazyconv.v1.CheckEStargzResponse
-	12, // 13: lazyconv.v1.Converter.Capabilities:output_type -> lazyconv.v1.CapabilitiesResponse
-	11, // [11:14] is the sub-list for method output_type
-	8,  // [8:11] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	4,  // 0: lazyconv.v1.ConvertRequest.estargz:type_name -> lazyconv.v1.EStargzOptions
+	2,  // 1: lazyconv.v1.ConvertRequest.zstdchunked:type_name -> lazyconv.v1.ZstdChunkedOptions
+	3,  // 2: lazyconv.v1.ConvertRequest.nydus:type_name -> lazyconv.v1.NydusOptions
+	0,  // 3: lazyconv.v1.LayerProgress.state:type_name -> lazyconv.v1.LayerState
+	15, // 4: lazyconv.v1.Descriptor.annotations:type_name -> lazyconv.v1.Descriptor.AnnotationsEntry
+	6,  // 5: lazyconv.v1.ConvertResult.target:type_name -> lazyconv.v1.Descriptor
+	5,  // 6: lazyconv.v1.ConvertEvent.layer:type_name -> lazyconv.v1.LayerProgress
+	7,  // 7: lazyconv.v1.ConvertEvent.result:type_name -> lazyconv.v1.ConvertResult
+	12, // 8: lazyconv.v1.CapabilitiesResponse.formats:type_name -> lazyconv.v1.Format
+	13, // 9: lazyconv.v1.CapabilitiesResponse.builders:type_name -> lazyconv.v1.Builder
+	1,  // 10: lazyconv.v1.Converter.Convert:input_type -> lazyconv.v1.ConvertRequest
+	9,  // 11: lazyconv.v1.Converter.CheckEStargz:input_type -> lazyconv.v1.CheckEStargzRequest
+	11, // 12: lazyconv.v1.Converter.Capabilities:input_type -> lazyconv.v1.CapabilitiesRequest
+	8,  // 13: lazyconv.v1.Converter.Convert:output_type -> lazyconv.v1.ConvertEvent
+	10, // 14: lazyconv.v1.Converter.CheckEStargz:output_type -> lazyconv.v1.CheckEStargzResponse
+	14, // 15: lazyconv.v1.Converter.Capabilities:output_type -> lazyconv.v1.CapabilitiesResponse
+	13, // [13:16] is the sub-list for method output_type
+	10, // [10:13] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_lazyconv_v1_converter_proto_init() }
@@ -1030,7 +1203,8 @@ func file_lazyconv_v1_converter_proto_init() {
 		return
 	}
 	file_lazyconv_v1_converter_proto_msgTypes[1].OneofWrappers = []any{}
-	file_lazyconv_v1_converter_proto_msgTypes[5].OneofWrappers = []any{
+	file_lazyconv_v1_converter_proto_msgTypes[3].OneofWrappers = []any{}
+	file_lazyconv_v1_converter_proto_msgTypes[7].OneofWrappers = []any{
 		(*ConvertEvent_Layer)(nil),
 		(*ConvertEvent_Result)(nil),
 	}
@@ -1040,7 +1214,7 @@ func file_lazyconv_v1_converter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lazyconv_v1_converter_proto_rawDesc), len(file_lazyconv_v1_converter_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

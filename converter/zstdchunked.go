@@ -1,0 +1,130 @@
+package converter
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"hash"
+	"io"
+	"maps"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+const (
+	// DefaultZstdChunkedCompressionLevel is zstd's default level, as nerdctl uses.
+	DefaultZstdChunkedCompressionLevel = 3
+
+	// ZstdChunkedManifestChecksumAnnotation holds the digest of a zstd:chunked
+	// layer's compressed TOC (containers/storage reads it).
+	ZstdChunkedManifestChecksumAnnotation = zstdchunked.ManifestChecksumAnnotation
+	// ZstdChunkedManifestPositionAnnotation holds "offset:compressed:uncompressed:type" of the TOC.
+	ZstdChunkedManifestPositionAnnotation = zstdchunked.ManifestPositionAnnotation
+)
+
+// ZstdChunkedOption configures the zstd:chunked converter.
+type ZstdChunkedOption func(*tocConverter) error
+
+// WithZstdChunkedCompressionLevel sets the zstd level (1 to 22; default 3).
+func WithZstdChunkedCompressionLevel(level int) ZstdChunkedOption {
+	return func(c *tocConverter) error {
+		if level < 1 || level > 22 {
+			return fmt.Errorf("zstd compression level %d out of range [1, 22]: %w", level, errdefs.ErrInvalidArgument)
+		}
+		c.level = level
+		return nil
+	}
+}
+
+// WithZstdChunkedChunkSize sets the largest run of a regular file's bytes in
+// one zstd frame (0: 4 MiB).
+func WithZstdChunkedChunkSize(size int) ZstdChunkedOption { return withChunkSize(size) }
+
+// NewZstdChunked returns the lossless zstd:chunked layer converter (the
+// format of stargz-snapshotter and containers/storage): decompressing its
+// output yields the source tar byte for byte, so the diffID is unchanged.
+// Each conversion has its own compressor, so that concurrent conversions
+// never share the TOC metadata that becomes the layer's annotations.
+func NewZstdChunked(opts ...ZstdChunkedOption) (LayerConverter, error) {
+	c := &tocConverter{
+		format: "zstdchunked", out: Zstd,
+		level: DefaultZstdChunkedCompressionLevel, defaultLevel: DefaultZstdChunkedCompressionLevel, chunkSize: DefaultEStargzChunkSize,
+		newCompressor: newZstdChunkedCompressor,
+		keep:          keepZstdChunked,
+	}
+	for _, o := range opts {
+		if err := o(c); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// keepZstdChunked keeps zstd layers whose descriptor already carries the
+// zstd:chunked manifest annotations.
+func keepZstdChunked(_ context.Context, _ content.Store, desc ocispec.Descriptor) (*ocispec.Descriptor, map[string]string, error) {
+	comp, err := LayerCompression(desc.MediaType)
+	if err != nil {
+		return nil, nil, err
+	}
+	if comp == Zstd && desc.Annotations[ZstdChunkedManifestChecksumAnnotation] != "" && desc.Annotations[ZstdChunkedManifestPositionAnnotation] != "" {
+		return &desc, nil, nil
+	}
+	return nil, nil, nil
+}
+
+// zstdChunkedCompressor is stargz-snapshotter's zstd:chunked compressor with
+// the payload hashed for the lossless check.
+type zstdChunkedCompressor struct {
+	inner   *zstdchunked.Compressor
+	payload hash.Hash
+	size    int64
+}
+
+func newZstdChunkedCompressor(level int) tocCompressor {
+	return &zstdChunkedCompressor{
+		inner:   &zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(level), Metadata: map[string]string{}},
+		payload: sha256.New(),
+	}
+}
+
+func (c *zstdChunkedCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error) {
+	zw, err := c.inner.Writer(w)
+	if err != nil {
+		return nil, err
+	}
+	return &hashingWriter{WriteFlushCloser: zw, c: c}, nil
+}
+
+func (c *zstdChunkedCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, error) {
+	return c.inner.WriteTOCAndFooter(w, off, toc, diffHash)
+}
+
+func (c *zstdChunkedCompressor) PayloadDigest() digest.Digest {
+	return digest.NewDigestFromBytes(digest.SHA256, c.payload.Sum(nil))
+}
+
+// UncompressedSize is the payload: zstd:chunked keeps its TOC in skippable
+// frames, outside the tar stream.
+func (c *zstdChunkedCompressor) UncompressedSize() int64 { return c.size }
+
+// Annotations are the manifest checksum and position the TOC writer recorded.
+func (c *zstdChunkedCompressor) Annotations() map[string]string { return maps.Clone(c.inner.Metadata) }
+
+type hashingWriter struct {
+	estargz.WriteFlushCloser
+	c *zstdChunkedCompressor
+}
+
+func (h *hashingWriter) Write(p []byte) (int, error) {
+	n, err := h.WriteFlushCloser.Write(p)
+	h.c.payload.Write(p[:n])
+	h.c.size += int64(n)
+	return n, err
+}
