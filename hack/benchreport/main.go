@@ -25,6 +25,8 @@ import (
 	"github.com/containerd/platforms"
 	"github.com/containerd/stargz-snapshotter/estargz"
 	esgzconvert "github.com/containerd/stargz-snapshotter/nativeconverter/estargz"
+	zstdchunkedconvert "github.com/containerd/stargz-snapshotter/nativeconverter/zstdchunked"
+	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -72,16 +74,23 @@ func run(runs, layerMiB, multi, multiMiB, rssMiB, modeMiB int, binDir string) er
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%-34s %12s %12s %12s %10s\n", "eStargz, level 9", "lazyconv", "peer", "ratio", "size Δ")
-	for _, tc := range []struct {
-		name   string
-		layers []generated
-	}{
-		{fmt.Sprintf("1 layer, %d MiB of files", layerMiB), single},
-		{fmt.Sprintf("%d layers x %d MiB of files", multi, multiMiB), several},
+	for _, f := range []format{
+		{"eStargz, level 9", func() (converter.LayerConverter, error) { return converter.NewEStargz() },
+			esgzconvert.LayerConvertFunc(estargz.WithCompressionLevel(9))},
+		{"zstd:chunked, level 3", func() (converter.LayerConverter, error) { return converter.NewZstdChunked() },
+			zstdchunkedconvert.LayerConvertFuncWithCompressionLevel(zstd.SpeedDefault)},
 	} {
-		if err := compare(ctx, st, tc.name, tc.layers, runs); err != nil {
-			return err
+		fmt.Printf("\n%-34s %12s %12s %12s %10s\n", f.name, "lazyconv", "peer", "ratio", "size Δ")
+		for _, tc := range []struct {
+			name   string
+			layers []generated
+		}{
+			{fmt.Sprintf("1 layer, %d MiB of files", layerMiB), single},
+			{fmt.Sprintf("%d layers x %d MiB of files", multi, multiMiB), several},
+		} {
+			if err := compare(ctx, st, f, tc.name, tc.layers, runs); err != nil {
+				return err
+			}
 		}
 	}
 	if err := cachedReconvert(ctx, st, several, runs); err != nil {
@@ -166,7 +175,15 @@ func storeImage(ctx context.Context, st *localstore.Store, layers []generated) (
 	return ctx, "bench:src", err
 }
 
-func compare(ctx context.Context, st *localstore.Store, name string, layers []generated, runs int) error {
+// format is a lazyconv converter and the peer converter of the same format,
+// at the same level.
+type format struct {
+	name string
+	ours func() (converter.LayerConverter, error)
+	peer ctdconverter.ConvertFunc
+}
+
+func compare(ctx context.Context, st *localstore.Store, f format, name string, layers []generated, runs int) error {
 	var tarTotal int64
 	for _, l := range layers {
 		tarTotal += l.tarBytes
@@ -183,7 +200,10 @@ func compare(ctx context.Context, st *localstore.Store, name string, layers []ge
 		if err != nil {
 			return err
 		}
-		lc, _ := converter.NewEStargz()
+		lc, err := f.ours()
+		if err != nil {
+			return err
+		}
 		start := time.Now()
 		res, err := conv.ConvertImage(nctx, st.ImageStore(), ref, "bench:esgz", converter.ImageOptions{Layer: lc, Platforms: platforms.All})
 		if err != nil {
@@ -202,7 +222,7 @@ func compare(ctx context.Context, st *localstore.Store, name string, layers []ge
 		}
 		start = time.Now()
 		img, err := ctdconverter.Convert(nctx, st.Client(), "bench:peer", ref,
-			ctdconverter.WithLayerConvertFunc(esgzconvert.LayerConvertFunc(estargz.WithCompressionLevel(9))))
+			ctdconverter.WithLayerConvertFunc(f.peer))
 		if err != nil {
 			return err
 		}
