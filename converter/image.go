@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	ctdconverter "github.com/containerd/containerd/v2/core/images/converter"
 	"github.com/containerd/containerd/v2/core/leases"
@@ -32,7 +33,15 @@ type ImageOptions struct {
 	Platforms platforms.MatchComparer
 	// Progress, if set, receives every layer's progress.
 	Progress *Progress
+	// AppendLayer, if set, runs once a manifest's layers are converted and
+	// returns a layer to append to it, with its diffID (nydus's merged
+	// bootstrap).
+	AppendLayer AppendLayerFunc
 }
+
+// AppendLayerFunc returns a layer to append to a manifest whose (converted)
+// layers are given, written to cs under ctx's lease, and its diffID.
+type AppendLayerFunc func(ctx context.Context, cs content.Store, layers []ocispec.Descriptor, oci bool) (*ocispec.Descriptor, digest.Digest, error)
 
 // ImageResult is a converted image and what happened to each of its layers.
 type ImageResult struct {
@@ -270,7 +279,18 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 			modified = true
 		}
 	}
-	newConfig, err := w.convertConfig(ctx, manifest.Config, changedDiffIDs, pos)
+	var appended []digest.Digest
+	if w.opts.AppendLayer != nil {
+		oci := !images.IsDockerType(manifest.MediaType)
+		extra, diffID, err := w.opts.AppendLayer(ctx, w.c.cs, manifest.Layers, oci)
+		if err != nil {
+			return nil, err
+		}
+		manifest.Layers = append(manifest.Layers, *extra)
+		appended = append(appended, diffID)
+		modified = true
+	}
+	newConfig, err := w.convertConfig(ctx, manifest.Config, changedDiffIDs, pos, appended)
 	if err != nil {
 		return nil, err
 	}
@@ -287,9 +307,10 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 }
 
 // convertConfig writes the config with its diff_ids replaced at the given
-// positions (and Docker's legacy image IDs cleared), retyped with DockerToOCI.
-func (w *imageWalk) convertConfig(ctx context.Context, desc ocispec.Descriptor, diffIDs map[int]digest.Digest, layerCount int) (*ocispec.Descriptor, error) {
-	if len(diffIDs) == 0 {
+// positions and extended with appended (and Docker's legacy image IDs
+// cleared), retyped with DockerToOCI.
+func (w *imageWalk) convertConfig(ctx context.Context, desc ocispec.Descriptor, diffIDs map[int]digest.Digest, layerCount int, appended []digest.Digest) (*ocispec.Descriptor, error) {
+	if len(diffIDs) == 0 && len(appended) == 0 {
 		return w.retype(desc, nil), nil
 	}
 	var cfg ctdconverter.DualConfig
@@ -307,7 +328,8 @@ func (w *imageWalk) convertConfig(ctx context.Context, desc ocispec.Descriptor, 
 		return nil, fmt.Errorf("config %s lists %d diff_ids for %d layers: %w",
 			desc.Digest, len(rootfs.DiffIDs), layerCount, errdefs.ErrInvalidArgument)
 	}
-	changed := false
+	changed := len(appended) > 0
+	rootfs.DiffIDs = append(rootfs.DiffIDs, appended...)
 	for i, d := range diffIDs {
 		if rootfs.DiffIDs[i] != d {
 			rootfs.DiffIDs[i] = d

@@ -295,13 +295,5 @@ func (c *Converter) Link(ctx context.Context, results ...LayerResult) error {
 }
 
 func (c *Converter) setLabels(ctx context.Context, d digest.Digest, set map[string]string) error {
-	info := content.Info{Digest: d, Labels: set}
-	fields := make([]string, 0, len(set))
-	for k := range set {
-		fields = append(fields, "labels."+k)
-	}
-	if _, err := c.cs.Update(ctx, info, fields...); err != nil {
-		return fmt.Errorf("labelling %s: %w", d, err)
-	}
-	return nil
+	return setLabels(ctx, c.cs, d, set)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/core/metadata"
 	"github.com/containerd/containerd/v2/plugins"
 	srv "github.com/containerd/containerd/v2/plugins/services"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/plugin"
 	"github.com/containerd/plugin/registry"
@@ -44,7 +45,11 @@ func init() {
 			Type: ImageConverterPlugin,
 			ID:   format,
 			InitFn: func(*plugin.InitContext) (any, error) {
-				return service.LayerConverter(format, service.DefaultConfig())
+				lc, err := service.LayerConverter(format, service.DefaultConfig())
+				if errdefs.IsUnavailable(err) {
+					return nil, fmt.Errorf("%v: %w", err, plugin.ErrSkipPlugin)
+				}
+				return lc, err
 			},
 		})
 	}

@@ -2,6 +2,7 @@ package service
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/containerd/errdefs"
 
@@ -24,6 +25,14 @@ type Config struct {
 	ZstdChunkedCompressionLevel int `toml:"zstdchunked_compression_level"`
 	// ZstdChunkedChunkSize is the default zstd:chunked chunk size (0: 4 MiB).
 	ZstdChunkedChunkSize int `toml:"zstdchunked_chunk_size"`
+	// NydusBuilderPath is the nydus-image builder ("": found on PATH).
+	NydusBuilderPath string `toml:"nydus_builder_path"`
+	// NydusWorkDir is the builder's work directory ("": a temporary one).
+	NydusWorkDir string `toml:"nydus_work_dir"`
+	// NydusFsVersion is the default RAFS version ("5" or "6").
+	NydusFsVersion string `toml:"nydus_fs_version"`
+	// NydusCompressor is the default nydus blob compressor (zstd, lz4_block, none).
+	NydusCompressor string `toml:"nydus_compressor"`
 }
 
 // DefaultConfig is the configuration with every option at its default.
@@ -35,6 +44,9 @@ func DefaultConfig() Config {
 
 		ZstdChunkedCompressionLevel: converter.DefaultZstdChunkedCompressionLevel,
 		ZstdChunkedChunkSize:        converter.DefaultEStargzChunkSize,
+
+		NydusFsVersion:  "6",
+		NydusCompressor: "zstd",
 	}
 }
 
@@ -42,6 +54,7 @@ func DefaultConfig() Config {
 const (
 	FormatEStargz     = "estargz"
 	FormatZstdChunked = "zstdchunked"
+	FormatNydus       = "nydus"
 	FormatUncompress  = "uncompress"
 	FormatGzip        = "gzip"
 	FormatZstd        = "zstd"
@@ -50,18 +63,20 @@ const (
 )
 
 // Formats lists the formats this build serves, in the order Capabilities reports them.
-var Formats = []string{FormatEStargz, FormatZstdChunked, FormatUncompress, FormatGzip, FormatZstd}
+var Formats = []string{FormatEStargz, FormatZstdChunked, FormatNydus, FormatUncompress, FormatGzip, FormatZstd}
 
 // validate checks the configuration, with ErrInvalidArgument on a bad value.
 func (c Config) validate() error {
 	if c.Workers < 0 {
 		return fmt.Errorf("workers must not be negative, got %d: %w", c.Workers, errdefs.ErrInvalidArgument)
 	}
-	if _, err := layerConverterFor(c.DefaultFormat, c, nil); err != nil {
-		return fmt.Errorf("default_format: %w", err)
+	if c.DefaultFormat == FormatNone || !slices.Contains(Formats, c.DefaultFormat) {
+		return fmt.Errorf("default_format %q is none of %v: %w", c.DefaultFormat, Formats, errdefs.ErrInvalidArgument)
 	}
+	// Every format's options must be valid, whether a builder is installed or not.
+	builder := converter.NydusBuilder{Found: true}
 	for _, f := range Formats {
-		if _, err := layerConverterFor(f, c, nil); err != nil {
+		if _, err := planFor(f, c, builder, nil); err != nil {
 			return fmt.Errorf("%s options: %w", f, err)
 		}
 	}

@@ -30,6 +30,7 @@ import (
 type Service struct {
 	api.UnimplementedConverterServer
 	cfg     Config
+	builder converter.NydusBuilder
 	version string
 	conv    *converter.Converter
 	cs      content.Store
@@ -50,7 +51,8 @@ func New(cs content.Store, is images.Store, lm leases.Manager, cfg Config, versi
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, version: version, conv: conv, cs: cs, is: is, lm: lm}, nil
+	builder := converter.ProbeNydusBuilder(context.Background(), cfg.NydusBuilderPath)
+	return &Service{cfg: cfg, builder: builder, version: version, conv: conv, cs: cs, is: is, lm: lm}, nil
 }
 
 // Register serves the API on a gRPC server.
@@ -96,7 +98,7 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	if format == "" {
 		format = s.cfg.DefaultFormat
 	}
-	lc, err := layerConverterFor(format, s.cfg, req)
+	p, err := planFor(format, s.cfg, s.builder, req)
 	if err != nil {
 		return err
 	}
@@ -113,8 +115,7 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	done := make(chan outcome, 1)
 	go func() {
 		res, err := s.conv.ConvertImage(ctx, s.is, req.GetSource(), req.GetTarget(), converter.ImageOptions{
-			// zstd:chunked has no Docker media type, and its annotations need OCI manifests.
-			Layer: lc, DockerToOCI: req.GetOci() || format == FormatZstdChunked, Platforms: pm, Progress: progress,
+			Layer: p.layer, AppendLayer: p.appendLayer, DockerToOCI: req.GetOci() || p.oci, Platforms: pm, Progress: progress,
 		})
 		done <- outcome{res, err}
 	}()
@@ -207,8 +208,16 @@ func (s *Service) Capabilities(context.Context, *api.CapabilitiesRequest) (*api.
 		resp.Workers = int32(runtime.GOMAXPROCS(0))
 	}
 	for _, f := range Formats {
-		resp.Formats = append(resp.Formats, &api.Format{Name: f, Available: true})
+		_, err := planFor(f, s.cfg, s.builder, nil)
+		format := &api.Format{Name: f, Available: err == nil}
+		if err != nil {
+			format.Reason = err.Error()
+		}
+		resp.Formats = append(resp.Formats, format)
 	}
+	resp.Builders = append(resp.Builders, &api.Builder{
+		Name: converter.NydusBuilderName, Path: s.builder.Path, Version: s.builder.Version, Found: s.builder.Found,
+	})
 	return resp, nil
 }
 
@@ -262,35 +271,91 @@ func overrides(level *int32, chunk *int64, defLevel, defChunk int) (int, int) {
 }
 
 // LayerConverter builds the layer converter of a format with the configured
-// options (nil for FormatNone).
+// options (nil for FormatNone). nydus needs its builder: without one it
+// fails with ErrUnavailable.
 func LayerConverter(format string, cfg Config) (converter.LayerConverter, error) {
-	return layerConverterFor(format, cfg, nil)
+	p, err := planFor(format, cfg, converter.ProbeNydusBuilder(context.Background(), cfg.NydusBuilderPath), nil)
+	return p.layer, err
 }
 
-// layerConverterFor builds the layer converter of a format, with the
-// request's options (if any) over the configured defaults.
-func layerConverterFor(format string, cfg Config, req *api.ConvertRequest) (converter.LayerConverter, error) {
+// plan is how a format converts an image.
+type plan struct {
+	layer       converter.LayerConverter
+	appendLayer converter.AppendLayerFunc
+	// oci: the format has no Docker media types (or needs OCI annotations).
+	oci bool
+}
+
+// planFor builds the plan of a format, with the request's options (if any)
+// over the configured defaults.
+func planFor(format string, cfg Config, builder converter.NydusBuilder, req *api.ConvertRequest) (plan, error) {
+	var (
+		p   plan
+		err error
+	)
 	switch format {
 	case FormatEStargz:
 		level, chunk := cfg.EStargzCompressionLevel, cfg.EStargzChunkSize
 		if eo := req.GetEstargz(); eo != nil {
 			level, chunk = overrides(eo.CompressionLevel, eo.ChunkSize, level, chunk)
 		}
-		return converter.NewEStargz(converter.WithEStargzCompressionLevel(level), converter.WithEStargzChunkSize(chunk))
+		p.layer, err = converter.NewEStargz(converter.WithEStargzCompressionLevel(level), converter.WithEStargzChunkSize(chunk))
 	case FormatZstdChunked:
 		level, chunk := cfg.ZstdChunkedCompressionLevel, cfg.ZstdChunkedChunkSize
 		if zo := req.GetZstdchunked(); zo != nil {
 			level, chunk = overrides(zo.CompressionLevel, zo.ChunkSize, level, chunk)
 		}
-		return converter.NewZstdChunked(converter.WithZstdChunkedCompressionLevel(level), converter.WithZstdChunkedChunkSize(chunk))
+		p.oci = true
+		p.layer, err = converter.NewZstdChunked(converter.WithZstdChunkedCompressionLevel(level), converter.WithZstdChunkedChunkSize(chunk))
+	case FormatNydus:
+		var opts converter.NydusOptions
+		if opts, err = nydusOptions(cfg, builder, req.GetNydus()); err != nil {
+			return plan{}, err
+		}
+		p.oci = true
+		if p.layer, err = converter.NewNydus(opts); err != nil {
+			return plan{}, err
+		}
+		p.appendLayer, err = converter.NydusMergeHook(opts)
 	case FormatUncompress:
-		return converter.NewRecompress(converter.Uncompressed, 0)
+		p.layer, err = converter.NewRecompress(converter.Uncompressed, 0)
 	case FormatGzip:
-		return converter.NewRecompress(converter.Gzip, 0)
+		p.layer, err = converter.NewRecompress(converter.Gzip, 0)
 	case FormatZstd:
-		return converter.NewRecompress(converter.Zstd, 0)
+		p.layer, err = converter.NewRecompress(converter.Zstd, 0)
 	case FormatNone:
-		return nil, nil
+	default:
+		err = fmt.Errorf("unknown format %q (known: %v, %s): %w", format, Formats, FormatNone, errdefs.ErrInvalidArgument)
 	}
-	return nil, fmt.Errorf("unknown format %q (known: %v, %s): %w", format, Formats, FormatNone, errdefs.ErrInvalidArgument)
+	if err != nil {
+		return plan{}, err
+	}
+	return p, nil
+}
+
+// nydusOptions merges a request's nydus options over the configuration. The
+// builder and its work directory are the service's own: a request may repeat
+// them but not change them, since the service runs the builder with its own
+// privileges.
+func nydusOptions(cfg Config, builder converter.NydusBuilder, no *api.NydusOptions) (converter.NydusOptions, error) {
+	opts := converter.NydusOptions{Builder: builder, WorkDir: cfg.NydusWorkDir, FsVersion: cfg.NydusFsVersion, Compressor: cfg.NydusCompressor}
+	if no == nil {
+		return opts, nil
+	}
+	if p := no.GetBuilderPath(); p != "" && p != builder.Path && p != cfg.NydusBuilderPath {
+		return opts, fmt.Errorf("the service runs its configured nydus builder (%q), not %q: set nydus_builder_path in its config: %w",
+			builder.Path, p, errdefs.ErrPermissionDenied)
+	}
+	if d := no.GetWorkDir(); d != "" && d != cfg.NydusWorkDir {
+		return opts, fmt.Errorf("the service uses its configured nydus work directory, not %q: set nydus_work_dir in its config: %w",
+			d, errdefs.ErrPermissionDenied)
+	}
+	if v := no.GetFsVersion(); v != "" {
+		opts.FsVersion = v
+	}
+	if c := no.GetCompressor(); c != "" {
+		opts.Compressor = c
+	}
+	opts.PrefetchPatterns = no.GetPrefetchPatterns()
+	return opts, nil
 }

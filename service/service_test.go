@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
@@ -206,4 +207,43 @@ func TestGRPCEdge(t *testing.T) {
 	resp, err = client.CheckEStargz(ctx, &api.CheckEStargzRequest{Digest: img.Target.Digest.String()})
 	require.NoError(t, err)
 	assert.True(t, resp.GetCached(), "the second answer comes from the label")
+}
+
+func TestNydusIsRefusedBeforeAnyWorkWithoutBuilder(t *testing.T) {
+	cfg := service.DefaultConfig()
+	cfg.NydusBuilderPath = filepath.Join(t.TempDir(), "nydus-image")
+	f := newFixture(t, cfg)
+	caps, err := f.svc.Capabilities(f.ctx, &api.CapabilitiesRequest{})
+	require.NoError(t, err)
+	var nydus *api.Format
+	for _, fm := range caps.GetFormats() {
+		if fm.GetName() == "nydus" {
+			nydus = fm
+		}
+	}
+	require.NotNil(t, nydus)
+	assert.False(t, nydus.GetAvailable())
+	assert.Contains(t, nydus.GetReason(), "nydus-image")
+	require.Len(t, caps.GetBuilders(), 1)
+	assert.False(t, caps.GetBuilders()[0].GetFound())
+
+	before := contentDigests(t, f)
+	events := 0
+	err = f.svc.ConvertImage(f.ctx, &api.ConvertRequest{Source: "app:v1", Target: "app:nydus", Format: "nydus"},
+		func(*api.ConvertEvent) error { events++; return nil })
+	require.Error(t, err)
+	assert.True(t, errdefs.IsUnavailable(err), "%v", err)
+	assert.Contains(t, err.Error(), "nydus-image")
+	assert.Equal(t, 0, events, "nothing started")
+	assert.Equal(t, before, contentDigests(t, f))
+}
+
+func contentDigests(t *testing.T, f *fixture) []string {
+	t.Helper()
+	var out []string
+	require.NoError(t, f.store.ContentStore().Walk(f.ctx, func(info content.Info) error {
+		out = append(out, info.Digest.String())
+		return nil
+	}))
+	return out
 }

@@ -37,6 +37,11 @@ crosses the socket.`,
 			&cli.BoolFlag{Name: "zstdchunked", Usage: "convert layers to zstd:chunked (lossless; implies --oci)"},
 			&cli.IntFlag{Name: "zstdchunked-compression-level", Usage: "zstd:chunked zstd level", Value: converter.DefaultZstdChunkedCompressionLevel},
 			&cli.IntFlag{Name: "zstdchunked-chunk-size", Usage: "zstd:chunked chunk size in bytes (0: 4 MiB)", Value: converter.DefaultEStargzChunkSize},
+			&cli.BoolFlag{Name: "nydus", Usage: "convert layers to nydus and merge their bootstraps (needs the nydus-image builder; implies --oci)"},
+			&cli.StringFlag{Name: "nydus-builder-path", Usage: "nydus-image builder (embedded mode; a daemon uses its configured one)"},
+			&cli.StringFlag{Name: "nydus-work-dir", Usage: "nydus builder work directory (embedded mode)"},
+			&cli.StringFlag{Name: "nydus-prefetch-patterns", Usage: "paths to prefetch, one per line"},
+			&cli.StringFlag{Name: "nydus-compressor", Usage: "nydus blob compressor: zstd, lz4_block or none (default zstd)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the new image's digest"},
 		}, platformFlags...),
 		DisableSliceFlagSeparator: true,
@@ -110,14 +115,20 @@ func convertRequest(cmd *cli.Command) (*api.ConvertRequest, error) {
 		Format: service.FormatNone,
 	}
 	formats := 0
-	for _, f := range []string{"estargz", "zstdchunked", "uncompress"} {
+	for _, f := range []string{"estargz", "zstdchunked", "nydus", "uncompress"} {
 		if cmd.Bool(f) {
 			formats++
 		}
 	}
 	switch {
 	case formats > 1:
-		return nil, fmt.Errorf("--estargz, --zstdchunked and --uncompress exclude each other: %w", errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("--estargz, --zstdchunked, --nydus and --uncompress exclude each other: %w", errdefs.ErrInvalidArgument)
+	case cmd.Bool("nydus"):
+		req.Format = service.FormatNydus
+		req.Nydus = &api.NydusOptions{
+			BuilderPath: cmd.String("nydus-builder-path"), WorkDir: cmd.String("nydus-work-dir"),
+			PrefetchPatterns: cmd.String("nydus-prefetch-patterns"), Compressor: cmd.String("nydus-compressor"),
+		}
 	case cmd.Bool("zstdchunked"):
 		level, chunk := int32(cmd.Int("zstdchunked-compression-level")), int64(cmd.Int("zstdchunked-chunk-size"))
 		req.Format = service.FormatZstdChunked

@@ -65,15 +65,24 @@ func openSession(ctx context.Context, cmd *cli.Command) (*session, error) {
 	if daemon && !root.IsSet("root") {
 		return openDaemon(ctx, root)
 	}
-	return openEmbedded(ctx, root)
+	return openEmbedded(ctx, cmd)
 }
 
-func openEmbedded(ctx context.Context, root *cli.Command) (*session, error) {
+func openEmbedded(ctx context.Context, cmd *cli.Command) (*session, error) {
+	root := cmd.Root()
 	st, err := localstore.Open(ctx, root.String("root"))
 	if err != nil {
 		return nil, err
 	}
-	svc, err := service.New(st.ContentStore(), st.ImageStore(), st.LeaseManager(), service.DefaultConfig(), version)
+	cfg := service.DefaultConfig()
+	// Embedded, the CLI is the service: its nydus builder is the user's choice.
+	if p := cmd.String("nydus-builder-path"); p != "" {
+		cfg.NydusBuilderPath = p
+	}
+	if dir := cmd.String("nydus-work-dir"); dir != "" {
+		cfg.NydusWorkDir = dir
+	}
+	svc, err := service.New(st.ContentStore(), st.ImageStore(), st.LeaseManager(), cfg, version)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -170,3 +179,4 @@ func (r remoteAPI) native(err error) error {
 	}
 	return errgrpc.ToNative(err)
 }
+
