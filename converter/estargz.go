@@ -3,10 +3,10 @@ package converter
 import (
 	"archive/tar"
 	"context"
-	"maps"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"strconv"
 
 	"github.com/containerd/containerd/v2/core/content"

@@ -179,4 +179,3 @@ func (r remoteAPI) native(err error) error {
 	}
 	return errgrpc.ToNative(err)
 }
-
