@@ -73,3 +73,23 @@ func TestConvertInDaemonThroughRegistryRoundTrip(t *testing.T) {
 	assert.Contains(t, out, "3 lazy-pull layers verified")
 	assertConvertedImage(t, nsContext("other"), c.ContentStore(), c.ImageService(), dst, img)
 }
+
+func TestZstdChunkedAndNydusInDaemon(t *testing.T) {
+	requireRoot(t)
+	d := startDaemon(t, bins.containerdLazyconv, testConfig)
+	img := newTestImage(t, "example.com/app:v1", 0)
+	mustLazyconv(t, "--address", d.address, "image", "import", img.archive)
+	out := mustLazyconv(t, "--address", d.address, "image", "convert", "--zstdchunked", img.name, "example.com/app:zc")
+	assert.Contains(t, out, "committed")
+	out = mustLazyconv(t, "--address", d.address, "image", "verify", "example.com/app:zc")
+	assert.Contains(t, out, "3 lazy-pull layers verified")
+
+	// Without a builder in the daemon, nydus is refused at once, naming it.
+	out = mustLazyconv(t, "--address", d.address, "version")
+	assert.Contains(t, out, "format nydus")
+	assert.Contains(t, out, "unavailable")
+	out, err := lazyconv(t, "--address", d.address, "image", "convert", "--nydus", img.name, "example.com/app:nydus")
+	require.Error(t, err)
+	assert.Contains(t, out, "nydus-image")
+	assert.NotContains(t, out, "converting")
+}
