@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -37,6 +38,10 @@ type ImageOptions struct {
 	// returns a layer to append to it, with its diffID (nydus's merged
 	// bootstrap).
 	AppendLayer AppendLayerFunc
+	// EnsureLayer, if set, makes a layer local before it is converted
+	// (fetching it from its registry when it is missing); manifest is the
+	// manifest listing it, bytesIn counts what is fetched.
+	EnsureLayer func(ctx context.Context, layer, manifest ocispec.Descriptor, bytesIn *atomic.Int64) error
 }
 
 // AppendLayerFunc returns a layer to append to a manifest whose (converted)
@@ -241,6 +246,15 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 				continue
 			}
 			eg.Go(func() error {
+				if w.opts.EnsureLayer != nil {
+					lp := p.layer(l.Digest, l.Size)
+					lp.set(StateFetching)
+					if err := w.opts.EnsureLayer(egCtx, l, desc, &lp.in); err != nil {
+						lp.set(StateFailed)
+						return err
+					}
+					lp.in.Store(0)
+				}
 				r, err := w.c.ConvertLayer(egCtx, w.opts.Layer, l, p)
 				if err != nil {
 					return err
@@ -267,8 +281,15 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 				manifest.Layers[i] = r.Desc
 				modified = true
 			}
-			if r.Desc.Digest != l.Digest && r.DiffID != "" {
-				changedDiffIDs[pos] = r.DiffID
+			if r.Desc.Digest != l.Digest {
+				diffID := r.DiffID
+				if diffID == "" {
+					// A variant made elsewhere (BuildKit's, say) may lack its label.
+					if diffID, err = w.c.diffPairs.DiffID(ctx, r.Desc); err != nil {
+						return nil, err
+					}
+				}
+				changedDiffIDs[pos] = diffID
 			}
 		}
 		pos++

@@ -187,20 +187,13 @@ func TestCancelledConversionLeavesNothing(t *testing.T) {
 	progress := converter.NewProgress()
 	ctx, cancel := context.WithCancel(f.ctx)
 	go func() {
-		// Cancel once the first layer is committed and another is under way.
-		for {
-			done, busy := 0, 0
+		// Cancel once the first layer is committed (with one worker, the next
+		// is then under way): what that layer wrote must not outlive the lease.
+		for ctx.Err() == nil {
 			for _, s := range progress.Snapshot() {
 				if s.State == converter.StateCommitted {
-					done++
+					cancel()
 				}
-				if s.State == converter.StateConverting && s.BytesOut > 0 {
-					busy++
-				}
-			}
-			if done >= 1 && busy >= 1 {
-				cancel()
-				return
 			}
 			time.Sleep(time.Millisecond)
 		}
@@ -266,4 +259,23 @@ func TestConvertImagePlatforms(t *testing.T) {
 	_, err = f.conv.ConvertImage(f.ctx, f.store.ImageStore(), "multi:all", "multi:none",
 		converter.ImageOptions{Layer: conv, Platforms: platforms.Only(ocispec.Platform{OS: "windows", Architecture: "amd64"})})
 	require.Error(t, err)
+}
+
+// A layer converted by a conversion that has not linked it yet (its image is
+// still being converted) is reused, not converted again.
+func TestUnlinkedConversionIsReused(t *testing.T) {
+	f := newFixture(t)
+	conv, err := converter.NewEStargz()
+	require.NoError(t, err)
+	desc := putLayer(t, f, imagegen.TarBytes(losslessCases()["symlinks"]), "gzip")
+	first, err := f.conv.ConvertLayer(f.ctx, conv, desc, nil)
+	require.NoError(t, err)
+	second, err := f.conv.ConvertLayer(f.ctx, conv, desc, nil)
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), f.conv.Conversions())
+	assert.Equal(t, first.Desc, second.Desc)
+	require.NoError(t, f.conv.Link(f.ctx, first))
+	third, err := f.conv.ConvertLayer(f.ctx, conv, desc, nil)
+	require.NoError(t, err)
+	assert.Equal(t, converter.StateCached, third.State, "once linked, the label answers")
 }

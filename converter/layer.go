@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lazyconv/lazyconv/labels"
+	"github.com/lazyconv/lazyconv/remote"
 )
 
 // LayerConverter converts one layer blob to one format. Implementations are
@@ -66,6 +68,8 @@ type LayerResult struct {
 	State LayerState
 	// links are the labels to write once the whole conversion succeeded.
 	links []labelUpdate
+	// variant names the converter that produced Desc.
+	variant string
 }
 
 type labelUpdate struct {
@@ -82,6 +86,10 @@ type Converter struct {
 	lm      leases.Manager
 	workers chan struct{}
 	flights flightGroup[flightResult]
+	// diffPairs computes diffIDs that no label caches yet.
+	diffPairs *remote.DiffPairs
+	// recent holds finished conversions until they are linked.
+	recent sync.Map // flight key -> recentResult
 	// conversions counts blobs actually converted (not cached, not kept).
 	conversions atomic.Int64
 }
@@ -108,7 +116,7 @@ func WithWorkers(n int) Option {
 
 // New returns a Converter writing to cs and protecting its work with leases from lm.
 func New(cs content.Store, lm leases.Manager, opts ...Option) (*Converter, error) {
-	c := &Converter{cs: cs, lm: lm, workers: make(chan struct{}, runtime.GOMAXPROCS(0))}
+	c := &Converter{cs: cs, lm: lm, workers: make(chan struct{}, runtime.GOMAXPROCS(0)), diffPairs: remote.NewDiffPairs(cs)}
 	for _, o := range opts {
 		if err := o(c); err != nil {
 			return nil, err
@@ -153,8 +161,15 @@ func (c *Converter) convertLayer(ctx context.Context, lc LayerConverter, desc oc
 	}
 	ns, _ := namespaces.Namespace(ctx)
 	key := ns + "\x00" + desc.Digest.String() + "\x00" + lc.Variant()
+	if res, ok := c.unlinked(ctx, key); ok {
+		return res, nil
+	}
 	fr, _, err := c.flights.do(ctx, key, func(ctx context.Context) (flightResult, error) {
-		return c.convertOnce(ctx, lc, desc, info, lp)
+		fr, err := c.convertOnce(ctx, lc, desc, info, lp)
+		if err == nil && fr.res.State == StateCommitted {
+			c.recent.Store(key, &recentResult{res: fr.res, at: time.Now()})
+		}
+		return fr, err
 	}, func(fr flightResult) error {
 		return c.adopt(ctx, fr)
 	})
@@ -162,6 +177,40 @@ func (c *Converter) convertLayer(ctx context.Context, lc LayerConverter, desc oc
 		return LayerResult{}, err
 	}
 	return fr.res, nil
+}
+
+// recentResult is a conversion that finished but whose variant is not linked
+// yet (its image conversion is still running): a request arriving in that
+// window reuses it instead of converting again.
+type recentResult struct {
+	res LayerResult
+	at  time.Time
+}
+
+// unlinked returns a recent, not yet linked conversion of key, added to the
+// caller's lease, if its blob is still there.
+func (c *Converter) unlinked(ctx context.Context, key string) (LayerResult, bool) {
+	v, ok := c.recent.Load(key)
+	if !ok {
+		return LayerResult{}, false
+	}
+	r := v.(*recentResult)
+	if time.Since(r.at) > time.Hour { // the flight's lease has expired by now
+		c.recent.CompareAndDelete(key, v)
+		return LayerResult{}, false
+	}
+	// Hold the blob first, then check it is still there.
+	if err := c.adopt(ctx, flightResult{res: r.res}); err != nil {
+		return LayerResult{}, false
+	}
+	if _, err := c.cs.Info(ctx, r.res.Desc.Digest); err != nil {
+		c.recent.CompareAndDelete(key, v)
+		if id, ok := leases.FromContext(ctx); ok {
+			_ = c.lm.DeleteResource(ctx, leases.Lease{ID: id}, leases.Resource{ID: r.res.Desc.Digest.String(), Type: "content"})
+		}
+		return LayerResult{}, false
+	}
+	return r.res, true
 }
 
 // cached returns the linked variant of desc, if it is still in the store.
@@ -243,7 +292,7 @@ func (c *Converter) convertLeased(ctx context.Context, lc LayerConverter, desc o
 		labelUpdate{dgst: conv.Desc.Digest, labels: map[string]string{labels.VariantBackRefKey(lc.Variant()): desc.Digest.String()}},
 	)
 	conv.Desc.Platform = desc.Platform
-	return LayerResult{Source: desc, Desc: conv.Desc, DiffID: conv.DiffID, State: StateCommitted, links: links}, nil
+	return LayerResult{Source: desc, Desc: conv.Desc, DiffID: conv.DiffID, State: StateCommitted, links: links, variant: lc.Variant()}, nil
 }
 
 // adopt adds a flight's output blob to the caller's lease, if it has one.
@@ -289,6 +338,13 @@ func (c *Converter) Link(ctx context.Context, results ...LayerResult) error {
 	for _, d := range order {
 		if err := c.setLabels(ctx, d, merged[d]); err != nil {
 			return err
+		}
+	}
+	// Linked variants are found through their labels from now on.
+	ns, _ := namespaces.Namespace(ctx)
+	for _, r := range results {
+		if r.State == StateCommitted && r.variant != "" {
+			c.recent.Delete(ns + "\x00" + r.Source.Digest.String() + "\x00" + r.variant)
 		}
 	}
 	return nil

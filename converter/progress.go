@@ -26,9 +26,11 @@ const (
 	StateKept
 	// StateFailed: the conversion failed.
 	StateFailed
+	// StateFetching: the source layer is being fetched from its registry.
+	StateFetching
 )
 
-var stateNames = [...]string{"queued", "reading", "converting", "committed", "cached", "kept", "failed"}
+var stateNames = [...]string{"queued", "reading", "converting", "committed", "cached", "kept", "failed", "fetching"}
 
 // String names the state as progress output shows it.
 func (s LayerState) String() string {
@@ -39,7 +41,7 @@ func (s LayerState) String() string {
 }
 
 // Done reports whether the state is final.
-func (s LayerState) Done() bool { return s >= StateCommitted }
+func (s LayerState) Done() bool { return s >= StateCommitted && s <= StateFailed }
 
 // Progress tracks every layer of a conversion. It is safe for concurrent use;
 // converters update it and a display polls Snapshot.

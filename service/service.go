@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -19,11 +20,13 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/labels"
+	"github.com/lazyconv/lazyconv/remote"
 )
 
 // Service converts images in one containerd's stores.
@@ -33,6 +36,7 @@ type Service struct {
 	builder converter.NydusBuilder
 	version string
 	conv    *converter.Converter
+	fetcher *remote.Fetcher
 	cs      content.Store
 	is      images.Store
 	lm      leases.Manager
@@ -52,7 +56,7 @@ func New(cs content.Store, is images.Store, lm leases.Manager, cfg Config, versi
 		return nil, err
 	}
 	builder := converter.ProbeNydusBuilder(context.Background(), cfg.NydusBuilderPath)
-	return &Service{cfg: cfg, builder: builder, version: version, conv: conv, cs: cs, is: is, lm: lm}, nil
+	return &Service{cfg: cfg, builder: builder, version: version, conv: conv, fetcher: remote.NewFetcher(cs, lm), cs: cs, is: is, lm: lm}, nil
 }
 
 // Register serves the API on a gRPC server.
@@ -106,6 +110,10 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	if err != nil {
 		return err
 	}
+	resolver := registryOptions(req.GetRegistry()).Resolver()
+	ensure := func(ctx context.Context, layer, manifest ocispec.Descriptor, bytesIn *atomic.Int64) error {
+		return s.fetcher.Ensure(ctx, resolver, layer, manifest, req.GetSource(), bytesIn)
+	}
 	progress := converter.NewProgress()
 	before := s.conv.Conversions()
 	type outcome struct {
@@ -116,6 +124,7 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	go func() {
 		res, err := s.conv.ConvertImage(ctx, s.is, req.GetSource(), req.GetTarget(), converter.ImageOptions{
 			Layer: p.layer, AppendLayer: p.appendLayer, DockerToOCI: req.GetOci() || p.oci, Platforms: pm, Progress: progress,
+			EnsureLayer: ensure,
 		})
 		done <- outcome{res, err}
 	}()
@@ -258,6 +267,14 @@ func platformMatcher(pss []string, all bool) (platforms.MatchComparer, error) {
 	}
 	return platforms.DefaultStrict(), nil
 }
+
+// registryOptions turns the API's registry options into remote's.
+func registryOptions(r *api.RegistryOptions) remote.RegistryOptions {
+	return remote.RegistryOptions{PlainHTTP: r.GetPlainHttp(), Username: r.GetUsername(), Password: r.GetPassword()}
+}
+
+// Fetcher is the service's fetcher of missing layers.
+func (s *Service) Fetcher() *remote.Fetcher { return s.fetcher }
 
 // overrides applies a request's optional level and chunk size over defaults.
 func overrides(level *int32, chunk *int64, defLevel, defChunk int) (int, int) {

@@ -43,7 +43,7 @@ crosses the socket.`,
 			&cli.StringFlag{Name: "nydus-prefetch-patterns", Usage: "paths to prefetch, one per line"},
 			&cli.StringFlag{Name: "nydus-compressor", Usage: "nydus blob compressor: zstd, lz4_block or none (default zstd)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the new image's digest"},
-		}, platformFlags...),
+		}, append(append([]cli.Flag{}, registryFlags...), platformFlags...)...),
 		DisableSliceFlagSeparator: true,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if cmd.Args().Len() != 2 {
@@ -114,6 +114,9 @@ func convertRequest(cmd *cli.Command) (*api.ConvertRequest, error) {
 		Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
 		Format: service.FormatNone,
 	}
+	// Layers of a lazily pulled image are fetched from their registry on first use.
+	opts := registryOptions(cmd)
+	req.Registry = &api.RegistryOptions{PlainHttp: opts.PlainHTTP, Username: opts.Username, Password: opts.Password}
 	formats := 0
 	for _, f := range []string{"estargz", "zstdchunked", "nydus", "uncompress"} {
 		if cmd.Bool(f) {

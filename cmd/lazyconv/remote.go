@@ -6,10 +6,12 @@ import (
 	"strings"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/core/remotes"
-	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"github.com/urfave/cli/v3"
+
+	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/remote"
 )
 
 var registryFlags = []cli.Flag{
@@ -17,31 +19,22 @@ var registryFlags = []cli.Flag{
 	&cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "registry credentials, USER[:PASSWORD]"},
 }
 
-// resolver follows ctr: credentials from --user, plain HTTP with --plain-http
-// (and for localhost always).
-func resolver(cmd *cli.Command) remotes.Resolver {
-	var authOpts []docker.AuthorizerOpt
-	if u := cmd.String("user"); u != "" {
-		user, pass, _ := strings.Cut(u, ":")
-		authOpts = append(authOpts, docker.WithAuthCreds(func(string) (string, string, error) { return user, pass, nil }))
-	}
-	plain := docker.MatchLocalhost
-	if cmd.Bool("plain-http") {
-		plain = docker.MatchAllHosts
-	}
-	hosts := docker.ConfigureDefaultRegistries(
-		docker.WithAuthorizer(docker.NewDockerAuthorizer(authOpts...)),
-		docker.WithPlainHTTP(plain),
-	)
-	return docker.NewResolver(docker.ResolverOptions{Hosts: hosts})
+// registryOptions reads --plain-http and --user.
+func registryOptions(cmd *cli.Command) remote.RegistryOptions {
+	user, pass, _ := strings.Cut(cmd.String("user"), ":")
+	return remote.RegistryOptions{PlainHTTP: cmd.Bool("plain-http"), Username: user, Password: pass}
 }
 
 func imagePullCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "pull",
 		Usage:     "fetch an image's content from a registry (no unpacking: conversion needs only content)",
+		Description: `With --lazy only the index, manifests and configs are fetched: each layer is
+fetched from the same registry the first time a conversion needs it.`,
 		ArgsUsage: "REF",
-		Flags:     append(append([]cli.Flag{}, registryFlags...), platformFlags...),
+		Flags: append(append([]cli.Flag{
+			&cli.BoolFlag{Name: "lazy", Usage: "fetch index, manifests and configs only; layers come on first use"},
+		}, registryFlags...), platformFlags...),
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if cmd.Args().Len() != 1 {
 				return fmt.Errorf("image pull takes one REF: %w", errdefs.ErrInvalidArgument)
@@ -55,7 +48,13 @@ func imagePullCommand() *cli.Command {
 				return err
 			}
 			defer s.Close()
-			img, err := s.client.Fetch(s.ctx, cmd.Args().First(), containerd.WithResolver(resolver(cmd)), containerd.WithPlatformMatcher(pm))
+			resolver := registryOptions(cmd).Resolver()
+			var img images.Image
+			if cmd.Bool("lazy") {
+				img, err = remote.PullLazy(s.ctx, s.client.ContentStore(), s.client.ImageService(), s.client.LeasesService(), resolver, cmd.Args().First(), pm)
+			} else {
+				img, err = s.client.Fetch(s.ctx, cmd.Args().First(), containerd.WithResolver(resolver), containerd.WithPlatformMatcher(pm))
+			}
 			if err != nil {
 				return err
 			}
@@ -70,14 +69,20 @@ func imagePushCommand() *cli.Command {
 		Name:      "push",
 		Usage:     "push an image to a registry",
 		ArgsUsage: "REMOTE [LOCAL]",
-		Flags:     append(append([]cli.Flag{}, registryFlags...), platformFlags...),
+		Description: `Layers whose distribution source is a repository of the target registry are
+mounted across repositories instead of uploaded. With --force-compression every
+pushed layer is in that format: missing variants are converted on the way (and
+kept in the variant cache).`,
+		Flags: append(append([]cli.Flag{
+			&cli.StringFlag{Name: "force-compression", Usage: "push every layer as FORMAT (estargz, zstdchunked, gzip, zstd, uncompress)"},
+		}, registryFlags...), platformFlags...),
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if n := cmd.Args().Len(); n < 1 || n > 2 {
 				return fmt.Errorf("image push takes REMOTE and optionally LOCAL: %w", errdefs.ErrInvalidArgument)
 			}
-			remote, local := cmd.Args().Get(0), cmd.Args().Get(1)
+			target, local := cmd.Args().Get(0), cmd.Args().Get(1)
 			if local == "" {
-				local = remote
+				local = target
 			}
 			pm, err := platformMatcher(cmd)
 			if err != nil {
@@ -88,15 +93,40 @@ func imagePushCommand() *cli.Command {
 				return err
 			}
 			defer s.Close()
+			if format := cmd.String("force-compression"); format != "" {
+				forced, cleanup, err := forceCompression(s, cmd, local, format)
+				if err != nil {
+					return err
+				}
+				defer cleanup()
+				local = forced
+			}
 			img, err := s.client.ImageService().Get(s.ctx, local)
 			if err != nil {
 				return err
 			}
-			if err := s.client.Push(s.ctx, remote, img.Target, containerd.WithResolver(resolver(cmd)), containerd.WithPlatformMatcher(pm)); err != nil {
+			if err := s.client.Push(s.ctx, target, img.Target, containerd.WithResolver(registryOptions(cmd).Resolver()), containerd.WithPlatformMatcher(pm)); err != nil {
 				return err
 			}
-			fmt.Fprintf(s.out, "pushed %s %s\n", remote, img.Target.Digest)
+			fmt.Fprintf(s.out, "pushed %s %s\n", target, img.Target.Digest)
 			return nil
 		},
 	}
+}
+
+// forceCompression converts local into a temporary image whose every layer
+// is in format, through the conversion service (so variants are cached and
+// shared), and returns its name and a function removing it.
+func forceCompression(s *session, cmd *cli.Command, local, format string) (string, func(), error) {
+	tmp := fmt.Sprintf("%s-lazyconv-push-%s", local, format)
+	opts := registryOptions(cmd)
+	req := &api.ConvertRequest{
+		Source: local, Target: tmp, Format: format, Oci: true,
+		Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
+		Registry: &api.RegistryOptions{PlainHttp: opts.PlainHTTP, Username: opts.Username, Password: opts.Password},
+	}
+	if err := s.api.Convert(s.ctx, req, func(*api.ConvertEvent) error { return nil }); err != nil {
+		return "", nil, fmt.Errorf("converting %s to %s before the push: %w", local, format, err)
+	}
+	return tmp, func() { _ = s.client.ImageService().Delete(s.ctx, tmp) }, nil
 }

@@ -36,6 +36,7 @@ const (
 	LayerState_LAYER_STATE_CACHED     LayerState = 4
 	LayerState_LAYER_STATE_KEPT       LayerState = 5
 	LayerState_LAYER_STATE_FAILED     LayerState = 6
+	LayerState_LAYER_STATE_FETCHING   LayerState = 7
 )
 
 // Enum value maps for LayerState.
@@ -48,6 +49,7 @@ var (
 		4: "LAYER_STATE_CACHED",
 		5: "LAYER_STATE_KEPT",
 		6: "LAYER_STATE_FAILED",
+		7: "LAYER_STATE_FETCHING",
 	}
 	LayerState_value = map[string]int32{
 		"LAYER_STATE_QUEUED":     0,
@@ -57,6 +59,7 @@ var (
 		"LAYER_STATE_CACHED":     4,
 		"LAYER_STATE_KEPT":       5,
 		"LAYER_STATE_FAILED":     6,
+		"LAYER_STATE_FETCHING":   7,
 	}
 )
 
@@ -101,11 +104,14 @@ type ConvertRequest struct {
 	Oci bool `protobuf:"varint,4,opt,name=oci,proto3" json:"oci,omitempty"`
 	// Platforms to keep (containerd's platform syntax); empty with
 	// all_platforms false means the service's own platform.
-	Platforms     []string            `protobuf:"bytes,5,rep,name=platforms,proto3" json:"platforms,omitempty"`
-	AllPlatforms  bool                `protobuf:"varint,6,opt,name=all_platforms,json=allPlatforms,proto3" json:"all_platforms,omitempty"`
-	Estargz       *EStargzOptions     `protobuf:"bytes,7,opt,name=estargz,proto3" json:"estargz,omitempty"`
-	Zstdchunked   *ZstdChunkedOptions `protobuf:"bytes,8,opt,name=zstdchunked,proto3" json:"zstdchunked,omitempty"`
-	Nydus         *NydusOptions       `protobuf:"bytes,9,opt,name=nydus,proto3" json:"nydus,omitempty"`
+	Platforms    []string            `protobuf:"bytes,5,rep,name=platforms,proto3" json:"platforms,omitempty"`
+	AllPlatforms bool                `protobuf:"varint,6,opt,name=all_platforms,json=allPlatforms,proto3" json:"all_platforms,omitempty"`
+	Estargz      *EStargzOptions     `protobuf:"bytes,7,opt,name=estargz,proto3" json:"estargz,omitempty"`
+	Zstdchunked  *ZstdChunkedOptions `protobuf:"bytes,8,opt,name=zstdchunked,proto3" json:"zstdchunked,omitempty"`
+	Nydus        *NydusOptions       `protobuf:"bytes,9,opt,name=nydus,proto3" json:"nydus,omitempty"`
+	// How to reach the source registry for layers that are not local yet
+	// (images pulled lazily): they are fetched on first use.
+	Registry      *RegistryOptions `protobuf:"bytes,10,opt,name=registry,proto3" json:"registry,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -203,6 +209,73 @@ func (x *ConvertRequest) GetNydus() *NydusOptions {
 	return nil
 }
 
+func (x *ConvertRequest) GetRegistry() *RegistryOptions {
+	if x != nil {
+		return x.Registry
+	}
+	return nil
+}
+
+type RegistryOptions struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PlainHttp     bool                   `protobuf:"varint,1,opt,name=plain_http,json=plainHttp,proto3" json:"plain_http,omitempty"`
+	Username      string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	Password      string                 `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegistryOptions) Reset() {
+	*x = RegistryOptions{}
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegistryOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegistryOptions) ProtoMessage() {}
+
+func (x *RegistryOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegistryOptions.ProtoReflect.Descriptor instead.
+func (*RegistryOptions) Descriptor() ([]byte, []int) {
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RegistryOptions) GetPlainHttp() bool {
+	if x != nil {
+		return x.PlainHttp
+	}
+	return false
+}
+
+func (x *RegistryOptions) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *RegistryOptions) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
 type ZstdChunkedOptions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// zstd level (1-22); unset means the service's configured default.
@@ -215,7 +288,7 @@ type ZstdChunkedOptions struct {
 
 func (x *ZstdChunkedOptions) Reset() {
 	*x = ZstdChunkedOptions{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[1]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -227,7 +300,7 @@ func (x *ZstdChunkedOptions) String() string {
 func (*ZstdChunkedOptions) ProtoMessage() {}
 
 func (x *ZstdChunkedOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[1]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -240,7 +313,7 @@ func (x *ZstdChunkedOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ZstdChunkedOptions.ProtoReflect.Descriptor instead.
 func (*ZstdChunkedOptions) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{1}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ZstdChunkedOptions) GetCompressionLevel() int32 {
@@ -275,7 +348,7 @@ type NydusOptions struct {
 
 func (x *NydusOptions) Reset() {
 	*x = NydusOptions{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[2]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -287,7 +360,7 @@ func (x *NydusOptions) String() string {
 func (*NydusOptions) ProtoMessage() {}
 
 func (x *NydusOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[2]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -300,7 +373,7 @@ func (x *NydusOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NydusOptions.ProtoReflect.Descriptor instead.
 func (*NydusOptions) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{2}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *NydusOptions) GetBuilderPath() string {
@@ -350,7 +423,7 @@ type EStargzOptions struct {
 
 func (x *EStargzOptions) Reset() {
 	*x = EStargzOptions{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -362,7 +435,7 @@ func (x *EStargzOptions) String() string {
 func (*EStargzOptions) ProtoMessage() {}
 
 func (x *EStargzOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -375,7 +448,7 @@ func (x *EStargzOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EStargzOptions.ProtoReflect.Descriptor instead.
 func (*EStargzOptions) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{3}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *EStargzOptions) GetCompressionLevel() int32 {
@@ -408,7 +481,7 @@ type LayerProgress struct {
 
 func (x *LayerProgress) Reset() {
 	*x = LayerProgress{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -420,7 +493,7 @@ func (x *LayerProgress) String() string {
 func (*LayerProgress) ProtoMessage() {}
 
 func (x *LayerProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -433,7 +506,7 @@ func (x *LayerProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerProgress.ProtoReflect.Descriptor instead.
 func (*LayerProgress) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{4}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *LayerProgress) GetDigest() string {
@@ -504,7 +577,7 @@ type Descriptor struct {
 
 func (x *Descriptor) Reset() {
 	*x = Descriptor{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -516,7 +589,7 @@ func (x *Descriptor) String() string {
 func (*Descriptor) ProtoMessage() {}
 
 func (x *Descriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -529,7 +602,7 @@ func (x *Descriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Descriptor.ProtoReflect.Descriptor instead.
 func (*Descriptor) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{5}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Descriptor) GetMediaType() string {
@@ -572,7 +645,7 @@ type ConvertResult struct {
 
 func (x *ConvertResult) Reset() {
 	*x = ConvertResult{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -584,7 +657,7 @@ func (x *ConvertResult) String() string {
 func (*ConvertResult) ProtoMessage() {}
 
 func (x *ConvertResult) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -597,7 +670,7 @@ func (x *ConvertResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConvertResult.ProtoReflect.Descriptor instead.
 func (*ConvertResult) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{6}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ConvertResult) GetName() string {
@@ -634,7 +707,7 @@ type ConvertEvent struct {
 
 func (x *ConvertEvent) Reset() {
 	*x = ConvertEvent{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -646,7 +719,7 @@ func (x *ConvertEvent) String() string {
 func (*ConvertEvent) ProtoMessage() {}
 
 func (x *ConvertEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -659,7 +732,7 @@ func (x *ConvertEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConvertEvent.ProtoReflect.Descriptor instead.
 func (*ConvertEvent) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{7}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ConvertEvent) GetEvent() isConvertEvent_Event {
@@ -712,7 +785,7 @@ type CheckEStargzRequest struct {
 
 func (x *CheckEStargzRequest) Reset() {
 	*x = CheckEStargzRequest{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -724,7 +797,7 @@ func (x *CheckEStargzRequest) String() string {
 func (*CheckEStargzRequest) ProtoMessage() {}
 
 func (x *CheckEStargzRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -737,7 +810,7 @@ func (x *CheckEStargzRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckEStargzRequest.ProtoReflect.Descriptor instead.
 func (*CheckEStargzRequest) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{8}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CheckEStargzRequest) GetDigest() string {
@@ -758,7 +831,7 @@ type CheckEStargzResponse struct {
 
 func (x *CheckEStargzResponse) Reset() {
 	*x = CheckEStargzResponse{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -770,7 +843,7 @@ func (x *CheckEStargzResponse) String() string {
 func (*CheckEStargzResponse) ProtoMessage() {}
 
 func (x *CheckEStargzResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -783,7 +856,7 @@ func (x *CheckEStargzResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckEStargzResponse.ProtoReflect.Descriptor instead.
 func (*CheckEStargzResponse) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{9}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CheckEStargzResponse) GetEstargz() bool {
@@ -808,7 +881,7 @@ type CapabilitiesRequest struct {
 
 func (x *CapabilitiesRequest) Reset() {
 	*x = CapabilitiesRequest{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -820,7 +893,7 @@ func (x *CapabilitiesRequest) String() string {
 func (*CapabilitiesRequest) ProtoMessage() {}
 
 func (x *CapabilitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -833,7 +906,7 @@ func (x *CapabilitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CapabilitiesRequest.ProtoReflect.Descriptor instead.
 func (*CapabilitiesRequest) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{10}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{11}
 }
 
 type Format struct {
@@ -848,7 +921,7 @@ type Format struct {
 
 func (x *Format) Reset() {
 	*x = Format{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -860,7 +933,7 @@ func (x *Format) String() string {
 func (*Format) ProtoMessage() {}
 
 func (x *Format) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -873,7 +946,7 @@ func (x *Format) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Format.ProtoReflect.Descriptor instead.
 func (*Format) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{11}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Format) GetName() string {
@@ -909,7 +982,7 @@ type Builder struct {
 
 func (x *Builder) Reset() {
 	*x = Builder{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -921,7 +994,7 @@ func (x *Builder) String() string {
 func (*Builder) ProtoMessage() {}
 
 func (x *Builder) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -934,7 +1007,7 @@ func (x *Builder) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Builder.ProtoReflect.Descriptor instead.
 func (*Builder) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{12}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Builder) GetName() string {
@@ -978,7 +1051,7 @@ type CapabilitiesResponse struct {
 
 func (x *CapabilitiesResponse) Reset() {
 	*x = CapabilitiesResponse{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -990,7 +1063,7 @@ func (x *CapabilitiesResponse) String() string {
 func (*CapabilitiesResponse) ProtoMessage() {}
 
 func (x *CapabilitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1003,7 +1076,7 @@ func (x *CapabilitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CapabilitiesResponse.ProtoReflect.Descriptor instead.
 func (*CapabilitiesResponse) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{13}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CapabilitiesResponse) GetVersion() string {
@@ -1045,7 +1118,7 @@ var File_lazyconv_v1_converter_proto protoreflect.FileDescriptor
 
 const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\n" +
-	"\x1blazyconv/v1/converter.proto\x12\vlazyconv.v1\"\xd8\x02\n" +
+	"\x1blazyconv/v1/converter.proto\x12\vlazyconv.v1\"\x92\x03\n" +
 	"\x0eConvertRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x16\n" +
@@ -1055,7 +1128,14 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\rall_platforms\x18\x06 \x01(\bR\fallPlatforms\x125\n" +
 	"\aestargz\x18\a \x01(\v2\x1b.lazyconv.v1.EStargzOptionsR\aestargz\x12A\n" +
 	"\vzstdchunked\x18\b \x01(\v2\x1f.lazyconv.v1.ZstdChunkedOptionsR\vzstdchunked\x12/\n" +
-	"\x05nydus\x18\t \x01(\v2\x19.lazyconv.v1.NydusOptionsR\x05nydus\"\x8f\x01\n" +
+	"\x05nydus\x18\t \x01(\v2\x19.lazyconv.v1.NydusOptionsR\x05nydus\x128\n" +
+	"\bregistry\x18\n" +
+	" \x01(\v2\x1c.lazyconv.v1.RegistryOptionsR\bregistry\"h\n" +
+	"\x0fRegistryOptions\x12\x1d\n" +
+	"\n" +
+	"plain_http\x18\x01 \x01(\bR\tplainHttp\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\x03 \x01(\tR\bpassword\"\x8f\x01\n" +
 	"\x12ZstdChunkedOptions\x120\n" +
 	"\x11compression_level\x18\x01 \x01(\x05H\x00R\x10compressionLevel\x88\x01\x01\x12\"\n" +
 	"\n" +
@@ -1126,7 +1206,7 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\aformats\x18\x02 \x03(\v2\x13.lazyconv.v1.FormatR\aformats\x120\n" +
 	"\bbuilders\x18\x03 \x03(\v2\x14.lazyconv.v1.BuilderR\bbuilders\x12%\n" +
 	"\x0edefault_format\x18\x04 \x01(\tR\rdefaultFormat\x12\x18\n" +
-	"\aworkers\x18\x05 \x01(\x05R\aworkers*\xba\x01\n" +
+	"\aworkers\x18\x05 \x01(\x05R\aworkers*\xd4\x01\n" +
 	"\n" +
 	"LayerState\x12\x16\n" +
 	"\x12LAYER_STATE_QUEUED\x10\x00\x12\x17\n" +
@@ -1135,7 +1215,8 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\x15LAYER_STATE_COMMITTED\x10\x03\x12\x16\n" +
 	"\x12LAYER_STATE_CACHED\x10\x04\x12\x14\n" +
 	"\x10LAYER_STATE_KEPT\x10\x05\x12\x16\n" +
-	"\x12LAYER_STATE_FAILED\x10\x062\xfa\x01\n" +
+	"\x12LAYER_STATE_FAILED\x10\x06\x12\x18\n" +
+	"\x14LAYER_STATE_FETCHING\x10\a2\xfa\x01\n" +
 	"\tConverter\x12C\n" +
 	"\aConvert\x12\x1b.lazyconv.v1.ConvertRequest\x1a\x19.lazyconv.v1.ConvertEvent0\x01\x12S\n" +
 	"\fCheckEStargz\x12 .lazyconv.v1.CheckEStargzRequest\x1a!.lazyconv.v1.CheckEStargzResponse\x12S\n" +
@@ -1154,47 +1235,49 @@ func file_lazyconv_v1_converter_proto_rawDescGZIP() []byte {
 }
 
 var file_lazyconv_v1_converter_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_lazyconv_v1_converter_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_lazyconv_v1_converter_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_lazyconv_v1_converter_proto_goTypes = []any{
 	(LayerState)(0),              // 0: lazyconv.v1.LayerState
 	(*ConvertRequest)(nil),       // 1: lazyconv.v1.ConvertRequest
-	(*ZstdChunkedOptions)(nil),   // 2: lazyconv.v1.ZstdChunkedOptions
-	(*NydusOptions)(nil),         // 3: lazyconv.v1.NydusOptions
-	(*EStargzOptions)(nil),       // 4: lazyconv.v1.EStargzOptions
-	(*LayerProgress)(nil),        // 5: lazyconv.v1.LayerProgress
-	(*Descriptor)(nil),           // 6: lazyconv.v1.Descriptor
-	(*ConvertResult)(nil),        // 7: lazyconv.v1.ConvertResult
-	(*ConvertEvent)(nil),         // 8: lazyconv.v1.ConvertEvent
-	(*CheckEStargzRequest)(nil),  // 9: lazyconv.v1.CheckEStargzRequest
-	(*CheckEStargzResponse)(nil), // 10: lazyconv.v1.CheckEStargzResponse
-	(*CapabilitiesRequest)(nil),  // 11: lazyconv.v1.CapabilitiesRequest
-	(*Format)(nil),               // 12: lazyconv.v1.Format
-	(*Builder)(nil),              // 13: lazyconv.v1.Builder
-	(*CapabilitiesResponse)(nil), // 14: lazyconv.v1.CapabilitiesResponse
-	nil,                          // 15: lazyconv.v1.Descriptor.AnnotationsEntry
+	(*RegistryOptions)(nil),      // 2: lazyconv.v1.RegistryOptions
+	(*ZstdChunkedOptions)(nil),   // 3: lazyconv.v1.ZstdChunkedOptions
+	(*NydusOptions)(nil),         // 4: lazyconv.v1.NydusOptions
+	(*EStargzOptions)(nil),       // 5: lazyconv.v1.EStargzOptions
+	(*LayerProgress)(nil),        // 6: lazyconv.v1.LayerProgress
+	(*Descriptor)(nil),           // 7: lazyconv.v1.Descriptor
+	(*ConvertResult)(nil),        // 8: lazyconv.v1.ConvertResult
+	(*ConvertEvent)(nil),         // 9: lazyconv.v1.ConvertEvent
+	(*CheckEStargzRequest)(nil),  // 10: lazyconv.v1.CheckEStargzRequest
+	(*CheckEStargzResponse)(nil), // 11: lazyconv.v1.CheckEStargzResponse
+	(*CapabilitiesRequest)(nil),  // 12: lazyconv.v1.CapabilitiesRequest
+	(*Format)(nil),               // 13: lazyconv.v1.Format
+	(*Builder)(nil),              // 14: lazyconv.v1.Builder
+	(*CapabilitiesResponse)(nil), // 15: lazyconv.v1.CapabilitiesResponse
+	nil,                          // 16: lazyconv.v1.Descriptor.AnnotationsEntry
 }
 var file_lazyconv_v1_converter_proto_depIdxs = []int32{
-	4,  // 0: lazyconv.v1.ConvertRequest.estargz:type_name -> lazyconv.v1.EStargzOptions
-	2,  // 1: lazyconv.v1.ConvertRequest.zstdchunked:type_name -> lazyconv.v1.ZstdChunkedOptions
-	3,  // 2: lazyconv.v1.ConvertRequest.nydus:type_name -> lazyconv.v1.NydusOptions
-	0,  // 3: lazyconv.v1.LayerProgress.state:type_name -> lazyconv.v1.LayerState
-	15, // 4: lazyconv.v1.Descriptor.annotations:type_name -> lazyconv.v1.Descriptor.AnnotationsEntry
-	6,  // 5: lazyconv.v1.ConvertResult.target:type_name -> lazyconv.v1.Descriptor
-	5,  // 6: lazyconv.v1.ConvertEvent.layer:type_name -> lazyconv.v1.LayerProgress
-	7,  // 7: lazyconv.v1.ConvertEvent.result:type_name -> lazyconv.v1.ConvertResult
-	12, // 8: lazyconv.v1.CapabilitiesResponse.formats:type_name -> lazyconv.v1.Format
-	13, // 9: lazyconv.v1.CapabilitiesResponse.builders:type_name -> lazyconv.v1.Builder
-	1,  // 10: lazyconv.v1.Converter.Convert:input_type -> lazyconv.v1.ConvertRequest
-	9,  // 11: lazyconv.v1.Converter.CheckEStargz:input_type -> lazyconv.v1.CheckEStargzRequest
-	11, // 12: lazyconv.v1.Converter.Capabilities:input_type -> lazyconv.v1.CapabilitiesRequest
-	8,  // 13: lazyconv.v1.Converter.Convert:output_type -> lazyconv.v1.ConvertEvent
-	10, // 14: lazyconv.v1.Converter.CheckEStargz:output_type -> lazyconv.v1.CheckEStargzResponse
-	14, // 15: lazyconv.v1.Converter.Capabilities:output_type -> lazyconv.v1.CapabilitiesResponse
-	13, // [13:16] is the sub-list for method output_type
-	10, // [10:13] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	5,  // 0: lazyconv.v1.ConvertRequest.estargz:type_name -> lazyconv.v1.EStargzOptions
+	3,  // 1: lazyconv.v1.ConvertRequest.zstdchunked:type_name -> lazyconv.v1.ZstdChunkedOptions
+	4,  // 2: lazyconv.v1.ConvertRequest.nydus:type_name -> lazyconv.v1.NydusOptions
+	2,  // 3: lazyconv.v1.ConvertRequest.registry:type_name -> lazyconv.v1.RegistryOptions
+	0,  // 4: lazyconv.v1.LayerProgress.state:type_name -> lazyconv.v1.LayerState
+	16, // 5: lazyconv.v1.Descriptor.annotations:type_name -> lazyconv.v1.Descriptor.AnnotationsEntry
+	7,  // 6: lazyconv.v1.ConvertResult.target:type_name -> lazyconv.v1.Descriptor
+	6,  // 7: lazyconv.v1.ConvertEvent.layer:type_name -> lazyconv.v1.LayerProgress
+	8,  // 8: lazyconv.v1.ConvertEvent.result:type_name -> lazyconv.v1.ConvertResult
+	13, // 9: lazyconv.v1.CapabilitiesResponse.formats:type_name -> lazyconv.v1.Format
+	14, // 10: lazyconv.v1.CapabilitiesResponse.builders:type_name -> lazyconv.v1.Builder
+	1,  // 11: lazyconv.v1.Converter.Convert:input_type -> lazyconv.v1.ConvertRequest
+	10, // 12: lazyconv.v1.Converter.CheckEStargz:input_type -> lazyconv.v1.CheckEStargzRequest
+	12, // 13: lazyconv.v1.Converter.Capabilities:input_type -> lazyconv.v1.CapabilitiesRequest
+	9,  // 14: lazyconv.v1.Converter.Convert:output_type -> lazyconv.v1.ConvertEvent
+	11, // 15: lazyconv.v1.Converter.CheckEStargz:output_type -> lazyconv.v1.CheckEStargzResponse
+	15, // 16: lazyconv.v1.Converter.Capabilities:output_type -> lazyconv.v1.CapabilitiesResponse
+	14, // [14:17] is the sub-list for method output_type
+	11, // [11:14] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_lazyconv_v1_converter_proto_init() }
@@ -1202,9 +1285,9 @@ func file_lazyconv_v1_converter_proto_init() {
 	if File_lazyconv_v1_converter_proto != nil {
 		return
 	}
-	file_lazyconv_v1_converter_proto_msgTypes[1].OneofWrappers = []any{}
-	file_lazyconv_v1_converter_proto_msgTypes[3].OneofWrappers = []any{}
-	file_lazyconv_v1_converter_proto_msgTypes[7].OneofWrappers = []any{
+	file_lazyconv_v1_converter_proto_msgTypes[2].OneofWrappers = []any{}
+	file_lazyconv_v1_converter_proto_msgTypes[4].OneofWrappers = []any{}
+	file_lazyconv_v1_converter_proto_msgTypes[8].OneofWrappers = []any{
 		(*ConvertEvent_Layer)(nil),
 		(*ConvertEvent_Result)(nil),
 	}
@@ -1214,7 +1297,7 @@ func file_lazyconv_v1_converter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lazyconv_v1_converter_proto_rawDesc), len(file_lazyconv_v1_converter_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,68 @@
+package remote
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/core/remotes"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/platforms"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// PullLazy fetches an image's index, manifests and configs, but none of its
+// layers, and stores it as an image named ref. Every fetched blob records
+// where it came from, so that Fetcher can fetch the layers when (and if) a
+// conversion needs them.
+func PullLazy(ctx context.Context, cs content.Store, is images.Store, lm leases.Manager, resolver remotes.Resolver, ref string, pm platforms.MatchComparer) (images.Image, error) {
+	if pm == nil {
+		pm = platforms.All
+	}
+	l, err := lm.Create(ctx, leases.WithRandomID(), leases.WithExpiration(time.Hour))
+	if err != nil {
+		return images.Image{}, err
+	}
+	defer lm.Delete(context.WithoutCancel(ctx), l) //nolint:errcheck // expires anyway
+	ctx = leases.WithLease(ctx, l.ID)
+
+	name, desc, err := resolver.Resolve(ctx, ref)
+	if err != nil {
+		return images.Image{}, fmt.Errorf("resolving %s: %w", ref, err)
+	}
+	fetcher, err := resolver.Fetcher(ctx, name)
+	if err != nil {
+		return images.Image{}, err
+	}
+	labelSource, err := docker.AppendDistributionSourceLabel(cs, name)
+	if err != nil {
+		return images.Image{}, err
+	}
+	fetch := remotes.FetchHandler(cs, fetcher)
+	var handler images.HandlerFunc = func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+		if images.IsLayerType(desc.MediaType) {
+			return nil, images.ErrSkipDesc // fetched on first use
+		}
+		if _, err := fetch(ctx, desc); err != nil {
+			return nil, err
+		}
+		if _, err := labelSource(ctx, desc); err != nil {
+			return nil, err
+		}
+		return images.Children(ctx, cs, desc)
+	}
+	handler = images.SetChildrenLabels(cs, images.FilterPlatforms(handler, pm))
+	if err := images.Dispatch(ctx, handler, nil, desc); err != nil {
+		return images.Image{}, err
+	}
+	img := images.Image{Name: name, Target: desc}
+	stored, err := is.Update(ctx, img, "target")
+	if errdefs.IsNotFound(err) {
+		stored, err = is.Create(ctx, img)
+	}
+	return stored, err
+}

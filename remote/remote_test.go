@@ -1,0 +1,111 @@
+package remote_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lazyconv/lazyconv/internal/imagegen"
+	"github.com/lazyconv/lazyconv/labels"
+	"github.com/lazyconv/lazyconv/localstore"
+	"github.com/lazyconv/lazyconv/remote"
+)
+
+func TestMain(m *testing.M) {
+	_ = log.SetLevel("error")
+	os.Exit(m.Run())
+}
+
+func newStore(t *testing.T) (context.Context, *localstore.Store) {
+	t.Helper()
+	ctx := namespaces.WithNamespace(context.Background(), "test")
+	st, err := localstore.Open(ctx, t.TempDir())
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	return ctx, st
+}
+
+func put(t *testing.T, ctx context.Context, cs content.Store, blob []byte, mt string) ocispec.Descriptor {
+	t.Helper()
+	desc := ocispec.Descriptor{MediaType: mt, Digest: digest.FromBytes(blob), Size: int64(len(blob))}
+	require.NoError(t, content.WriteBlob(ctx, cs, "t-"+desc.Digest.String(), bytes.NewReader(blob), desc))
+	return desc
+}
+
+func TestAddSourceMergesWithoutDuplicates(t *testing.T) {
+	ctx, st := newStore(t)
+	cs := st.ContentStore()
+	d := put(t, ctx, cs, []byte("blob"), "application/octet-stream").Digest
+	for _, s := range []remote.Source{
+		{Host: "registry.example", Repository: "team/b"},
+		{Host: "registry.example", Repository: "team/a"},
+		{Host: "registry.example", Repository: "team/b"},
+		{Host: "other.example:5000", Repository: "x"},
+	} {
+		require.NoError(t, remote.AddSource(ctx, cs, d, s))
+	}
+	info, err := cs.Info(ctx, d)
+	require.NoError(t, err)
+	assert.Equal(t, "team/a,team/b", info.Labels[labels.DistributionSourcePrefix+"registry.example"])
+	assert.Equal(t, []remote.Source{
+		{Host: "other.example:5000", Repository: "x"},
+		{Host: "registry.example", Repository: "team/a"},
+		{Host: "registry.example", Repository: "team/b"},
+	}, remote.Sources(info))
+	assert.Equal(t, "other.example:5000/x@"+d.String(), remote.Sources(info)[0].Ref(d))
+}
+
+func TestDiffPairsComputeOnceThenCache(t *testing.T) {
+	ctx, st := newStore(t)
+	cs := st.ContentStore()
+	var layers []ocispec.Descriptor
+	var want []digest.Digest
+	for i, comp := range []string{"gzip", "zstd", ""} {
+		tarball := imagegen.TarBytes([]imagegen.Entry{entry("f", bytes.Repeat([]byte{byte('a' + i)}, 1000))})
+		want = append(want, digest.FromBytes(tarball))
+		layers = append(layers, put(t, ctx, cs, imagegen.Compress(tarball, comp), ocispec.MediaTypeImageLayerGzip))
+	}
+	dp := remote.NewDiffPairs(cs)
+	var wg sync.WaitGroup
+	var failures atomic.Int32
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pairs, err := dp.Of(ctx, layers)
+			if err != nil || len(pairs) != 3 {
+				failures.Add(1)
+				return
+			}
+			for i, p := range pairs {
+				if p.DiffID != want[i] || p.Blob != layers[i].Digest {
+					failures.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	assert.Zero(t, failures.Load())
+	for i, l := range layers {
+		info, err := cs.Info(ctx, l.Digest)
+		require.NoError(t, err)
+		assert.Equal(t, want[i].String(), info.Labels[labels.Uncompressed], "cached as a label")
+	}
+}
+
+func entry(name string, body []byte) imagegen.Entry {
+	e := imagegen.Entry{Body: body}
+	e.Header.Name, e.Header.Typeflag, e.Header.Mode = name, '0', 0o644
+	return e
+}

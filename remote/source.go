@@ -1,0 +1,115 @@
+// Package remote handles content that may not be local yet: images pulled
+// lazily (index, manifests and configs only), layers fetched from their
+// source registry on first use, distribution-source labels, and diff pairs.
+package remote
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/remotes"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazyconv/lazyconv/labels"
+)
+
+// RegistryOptions says how to reach registries.
+type RegistryOptions struct {
+	// PlainHTTP talks HTTP, not HTTPS (localhost always does).
+	PlainHTTP bool
+	// Username and Password are basic credentials, if any.
+	Username, Password string
+}
+
+// Resolver returns containerd's docker resolver configured by o.
+func (o RegistryOptions) Resolver() remotes.Resolver {
+	var authOpts []docker.AuthorizerOpt
+	if o.Username != "" {
+		authOpts = append(authOpts, docker.WithAuthCreds(func(string) (string, string, error) { return o.Username, o.Password, nil }))
+	}
+	plain := docker.MatchLocalhost
+	if o.PlainHTTP {
+		plain = docker.MatchAllHosts
+	}
+	hosts := docker.ConfigureDefaultRegistries(
+		docker.WithAuthorizer(docker.NewDockerAuthorizer(authOpts...)),
+		docker.WithPlainHTTP(plain),
+	)
+	return docker.NewResolver(docker.ResolverOptions{Hosts: hosts})
+}
+
+// Source is a repository a blob can be fetched from.
+type Source struct {
+	Host, Repository string
+}
+
+// Ref is the source's reference for a digest: host/repository@digest.
+func (s Source) Ref(d digest.Digest) string { return s.Host + "/" + s.Repository + "@" + d.String() }
+
+// Sources lists the repositories a blob's distribution-source labels name,
+// in a stable order.
+func Sources(info content.Info) []Source {
+	var out []Source
+	for host, repos := range labels.DistributionSources(info) {
+		for _, r := range repos {
+			out = append(out, Source{Host: host, Repository: r})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Host != out[j].Host {
+			return out[i].Host < out[j].Host
+		}
+		return out[i].Repository < out[j].Repository
+	})
+	return out
+}
+
+// AddSource records on a blob that it exists in src, merging the repository
+// into the host's list without duplicates. As containerd's own handler and
+// pusher do, the label is keyed by the host name without its port.
+func AddSource(ctx context.Context, cs content.Manager, d digest.Digest, src Source) error {
+	info, err := cs.Info(ctx, d)
+	if err != nil {
+		return err
+	}
+	host := src.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	key := labels.DistributionSourcePrefix + host
+	var repos []string
+	if v := info.Labels[key]; v != "" {
+		repos = strings.Split(v, ",")
+	}
+	if slices.Contains(repos, src.Repository) {
+		return nil
+	}
+	repos = append(repos, src.Repository)
+	sort.Strings(repos)
+	value := strings.Join(repos, ",")
+	if _, err := cs.Update(ctx, content.Info{Digest: d, Labels: map[string]string{key: value}}, "labels."+key); err != nil {
+		return fmt.Errorf("recording source %s/%s on %s: %w", src.Host, src.Repository, d, err)
+	}
+	return nil
+}
+
+// SourceOf parses an image reference's registry host (with its port) and repository.
+func SourceOf(ref string) (Source, error) {
+	name, _, _ := strings.Cut(ref, "@")
+	host, rest, ok := strings.Cut(name, "/")
+	if !ok || !strings.ContainsAny(host, ".:") && host != "localhost" {
+		return Source{}, fmt.Errorf("reference %q names no registry host: %w", ref, errdefs.ErrInvalidArgument)
+	}
+	repo := rest
+	if i := strings.LastIndex(rest, ":"); i >= 0 && !strings.Contains(rest[i:], "/") {
+		repo = rest[:i]
+	}
+	return Source{Host: host, Repository: repo}, nil
+}
