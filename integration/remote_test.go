@@ -34,7 +34,7 @@ func (r *registry) logSince(t *testing.T, offset int) (string, int) {
 
 // blobGETs counts the registry's GETs of a blob in a log.
 func blobGETs(log, repo string, d string) int {
-	return len(regexp.MustCompile(`"GET /v2/` + regexp.QuoteMeta(repo) + `/blobs/` + regexp.QuoteMeta(d) + ` `).FindAllString(log, -1))
+	return len(regexp.MustCompile(`"GET /v2/`+regexp.QuoteMeta(repo)+`/blobs/`+regexp.QuoteMeta(d)+` `).FindAllString(log, -1))
 }
 
 // pushSource imports the test image into a daemon and pushes it as ref, then

@@ -27,8 +27,8 @@ func registryOptions(cmd *cli.Command) remote.RegistryOptions {
 
 func imagePullCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "pull",
-		Usage:     "fetch an image's content from a registry (no unpacking: conversion needs only content)",
+		Name:  "pull",
+		Usage: "fetch an image's content from a registry (no unpacking: conversion needs only content)",
 		Description: `With --lazy only the index, manifests and configs are fetched: each layer is
 fetched from the same registry the first time a conversion needs it.`,
 		ArgsUsage: "REF",
