@@ -116,6 +116,22 @@ func TestLazyPullConvertFetchesEachLayerOnceAndPushMounts(t *testing.T) {
 	for _, l := range sourceLayers(t, d, src+"estargz") {
 		assert.False(t, strings.Contains(log, "mount="+l.Digest.String()), "converted layer %s is uploaded, not mounted", l.Digest)
 	}
+
+	// --force-compression pushes every layer in the format, converting on the way.
+	forced := reg.host + "/forced/app:v1"
+	mustLazyconv(t, "--address", d.address, "image", "push", "--plain-http", "--force-compression", "zstdchunked", forced, src)
+	mustLazyconv(t, "--address", d.address, "-n", "forced", "image", "pull", "--plain-http", forced)
+	fctx := nsContext("forced")
+	fimg, err := c.ImageService().Get(fctx, forced)
+	require.NoError(t, err)
+	m, err := images.Manifest(fctx, c.ContentStore(), fimg.Target, platforms.All)
+	require.NoError(t, err)
+	for _, l := range m.Layers {
+		assert.Equal(t, ocispec.MediaTypeImageLayerZstd, l.MediaType)
+		assert.NotEmpty(t, l.Annotations["io.containers.zstd-chunked.manifest-checksum"])
+	}
+	out := mustLazyconv(t, "--address", d.address, "-n", "forced", "image", "verify", forced)
+	assert.Contains(t, out, "3 lazy-pull layers verified")
 }
 
 // flakyProxy forwards to a registry but, while failing is set, cuts every

@@ -84,8 +84,7 @@ kept in the variant cache).`,
 			if local == "" {
 				local = target
 			}
-			pm, err := platformMatcher(cmd)
-			if err != nil {
+			if _, err := platformMatcher(cmd); err != nil {
 				return err
 			}
 			s, err := openSession(ctx, cmd)
@@ -93,40 +92,17 @@ kept in the variant cache).`,
 				return err
 			}
 			defer s.Close()
-			if format := cmd.String("force-compression"); format != "" {
-				forced, cleanup, err := forceCompression(s, cmd, local, format)
-				if err != nil {
-					return err
-				}
-				defer cleanup()
-				local = forced
-			}
-			img, err := s.client.ImageService().Get(s.ctx, local)
+			opts := registryOptions(cmd)
+			resp, err := s.api.Push(s.ctx, &api.PushRequest{
+				Ref: target, Local: local, ForceCompression: cmd.String("force-compression"),
+				Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
+				Registry: &api.RegistryOptions{PlainHttp: opts.PlainHTTP, Username: opts.Username, Password: opts.Password},
+			})
 			if err != nil {
 				return err
 			}
-			if err := s.client.Push(s.ctx, target, img.Target, containerd.WithResolver(registryOptions(cmd).Resolver()), containerd.WithPlatformMatcher(pm)); err != nil {
-				return err
-			}
-			fmt.Fprintf(s.out, "pushed %s %s\n", target, img.Target.Digest)
+			fmt.Fprintf(s.out, "pushed %s %s\n", target, resp.GetTarget().GetDigest())
 			return nil
 		},
 	}
-}
-
-// forceCompression converts local into a temporary image whose every layer
-// is in format, through the conversion service (so variants are cached and
-// shared), and returns its name and a function removing it.
-func forceCompression(s *session, cmd *cli.Command, local, format string) (string, func(), error) {
-	tmp := fmt.Sprintf("%s-lazyconv-push-%s", local, format)
-	opts := registryOptions(cmd)
-	req := &api.ConvertRequest{
-		Source: local, Target: tmp, Format: format, Oci: true,
-		Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
-		Registry: &api.RegistryOptions{PlainHttp: opts.PlainHTTP, Username: opts.Username, Password: opts.Password},
-	}
-	if err := s.api.Convert(s.ctx, req, func(*api.ConvertEvent) error { return nil }); err != nil {
-		return "", nil, fmt.Errorf("converting %s to %s before the push: %w", local, format, err)
-	}
-	return tmp, func() { _ = s.client.ImageService().Delete(s.ctx, tmp) }, nil
 }

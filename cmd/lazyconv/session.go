@@ -30,6 +30,7 @@ type converterAPI interface {
 	Convert(ctx context.Context, req *api.ConvertRequest, onEvent func(*api.ConvertEvent) error) error
 	CheckEStargz(ctx context.Context, req *api.CheckEStargzRequest) (*api.CheckEStargzResponse, error)
 	Capabilities(ctx context.Context) (*api.CapabilitiesResponse, error)
+	Push(ctx context.Context, req *api.PushRequest) (*api.PushResponse, error)
 }
 
 // session is what a command works on: a containerd client (over the embedded
@@ -131,6 +132,10 @@ func (l localAPI) Capabilities(ctx context.Context) (*api.CapabilitiesResponse, 
 	return l.svc.Capabilities(ctx, &api.CapabilitiesRequest{})
 }
 
+func (l localAPI) Push(ctx context.Context, req *api.PushRequest) (*api.PushResponse, error) {
+	return l.svc.PushImage(ctx, req)
+}
+
 // remoteAPI calls the plugin (on containerd's socket) or the sidecar.
 type remoteAPI struct {
 	client api.ConverterClient
@@ -163,6 +168,11 @@ func (r remoteAPI) CheckEStargz(ctx context.Context, req *api.CheckEStargzReques
 
 func (r remoteAPI) Capabilities(ctx context.Context) (*api.CapabilitiesResponse, error) {
 	resp, err := r.client.Capabilities(ctx, &api.CapabilitiesRequest{})
+	return resp, r.native(err)
+}
+
+func (r remoteAPI) Push(ctx context.Context, req *api.PushRequest) (*api.PushResponse, error) {
+	resp, err := r.client.Push(ctx, req)
 	return resp, r.native(err)
 }
 

@@ -90,6 +90,138 @@ func (LayerState) EnumDescriptor() ([]byte, []int) {
 	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{0}
 }
 
+type PushRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Reference to push to.
+	Ref string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	// Local image name ("" means ref).
+	Local string `protobuf:"bytes,2,opt,name=local,proto3" json:"local,omitempty"`
+	// Layer format every pushed layer must have ("" pushes the image as it is).
+	ForceCompression string           `protobuf:"bytes,3,opt,name=force_compression,json=forceCompression,proto3" json:"force_compression,omitempty"`
+	Platforms        []string         `protobuf:"bytes,4,rep,name=platforms,proto3" json:"platforms,omitempty"`
+	AllPlatforms     bool             `protobuf:"varint,5,opt,name=all_platforms,json=allPlatforms,proto3" json:"all_platforms,omitempty"`
+	Registry         *RegistryOptions `protobuf:"bytes,6,opt,name=registry,proto3" json:"registry,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *PushRequest) Reset() {
+	*x = PushRequest{}
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushRequest) ProtoMessage() {}
+
+func (x *PushRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushRequest.ProtoReflect.Descriptor instead.
+func (*PushRequest) Descriptor() ([]byte, []int) {
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *PushRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *PushRequest) GetLocal() string {
+	if x != nil {
+		return x.Local
+	}
+	return ""
+}
+
+func (x *PushRequest) GetForceCompression() string {
+	if x != nil {
+		return x.ForceCompression
+	}
+	return ""
+}
+
+func (x *PushRequest) GetPlatforms() []string {
+	if x != nil {
+		return x.Platforms
+	}
+	return nil
+}
+
+func (x *PushRequest) GetAllPlatforms() bool {
+	if x != nil {
+		return x.AllPlatforms
+	}
+	return false
+}
+
+func (x *PushRequest) GetRegistry() *RegistryOptions {
+	if x != nil {
+		return x.Registry
+	}
+	return nil
+}
+
+type PushResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The manifest or index pushed.
+	Target        *Descriptor `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushResponse) Reset() {
+	*x = PushResponse{}
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushResponse) ProtoMessage() {}
+
+func (x *PushResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushResponse.ProtoReflect.Descriptor instead.
+func (*PushResponse) Descriptor() ([]byte, []int) {
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PushResponse) GetTarget() *Descriptor {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
 type ConvertRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Source image name.
@@ -118,7 +250,7 @@ type ConvertRequest struct {
 
 func (x *ConvertRequest) Reset() {
 	*x = ConvertRequest{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[0]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -130,7 +262,7 @@ func (x *ConvertRequest) String() string {
 func (*ConvertRequest) ProtoMessage() {}
 
 func (x *ConvertRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[0]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -143,7 +275,7 @@ func (x *ConvertRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConvertRequest.ProtoReflect.Descriptor instead.
 func (*ConvertRequest) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{0}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ConvertRequest) GetSource() string {
@@ -227,7 +359,7 @@ type RegistryOptions struct {
 
 func (x *RegistryOptions) Reset() {
 	*x = RegistryOptions{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[1]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -239,7 +371,7 @@ func (x *RegistryOptions) String() string {
 func (*RegistryOptions) ProtoMessage() {}
 
 func (x *RegistryOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[1]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -252,7 +384,7 @@ func (x *RegistryOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryOptions.ProtoReflect.Descriptor instead.
 func (*RegistryOptions) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{1}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RegistryOptions) GetPlainHttp() bool {
@@ -288,7 +420,7 @@ type ZstdChunkedOptions struct {
 
 func (x *ZstdChunkedOptions) Reset() {
 	*x = ZstdChunkedOptions{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[2]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -300,7 +432,7 @@ func (x *ZstdChunkedOptions) String() string {
 func (*ZstdChunkedOptions) ProtoMessage() {}
 
 func (x *ZstdChunkedOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[2]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -313,7 +445,7 @@ func (x *ZstdChunkedOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ZstdChunkedOptions.ProtoReflect.Descriptor instead.
 func (*ZstdChunkedOptions) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{2}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ZstdChunkedOptions) GetCompressionLevel() int32 {
@@ -348,7 +480,7 @@ type NydusOptions struct {
 
 func (x *NydusOptions) Reset() {
 	*x = NydusOptions{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -360,7 +492,7 @@ func (x *NydusOptions) String() string {
 func (*NydusOptions) ProtoMessage() {}
 
 func (x *NydusOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -373,7 +505,7 @@ func (x *NydusOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NydusOptions.ProtoReflect.Descriptor instead.
 func (*NydusOptions) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{3}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *NydusOptions) GetBuilderPath() string {
@@ -423,7 +555,7 @@ type EStargzOptions struct {
 
 func (x *EStargzOptions) Reset() {
 	*x = EStargzOptions{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -435,7 +567,7 @@ func (x *EStargzOptions) String() string {
 func (*EStargzOptions) ProtoMessage() {}
 
 func (x *EStargzOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -448,7 +580,7 @@ func (x *EStargzOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EStargzOptions.ProtoReflect.Descriptor instead.
 func (*EStargzOptions) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{4}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *EStargzOptions) GetCompressionLevel() int32 {
@@ -481,7 +613,7 @@ type LayerProgress struct {
 
 func (x *LayerProgress) Reset() {
 	*x = LayerProgress{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -493,7 +625,7 @@ func (x *LayerProgress) String() string {
 func (*LayerProgress) ProtoMessage() {}
 
 func (x *LayerProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -506,7 +638,7 @@ func (x *LayerProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerProgress.ProtoReflect.Descriptor instead.
 func (*LayerProgress) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{5}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *LayerProgress) GetDigest() string {
@@ -577,7 +709,7 @@ type Descriptor struct {
 
 func (x *Descriptor) Reset() {
 	*x = Descriptor{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -589,7 +721,7 @@ func (x *Descriptor) String() string {
 func (*Descriptor) ProtoMessage() {}
 
 func (x *Descriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -602,7 +734,7 @@ func (x *Descriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Descriptor.ProtoReflect.Descriptor instead.
 func (*Descriptor) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{6}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Descriptor) GetMediaType() string {
@@ -645,7 +777,7 @@ type ConvertResult struct {
 
 func (x *ConvertResult) Reset() {
 	*x = ConvertResult{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -657,7 +789,7 @@ func (x *ConvertResult) String() string {
 func (*ConvertResult) ProtoMessage() {}
 
 func (x *ConvertResult) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -670,7 +802,7 @@ func (x *ConvertResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConvertResult.ProtoReflect.Descriptor instead.
 func (*ConvertResult) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{7}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ConvertResult) GetName() string {
@@ -707,7 +839,7 @@ type ConvertEvent struct {
 
 func (x *ConvertEvent) Reset() {
 	*x = ConvertEvent{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -719,7 +851,7 @@ func (x *ConvertEvent) String() string {
 func (*ConvertEvent) ProtoMessage() {}
 
 func (x *ConvertEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -732,7 +864,7 @@ func (x *ConvertEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConvertEvent.ProtoReflect.Descriptor instead.
 func (*ConvertEvent) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{8}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ConvertEvent) GetEvent() isConvertEvent_Event {
@@ -785,7 +917,7 @@ type CheckEStargzRequest struct {
 
 func (x *CheckEStargzRequest) Reset() {
 	*x = CheckEStargzRequest{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -797,7 +929,7 @@ func (x *CheckEStargzRequest) String() string {
 func (*CheckEStargzRequest) ProtoMessage() {}
 
 func (x *CheckEStargzRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -810,7 +942,7 @@ func (x *CheckEStargzRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckEStargzRequest.ProtoReflect.Descriptor instead.
 func (*CheckEStargzRequest) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{9}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CheckEStargzRequest) GetDigest() string {
@@ -831,7 +963,7 @@ type CheckEStargzResponse struct {
 
 func (x *CheckEStargzResponse) Reset() {
 	*x = CheckEStargzResponse{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +975,7 @@ func (x *CheckEStargzResponse) String() string {
 func (*CheckEStargzResponse) ProtoMessage() {}
 
 func (x *CheckEStargzResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +988,7 @@ func (x *CheckEStargzResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckEStargzResponse.ProtoReflect.Descriptor instead.
 func (*CheckEStargzResponse) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{10}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CheckEStargzResponse) GetEstargz() bool {
@@ -881,7 +1013,7 @@ type CapabilitiesRequest struct {
 
 func (x *CapabilitiesRequest) Reset() {
 	*x = CapabilitiesRequest{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -893,7 +1025,7 @@ func (x *CapabilitiesRequest) String() string {
 func (*CapabilitiesRequest) ProtoMessage() {}
 
 func (x *CapabilitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -906,7 +1038,7 @@ func (x *CapabilitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CapabilitiesRequest.ProtoReflect.Descriptor instead.
 func (*CapabilitiesRequest) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{11}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{13}
 }
 
 type Format struct {
@@ -921,7 +1053,7 @@ type Format struct {
 
 func (x *Format) Reset() {
 	*x = Format{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -933,7 +1065,7 @@ func (x *Format) String() string {
 func (*Format) ProtoMessage() {}
 
 func (x *Format) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -946,7 +1078,7 @@ func (x *Format) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Format.ProtoReflect.Descriptor instead.
 func (*Format) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{12}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Format) GetName() string {
@@ -982,7 +1114,7 @@ type Builder struct {
 
 func (x *Builder) Reset() {
 	*x = Builder{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1126,7 @@ func (x *Builder) String() string {
 func (*Builder) ProtoMessage() {}
 
 func (x *Builder) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1139,7 @@ func (x *Builder) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Builder.ProtoReflect.Descriptor instead.
 func (*Builder) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{13}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Builder) GetName() string {
@@ -1051,7 +1183,7 @@ type CapabilitiesResponse struct {
 
 func (x *CapabilitiesResponse) Reset() {
 	*x = CapabilitiesResponse{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[14]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1195,7 @@ func (x *CapabilitiesResponse) String() string {
 func (*CapabilitiesResponse) ProtoMessage() {}
 
 func (x *CapabilitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[14]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1208,7 @@ func (x *CapabilitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CapabilitiesResponse.ProtoReflect.Descriptor instead.
 func (*CapabilitiesResponse) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{14}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CapabilitiesResponse) GetVersion() string {
@@ -1118,7 +1250,16 @@ var File_lazyconv_v1_converter_proto protoreflect.FileDescriptor
 
 const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\n" +
-	"\x1blazyconv/v1/converter.proto\x12\vlazyconv.v1\"\x92\x03\n" +
+	"\x1blazyconv/v1/converter.proto\x12\vlazyconv.v1\"\xdf\x01\n" +
+	"\vPushRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x14\n" +
+	"\x05local\x18\x02 \x01(\tR\x05local\x12+\n" +
+	"\x11force_compression\x18\x03 \x01(\tR\x10forceCompression\x12\x1c\n" +
+	"\tplatforms\x18\x04 \x03(\tR\tplatforms\x12#\n" +
+	"\rall_platforms\x18\x05 \x01(\bR\fallPlatforms\x128\n" +
+	"\bregistry\x18\x06 \x01(\v2\x1c.lazyconv.v1.RegistryOptionsR\bregistry\"?\n" +
+	"\fPushResponse\x12/\n" +
+	"\x06target\x18\x01 \x01(\v2\x17.lazyconv.v1.DescriptorR\x06target\"\x92\x03\n" +
 	"\x0eConvertRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x16\n" +
@@ -1216,11 +1357,12 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\x12LAYER_STATE_CACHED\x10\x04\x12\x14\n" +
 	"\x10LAYER_STATE_KEPT\x10\x05\x12\x16\n" +
 	"\x12LAYER_STATE_FAILED\x10\x06\x12\x18\n" +
-	"\x14LAYER_STATE_FETCHING\x10\a2\xfa\x01\n" +
+	"\x14LAYER_STATE_FETCHING\x10\a2\xb7\x02\n" +
 	"\tConverter\x12C\n" +
 	"\aConvert\x12\x1b.lazyconv.v1.ConvertRequest\x1a\x19.lazyconv.v1.ConvertEvent0\x01\x12S\n" +
 	"\fCheckEStargz\x12 .lazyconv.v1.CheckEStargzRequest\x1a!.lazyconv.v1.CheckEStargzResponse\x12S\n" +
-	"\fCapabilities\x12 .lazyconv.v1.CapabilitiesRequest\x1a!.lazyconv.v1.CapabilitiesResponseB9Z7github.com/lazyconv/lazyconv/api/lazyconv/v1;lazyconvv1b\x06proto3"
+	"\fCapabilities\x12 .lazyconv.v1.CapabilitiesRequest\x1a!.lazyconv.v1.CapabilitiesResponse\x12;\n" +
+	"\x04Push\x12\x18.lazyconv.v1.PushRequest\x1a\x19.lazyconv.v1.PushResponseB9Z7github.com/lazyconv/lazyconv/api/lazyconv/v1;lazyconvv1b\x06proto3"
 
 var (
 	file_lazyconv_v1_converter_proto_rawDescOnce sync.Once
@@ -1235,49 +1377,55 @@ func file_lazyconv_v1_converter_proto_rawDescGZIP() []byte {
 }
 
 var file_lazyconv_v1_converter_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_lazyconv_v1_converter_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_lazyconv_v1_converter_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_lazyconv_v1_converter_proto_goTypes = []any{
 	(LayerState)(0),              // 0: lazyconv.v1.LayerState
-	(*ConvertRequest)(nil),       // 1: lazyconv.v1.ConvertRequest
-	(*RegistryOptions)(nil),      // 2: lazyconv.v1.RegistryOptions
-	(*ZstdChunkedOptions)(nil),   // 3: lazyconv.v1.ZstdChunkedOptions
-	(*NydusOptions)(nil),         // 4: lazyconv.v1.NydusOptions
-	(*EStargzOptions)(nil),       // 5: lazyconv.v1.EStargzOptions
-	(*LayerProgress)(nil),        // 6: lazyconv.v1.LayerProgress
-	(*Descriptor)(nil),           // 7: lazyconv.v1.Descriptor
-	(*ConvertResult)(nil),        // 8: lazyconv.v1.ConvertResult
-	(*ConvertEvent)(nil),         // 9: lazyconv.v1.ConvertEvent
-	(*CheckEStargzRequest)(nil),  // 10: lazyconv.v1.CheckEStargzRequest
-	(*CheckEStargzResponse)(nil), // 11: lazyconv.v1.CheckEStargzResponse
-	(*CapabilitiesRequest)(nil),  // 12: lazyconv.v1.CapabilitiesRequest
-	(*Format)(nil),               // 13: lazyconv.v1.Format
-	(*Builder)(nil),              // 14: lazyconv.v1.Builder
-	(*CapabilitiesResponse)(nil), // 15: lazyconv.v1.CapabilitiesResponse
-	nil,                          // 16: lazyconv.v1.Descriptor.AnnotationsEntry
+	(*PushRequest)(nil),          // 1: lazyconv.v1.PushRequest
+	(*PushResponse)(nil),         // 2: lazyconv.v1.PushResponse
+	(*ConvertRequest)(nil),       // 3: lazyconv.v1.ConvertRequest
+	(*RegistryOptions)(nil),      // 4: lazyconv.v1.RegistryOptions
+	(*ZstdChunkedOptions)(nil),   // 5: lazyconv.v1.ZstdChunkedOptions
+	(*NydusOptions)(nil),         // 6: lazyconv.v1.NydusOptions
+	(*EStargzOptions)(nil),       // 7: lazyconv.v1.EStargzOptions
+	(*LayerProgress)(nil),        // 8: lazyconv.v1.LayerProgress
+	(*Descriptor)(nil),           // 9: lazyconv.v1.Descriptor
+	(*ConvertResult)(nil),        // 10: lazyconv.v1.ConvertResult
+	(*ConvertEvent)(nil),         // 11: lazyconv.v1.ConvertEvent
+	(*CheckEStargzRequest)(nil),  // 12: lazyconv.v1.CheckEStargzRequest
+	(*CheckEStargzResponse)(nil), // 13: lazyconv.v1.CheckEStargzResponse
+	(*CapabilitiesRequest)(nil),  // 14: lazyconv.v1.CapabilitiesRequest
+	(*Format)(nil),               // 15: lazyconv.v1.Format
+	(*Builder)(nil),              // 16: lazyconv.v1.Builder
+	(*CapabilitiesResponse)(nil), // 17: lazyconv.v1.CapabilitiesResponse
+	nil,                          // 18: lazyconv.v1.Descriptor.AnnotationsEntry
 }
 var file_lazyconv_v1_converter_proto_depIdxs = []int32{
-	5,  // 0: lazyconv.v1.ConvertRequest.estargz:type_name -> lazyconv.v1.EStargzOptions
-	3,  // 1: lazyconv.v1.ConvertRequest.zstdchunked:type_name -> lazyconv.v1.ZstdChunkedOptions
-	4,  // 2: lazyconv.v1.ConvertRequest.nydus:type_name -> lazyconv.v1.NydusOptions
-	2,  // 3: lazyconv.v1.ConvertRequest.registry:type_name -> lazyconv.v1.RegistryOptions
-	0,  // 4: lazyconv.v1.LayerProgress.state:type_name -> lazyconv.v1.LayerState
-	16, // 5: lazyconv.v1.Descriptor.annotations:type_name -> lazyconv.v1.Descriptor.AnnotationsEntry
-	7,  // 6: lazyconv.v1.ConvertResult.target:type_name -> lazyconv.v1.Descriptor
-	6,  // 7: lazyconv.v1.ConvertEvent.layer:type_name -> lazyconv.v1.LayerProgress
-	8,  // 8: lazyconv.v1.ConvertEvent.result:type_name -> lazyconv.v1.ConvertResult
-	13, // 9: lazyconv.v1.CapabilitiesResponse.formats:type_name -> lazyconv.v1.Format
-	14, // 10: lazyconv.v1.CapabilitiesResponse.builders:type_name -> lazyconv.v1.Builder
-	1,  // 11: lazyconv.v1.Converter.Convert:input_type -> lazyconv.v1.ConvertRequest
-	10, // 12: lazyconv.v1.Converter.CheckEStargz:input_type -> lazyconv.v1.CheckEStargzRequest
-	12, // 13: lazyconv.v1.Converter.Capabilities:input_type -> lazyconv.v1.CapabilitiesRequest
-	9,  // 14: lazyconv.v1.Converter.Convert:output_type -> lazyconv.v1.ConvertEvent
-	11, // 15: lazyconv.v1.Converter.CheckEStargz:output_type -> lazyconv.v1.CheckEStargzResponse
-	15, // 16: lazyconv.v1.Converter.Capabilities:output_type -> lazyconv.v1.CapabilitiesResponse
-	14, // [14:17] is the sub-list for method output_type
-	11, // [11:14] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	4,  // 0: lazyconv.v1.PushRequest.registry:type_name -> lazyconv.v1.RegistryOptions
+	9,  // 1: lazyconv.v1.PushResponse.target:type_name -> lazyconv.v1.Descriptor
+	7,  // 2: lazyconv.v1.ConvertRequest.estargz:type_name -> lazyconv.v1.EStargzOptions
+	5,  // 3: lazyconv.v1.ConvertRequest.zstdchunked:type_name -> lazyconv.v1.ZstdChunkedOptions
+	6,  // 4: lazyconv.v1.ConvertRequest.nydus:type_name -> lazyconv.v1.NydusOptions
+	4,  // 5: lazyconv.v1.ConvertRequest.registry:type_name -> lazyconv.v1.RegistryOptions
+	0,  // 6: lazyconv.v1.LayerProgress.state:type_name -> lazyconv.v1.LayerState
+	18, // 7: lazyconv.v1.Descriptor.annotations:type_name -> lazyconv.v1.Descriptor.AnnotationsEntry
+	9,  // 8: lazyconv.v1.ConvertResult.target:type_name -> lazyconv.v1.Descriptor
+	8,  // 9: lazyconv.v1.ConvertEvent.layer:type_name -> lazyconv.v1.LayerProgress
+	10, // 10: lazyconv.v1.ConvertEvent.result:type_name -> lazyconv.v1.ConvertResult
+	15, // 11: lazyconv.v1.CapabilitiesResponse.formats:type_name -> lazyconv.v1.Format
+	16, // 12: lazyconv.v1.CapabilitiesResponse.builders:type_name -> lazyconv.v1.Builder
+	3,  // 13: lazyconv.v1.Converter.Convert:input_type -> lazyconv.v1.ConvertRequest
+	12, // 14: lazyconv.v1.Converter.CheckEStargz:input_type -> lazyconv.v1.CheckEStargzRequest
+	14, // 15: lazyconv.v1.Converter.Capabilities:input_type -> lazyconv.v1.CapabilitiesRequest
+	1,  // 16: lazyconv.v1.Converter.Push:input_type -> lazyconv.v1.PushRequest
+	11, // 17: lazyconv.v1.Converter.Convert:output_type -> lazyconv.v1.ConvertEvent
+	13, // 18: lazyconv.v1.Converter.CheckEStargz:output_type -> lazyconv.v1.CheckEStargzResponse
+	17, // 19: lazyconv.v1.Converter.Capabilities:output_type -> lazyconv.v1.CapabilitiesResponse
+	2,  // 20: lazyconv.v1.Converter.Push:output_type -> lazyconv.v1.PushResponse
+	17, // [17:21] is the sub-list for method output_type
+	13, // [13:17] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_lazyconv_v1_converter_proto_init() }
@@ -1285,9 +1433,9 @@ func file_lazyconv_v1_converter_proto_init() {
 	if File_lazyconv_v1_converter_proto != nil {
 		return
 	}
-	file_lazyconv_v1_converter_proto_msgTypes[2].OneofWrappers = []any{}
 	file_lazyconv_v1_converter_proto_msgTypes[4].OneofWrappers = []any{}
-	file_lazyconv_v1_converter_proto_msgTypes[8].OneofWrappers = []any{
+	file_lazyconv_v1_converter_proto_msgTypes[6].OneofWrappers = []any{}
+	file_lazyconv_v1_converter_proto_msgTypes[10].OneofWrappers = []any{
 		(*ConvertEvent_Layer)(nil),
 		(*ConvertEvent_Result)(nil),
 	}
@@ -1297,7 +1445,7 @@ func file_lazyconv_v1_converter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lazyconv_v1_converter_proto_rawDesc), len(file_lazyconv_v1_converter_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	Converter_Convert_FullMethodName      = "/lazyconv.v1.Converter/Convert"
 	Converter_CheckEStargz_FullMethodName = "/lazyconv.v1.Converter/CheckEStargz"
 	Converter_Capabilities_FullMethodName = "/lazyconv.v1.Converter/Capabilities"
+	Converter_Push_FullMethodName         = "/lazyconv.v1.Converter/Push"
 )
 
 // ConverterClient is the client API for Converter service.
@@ -40,6 +41,11 @@ type ConverterClient interface {
 	CheckEStargz(ctx context.Context, in *CheckEStargzRequest, opts ...grpc.CallOption) (*CheckEStargzResponse, error)
 	// Capabilities lists the formats available and the external builders found.
 	Capabilities(ctx context.Context, in *CapabilitiesRequest, opts ...grpc.CallOption) (*CapabilitiesResponse, error)
+	// Push pushes an image from the store. Layers whose distribution source is
+	// a repository of the target registry are mounted, not uploaded. With
+	// force_compression every layer is pushed in that format, missing variants
+	// being converted on the way.
+	Push(ctx context.Context, in *PushRequest, opts ...grpc.CallOption) (*PushResponse, error)
 }
 
 type converterClient struct {
@@ -89,6 +95,16 @@ func (c *converterClient) Capabilities(ctx context.Context, in *CapabilitiesRequ
 	return out, nil
 }
 
+func (c *converterClient) Push(ctx context.Context, in *PushRequest, opts ...grpc.CallOption) (*PushResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PushResponse)
+	err := c.cc.Invoke(ctx, Converter_Push_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ConverterServer is the server API for Converter service.
 // All implementations must embed UnimplementedConverterServer
 // for forward compatibility.
@@ -100,6 +116,11 @@ type ConverterServer interface {
 	CheckEStargz(context.Context, *CheckEStargzRequest) (*CheckEStargzResponse, error)
 	// Capabilities lists the formats available and the external builders found.
 	Capabilities(context.Context, *CapabilitiesRequest) (*CapabilitiesResponse, error)
+	// Push pushes an image from the store. Layers whose distribution source is
+	// a repository of the target registry are mounted, not uploaded. With
+	// force_compression every layer is pushed in that format, missing variants
+	// being converted on the way.
+	Push(context.Context, *PushRequest) (*PushResponse, error)
 	mustEmbedUnimplementedConverterServer()
 }
 
@@ -118,6 +139,9 @@ func (UnimplementedConverterServer) CheckEStargz(context.Context, *CheckEStargzR
 }
 func (UnimplementedConverterServer) Capabilities(context.Context, *CapabilitiesRequest) (*CapabilitiesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Capabilities not implemented")
+}
+func (UnimplementedConverterServer) Push(context.Context, *PushRequest) (*PushResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Push not implemented")
 }
 func (UnimplementedConverterServer) mustEmbedUnimplementedConverterServer() {}
 func (UnimplementedConverterServer) testEmbeddedByValue()                   {}
@@ -187,6 +211,24 @@ func _Converter_Capabilities_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Converter_Push_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PushRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConverterServer).Push(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Converter_Push_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConverterServer).Push(ctx, req.(*PushRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Converter_ServiceDesc is the grpc.ServiceDesc for Converter service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -201,6 +243,10 @@ var Converter_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Capabilities",
 			Handler:    _Converter_Capabilities_Handler,
+		},
+		{
+			MethodName: "Push",
+			Handler:    _Converter_Push_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
