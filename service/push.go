@@ -69,4 +69,3 @@ func (s *Service) PushImage(ctx context.Context, req *api.PushRequest) (*api.Pus
 	t := img.Target
 	return &api.PushResponse{Target: &api.Descriptor{MediaType: t.MediaType, Digest: t.Digest.String(), Size: t.Size, Annotations: t.Annotations}}, nil
 }
-
