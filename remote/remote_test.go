@@ -58,12 +58,34 @@ func TestAddSourceMergesWithoutDuplicates(t *testing.T) {
 	info, err := cs.Info(ctx, d)
 	require.NoError(t, err)
 	assert.Equal(t, "team/a,team/b", info.Labels[labels.DistributionSourcePrefix+"registry.example"])
+	// As containerd does, labels are keyed by host name, without the port.
 	assert.Equal(t, []remote.Source{
-		{Host: "other.example:5000", Repository: "x"},
+		{Host: "other.example", Repository: "x"},
 		{Host: "registry.example", Repository: "team/a"},
 		{Host: "registry.example", Repository: "team/b"},
 	}, remote.Sources(info))
-	assert.Equal(t, "other.example:5000/x@"+d.String(), remote.Sources(info)[0].Ref(d))
+	assert.Equal(t, "other.example/x@"+d.String(), remote.Sources(info)[0].Ref(d))
+}
+
+func TestSourceOf(t *testing.T) {
+	for _, tc := range []struct {
+		ref  string
+		want remote.Source
+		bad  bool
+	}{
+		{"registry.example/team/app:v1", remote.Source{Host: "registry.example", Repository: "team/app"}, false},
+		{"127.0.0.1:5000/lazy/app@sha256:abc", remote.Source{Host: "127.0.0.1:5000", Repository: "lazy/app"}, false},
+		{"localhost/app", remote.Source{Host: "localhost", Repository: "app"}, false},
+		{"app:v1", remote.Source{}, true},
+	} {
+		got, err := remote.SourceOf(tc.ref)
+		if tc.bad {
+			assert.Error(t, err, tc.ref)
+			continue
+		}
+		require.NoError(t, err, tc.ref)
+		assert.Equal(t, tc.want, got)
+	}
 }
 
 func TestDiffPairsComputeOnceThenCache(t *testing.T) {
