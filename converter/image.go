@@ -28,6 +28,9 @@ import (
 type ImageOptions struct {
 	// Layer converts each layer; nil converts only media types (with DockerToOCI).
 	Layer LayerConverter
+	// LayerFor, if set, picks the converter of each layer instead of Layer:
+	// index counts the manifest's layers from the bottom (0).
+	LayerFor func(manifest ocispec.Descriptor, index int, layer ocispec.Descriptor) (LayerConverter, error)
 	// DockerToOCI rewrites Docker media types as OCI ones.
 	DockerToOCI bool
 	// Platforms selects the manifests of an index to keep; nil keeps all.
@@ -233,7 +236,23 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 		modified = true
 	}
 	results := make([]*LayerResult, len(manifest.Layers))
-	if w.opts.Layer != nil {
+	converters := make([]LayerConverter, len(manifest.Layers))
+	pos := 0
+	for i, l := range manifest.Layers {
+		if !images.IsLayerType(l.MediaType) {
+			continue
+		}
+		converters[i] = w.opts.Layer
+		if w.opts.LayerFor != nil {
+			lc, err := w.opts.LayerFor(desc, pos, l)
+			if err != nil {
+				return nil, err
+			}
+			converters[i] = lc
+		}
+		pos++
+	}
+	if w.opts.Layer != nil || w.opts.LayerFor != nil {
 		p := w.opts.Progress
 		for _, l := range manifest.Layers {
 			if images.IsLayerType(l.MediaType) {
@@ -242,7 +261,7 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 		}
 		eg, egCtx := errgroup.WithContext(ctx)
 		for i, l := range manifest.Layers {
-			if !images.IsLayerType(l.MediaType) {
+			if converters[i] == nil {
 				continue
 			}
 			eg.Go(func() error {
@@ -255,7 +274,7 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 					}
 					lp.in.Store(0)
 				}
-				r, err := w.c.ConvertLayer(egCtx, w.opts.Layer, l, p)
+				r, err := w.c.ConvertLayer(egCtx, converters[i], l, p)
 				if err != nil {
 					return err
 				}
@@ -268,7 +287,7 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 		}
 	}
 	changedDiffIDs := map[int]digest.Digest{} // position among layer blobs -> new diffID
-	pos := 0
+	pos = 0
 	for i, l := range manifest.Layers {
 		if !images.IsLayerType(l.MediaType) {
 			continue
