@@ -49,6 +49,9 @@ func init() {
 				if errdefs.IsUnavailable(err) {
 					return nil, fmt.Errorf("%v: %w", err, plugin.ErrSkipPlugin)
 				}
+				if err == nil && lc == nil {
+					return nil, fmt.Errorf("%s converts per request (it needs a record): %w", format, plugin.ErrSkipPlugin)
+				}
 				return lc, err
 			},
 		})

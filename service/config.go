@@ -55,6 +55,9 @@ const (
 	FormatEStargz     = "estargz"
 	FormatZstdChunked = "zstdchunked"
 	FormatNydus       = "nydus"
+	// FormatEStargzOptimized is prioritized (not lossless) eStargz; requests
+	// name the files to put first.
+	FormatEStargzOptimized = "estargz-optimized"
 	FormatUncompress  = "uncompress"
 	FormatGzip        = "gzip"
 	FormatZstd        = "zstd"
@@ -63,7 +66,7 @@ const (
 )
 
 // Formats lists the formats this build serves, in the order Capabilities reports them.
-var Formats = []string{FormatEStargz, FormatZstdChunked, FormatNydus, FormatUncompress, FormatGzip, FormatZstd}
+var Formats = []string{FormatEStargz, FormatEStargzOptimized, FormatZstdChunked, FormatNydus, FormatUncompress, FormatGzip, FormatZstd}
 
 // validate checks the configuration, with ErrInvalidArgument on a bad value.
 func (c Config) validate() error {

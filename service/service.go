@@ -123,7 +123,7 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	done := make(chan outcome, 1)
 	go func() {
 		res, err := s.conv.ConvertImage(ctx, s.is, req.GetSource(), req.GetTarget(), converter.ImageOptions{
-			Layer: p.layer, AppendLayer: p.appendLayer, DockerToOCI: req.GetOci() || p.oci, Platforms: pm, Progress: progress,
+			Layer: p.layer, LayerFor: p.layerFor, AppendLayer: p.appendLayer, DockerToOCI: req.GetOci() || p.oci, Platforms: pm, Progress: progress,
 			EnsureLayer: ensure,
 		})
 		done <- outcome{res, err}
@@ -298,6 +298,7 @@ func LayerConverter(format string, cfg Config) (converter.LayerConverter, error)
 // plan is how a format converts an image.
 type plan struct {
 	layer       converter.LayerConverter
+	layerFor    func(manifest ocispec.Descriptor, index int, layer ocispec.Descriptor) (converter.LayerConverter, error)
 	appendLayer converter.AppendLayerFunc
 	// oci: the format has no Docker media types (or needs OCI annotations).
 	oci bool
@@ -317,6 +318,27 @@ func planFor(format string, cfg Config, builder converter.NydusBuilder, req *api
 			level, chunk = overrides(eo.CompressionLevel, eo.ChunkSize, level, chunk)
 		}
 		p.layer, err = converter.NewEStargz(converter.WithEStargzCompressionLevel(level), converter.WithEStargzChunkSize(chunk))
+	case FormatEStargzOptimized:
+		level, chunk := cfg.EStargzCompressionLevel, cfg.EStargzChunkSize
+		if eo := req.GetEstargz(); eo != nil {
+			level, chunk = overrides(eo.CompressionLevel, eo.ChunkSize, level, chunk)
+		}
+		opts := []converter.EStargzOption{converter.WithEStargzCompressionLevel(level), converter.WithEStargzChunkSize(chunk)}
+		if _, err := converter.NewPrioritizedEStargz(nil, false, opts...); err != nil {
+			return plan{}, err
+		}
+		files := map[int][]string{}
+		for _, lf := range req.GetPrioritized() {
+			files[int(lf.GetLayerIndex())] = lf.GetPaths()
+		}
+		manifest, reuse := req.GetPrioritizedManifest(), req.GetReuse()
+		p.layerFor = func(m ocispec.Descriptor, index int, _ ocispec.Descriptor) (converter.LayerConverter, error) {
+			var fs []string
+			if m.Digest.String() == manifest {
+				fs = files[index]
+			}
+			return converter.NewPrioritizedEStargz(fs, reuse, opts...)
+		}
 	case FormatZstdChunked:
 		level, chunk := cfg.ZstdChunkedCompressionLevel, cfg.ZstdChunkedChunkSize
 		if zo := req.GetZstdchunked(); zo != nil {

@@ -61,50 +61,55 @@ crosses the socket.`,
 				return err
 			}
 			defer s.Close()
-			display := newProgressDisplay(s.out)
-			start := time.Now()
-			displayCtx, stopDisplay := context.WithCancel(ctx)
-			displayDone := make(chan struct{})
-			go func() {
-				if !cmd.Bool("quiet") {
-					display.run(displayCtx)
-				}
-				close(displayDone)
-			}()
-			var result *api.ConvertResult
-			err = s.api.Convert(s.ctx, req, func(ev *api.ConvertEvent) error {
-				if l := ev.GetLayer(); l != nil {
-					display.update(service.LayerStatus(l))
-				}
-				if r := ev.GetResult(); r != nil {
-					result = r
-				}
-				return nil
-			})
-			stopDisplay()
-			<-displayDone
-			if s.embedded() {
-				// As containerd's GC scheduler does after a lease is dropped.
-				if _, gcErr := s.store.GarbageCollect(s.ctx); gcErr != nil && err == nil {
-					err = gcErr
-				}
-			}
-			if err != nil {
-				return err
-			}
-			if result == nil {
-				return fmt.Errorf("the conversion service sent no result: %w", errdefs.ErrUnknown)
-			}
-			if cmd.Bool("quiet") {
-				fmt.Fprintln(s.out, result.GetTarget().GetDigest())
-				return nil
-			}
-			fmt.Fprintln(s.out)
-			printSummary(s.out, display.snapshot(), time.Since(start))
-			fmt.Fprintf(s.out, "%s %s\n", result.GetName(), result.GetTarget().GetDigest())
-			return nil
+			return runConvert(s, cmd, req, time.Now())
 		},
 	}
+}
+
+// runConvert runs a conversion request with live progress, then prints the
+// summary (or, with --quiet, the new image's digest).
+func runConvert(s *session, cmd *cli.Command, req *api.ConvertRequest, start time.Time) error {
+	display := newProgressDisplay(s.out)
+	displayCtx, stopDisplay := context.WithCancel(s.ctx)
+	displayDone := make(chan struct{})
+	go func() {
+		if !cmd.Bool("quiet") {
+			display.run(displayCtx)
+		}
+		close(displayDone)
+	}()
+	var result *api.ConvertResult
+	err := s.api.Convert(s.ctx, req, func(ev *api.ConvertEvent) error {
+		if l := ev.GetLayer(); l != nil {
+			display.update(service.LayerStatus(l))
+		}
+		if r := ev.GetResult(); r != nil {
+			result = r
+		}
+		return nil
+	})
+	stopDisplay()
+	<-displayDone
+	if s.embedded() {
+		// As containerd's GC scheduler does after a lease is dropped.
+		if _, gcErr := s.store.GarbageCollect(s.ctx); gcErr != nil && err == nil {
+			err = gcErr
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if result == nil {
+		return fmt.Errorf("the conversion service sent no result: %w", errdefs.ErrUnknown)
+	}
+	if cmd.Bool("quiet") {
+		fmt.Fprintln(s.out, result.GetTarget().GetDigest())
+		return nil
+	}
+	fmt.Fprintln(s.out)
+	printSummary(s.out, display.snapshot(), time.Since(start))
+	fmt.Fprintf(s.out, "%s %s\n", result.GetName(), result.GetTarget().GetDigest())
+	return nil
 }
 
 // convertRequest builds the API request the flags ask for.

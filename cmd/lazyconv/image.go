@@ -48,7 +48,7 @@ func imageCommand() *cli.Command {
 		Usage:   "manage and convert images",
 		Commands: []*cli.Command{
 			imageImportCommand(), imageExportCommand(), imageListCommand(), imageRemoveCommand(),
-			imageConvertCommand(), imageVerifyCommand(), imagePullCommand(), imagePushCommand(),
+			imageConvertCommand(), imageVerifyCommand(), imagePullCommand(), imagePushCommand(), imageOptimizeCommand(),
 		},
 	}
 }

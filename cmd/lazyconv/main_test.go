@@ -162,3 +162,28 @@ func TestCLIZstdChunked(t *testing.T) {
 	_, err = lazyconv(t, root, "image", "convert", "--zstdchunked", "--zstdchunked-compression-level", "0", "example.com/cli:v1", "x")
 	require.Error(t, err)
 }
+
+func TestCLIOptimize(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	_, err := lazyconv(t, root, "image", "import", writeArchive(t, dir, "example.com/cli:v1"))
+	require.NoError(t, err)
+	record := filepath.Join(dir, "record.json")
+	require.NoError(t, os.WriteFile(record, []byte(`{"path":"/etc/motd"}`+"\n"+`{"path":"etc/motd","layerIndex":0}`+"\n"), 0o644))
+	applied := filepath.Join(dir, "applied.json")
+	out, err := lazyconv(t, root, "image", "optimize", "--record-in", record, "--record-out", applied, "--oci", "example.com/cli:v1", "example.com/cli:opt")
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "not lossless")
+	out, err = lazyconv(t, root, "image", "verify", "example.com/cli:opt")
+	require.NoError(t, err, out)
+	b, err := os.ReadFile(applied)
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	require.Len(t, lines, 2, "the topmost layer for the entry without index, layer 0 for the other")
+	assert.Contains(t, lines[0], `"layerIndex":0`)
+	assert.Contains(t, lines[1], `"layerIndex":1`)
+
+	require.NoError(t, os.WriteFile(record, []byte(`{"path":"../../etc/shadow"}`), 0o644))
+	_, err = lazyconv(t, root, "image", "optimize", "--record-in", record, "example.com/cli:v1", "example.com/cli:bad")
+	require.Error(t, err)
+}

@@ -228,7 +228,7 @@ type ConvertRequest struct {
 	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
 	// Target image name (may equal source).
 	Target string `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"`
-	// Layer format: "estargz", "zstdchunked", "nydus", "uncompress", "gzip",
+	// Layer format: "estargz", "estargz-optimized", "zstdchunked", "nydus", "uncompress", "gzip",
 	// "zstd", or "" for the service's default format. "none" converts media
 	// types only. zstdchunked and nydus imply oci.
 	Format string `protobuf:"bytes,3,opt,name=format,proto3" json:"format,omitempty"`
@@ -243,7 +243,14 @@ type ConvertRequest struct {
 	Nydus        *NydusOptions       `protobuf:"bytes,9,opt,name=nydus,proto3" json:"nydus,omitempty"`
 	// How to reach the source registry for layers that are not local yet
 	// (images pulled lazily): they are fetched on first use.
-	Registry      *RegistryOptions `protobuf:"bytes,10,opt,name=registry,proto3" json:"registry,omitempty"`
+	Registry *RegistryOptions `protobuf:"bytes,10,opt,name=registry,proto3" json:"registry,omitempty"`
+	// For format "estargz-optimized": the files to put first, per layer index
+	// (0 is the bottom layer) of the manifest prioritized_manifest. Layers with
+	// none get the no-prefetch landmark. Optimized eStargz is not lossless.
+	Prioritized         []*LayerFiles `protobuf:"bytes,11,rep,name=prioritized,proto3" json:"prioritized,omitempty"`
+	PrioritizedManifest string        `protobuf:"bytes,12,opt,name=prioritized_manifest,json=prioritizedManifest,proto3" json:"prioritized_manifest,omitempty"`
+	// Keep layers that already are eStargz.
+	Reuse         bool `protobuf:"varint,13,opt,name=reuse,proto3" json:"reuse,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -348,6 +355,79 @@ func (x *ConvertRequest) GetRegistry() *RegistryOptions {
 	return nil
 }
 
+func (x *ConvertRequest) GetPrioritized() []*LayerFiles {
+	if x != nil {
+		return x.Prioritized
+	}
+	return nil
+}
+
+func (x *ConvertRequest) GetPrioritizedManifest() string {
+	if x != nil {
+		return x.PrioritizedManifest
+	}
+	return ""
+}
+
+func (x *ConvertRequest) GetReuse() bool {
+	if x != nil {
+		return x.Reuse
+	}
+	return false
+}
+
+type LayerFiles struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LayerIndex    int32                  `protobuf:"varint,1,opt,name=layer_index,json=layerIndex,proto3" json:"layer_index,omitempty"`
+	Paths         []string               `protobuf:"bytes,2,rep,name=paths,proto3" json:"paths,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LayerFiles) Reset() {
+	*x = LayerFiles{}
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LayerFiles) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LayerFiles) ProtoMessage() {}
+
+func (x *LayerFiles) ProtoReflect() protoreflect.Message {
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LayerFiles.ProtoReflect.Descriptor instead.
+func (*LayerFiles) Descriptor() ([]byte, []int) {
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *LayerFiles) GetLayerIndex() int32 {
+	if x != nil {
+		return x.LayerIndex
+	}
+	return 0
+}
+
+func (x *LayerFiles) GetPaths() []string {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
 type RegistryOptions struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PlainHttp     bool                   `protobuf:"varint,1,opt,name=plain_http,json=plainHttp,proto3" json:"plain_http,omitempty"`
@@ -359,7 +439,7 @@ type RegistryOptions struct {
 
 func (x *RegistryOptions) Reset() {
 	*x = RegistryOptions{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -371,7 +451,7 @@ func (x *RegistryOptions) String() string {
 func (*RegistryOptions) ProtoMessage() {}
 
 func (x *RegistryOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -384,7 +464,7 @@ func (x *RegistryOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryOptions.ProtoReflect.Descriptor instead.
 func (*RegistryOptions) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{3}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RegistryOptions) GetPlainHttp() bool {
@@ -420,7 +500,7 @@ type ZstdChunkedOptions struct {
 
 func (x *ZstdChunkedOptions) Reset() {
 	*x = ZstdChunkedOptions{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -432,7 +512,7 @@ func (x *ZstdChunkedOptions) String() string {
 func (*ZstdChunkedOptions) ProtoMessage() {}
 
 func (x *ZstdChunkedOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -445,7 +525,7 @@ func (x *ZstdChunkedOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ZstdChunkedOptions.ProtoReflect.Descriptor instead.
 func (*ZstdChunkedOptions) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{4}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ZstdChunkedOptions) GetCompressionLevel() int32 {
@@ -480,7 +560,7 @@ type NydusOptions struct {
 
 func (x *NydusOptions) Reset() {
 	*x = NydusOptions{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -492,7 +572,7 @@ func (x *NydusOptions) String() string {
 func (*NydusOptions) ProtoMessage() {}
 
 func (x *NydusOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -505,7 +585,7 @@ func (x *NydusOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NydusOptions.ProtoReflect.Descriptor instead.
 func (*NydusOptions) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{5}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *NydusOptions) GetBuilderPath() string {
@@ -555,7 +635,7 @@ type EStargzOptions struct {
 
 func (x *EStargzOptions) Reset() {
 	*x = EStargzOptions{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -567,7 +647,7 @@ func (x *EStargzOptions) String() string {
 func (*EStargzOptions) ProtoMessage() {}
 
 func (x *EStargzOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -580,7 +660,7 @@ func (x *EStargzOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EStargzOptions.ProtoReflect.Descriptor instead.
 func (*EStargzOptions) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{6}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *EStargzOptions) GetCompressionLevel() int32 {
@@ -613,7 +693,7 @@ type LayerProgress struct {
 
 func (x *LayerProgress) Reset() {
 	*x = LayerProgress{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -625,7 +705,7 @@ func (x *LayerProgress) String() string {
 func (*LayerProgress) ProtoMessage() {}
 
 func (x *LayerProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -638,7 +718,7 @@ func (x *LayerProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerProgress.ProtoReflect.Descriptor instead.
 func (*LayerProgress) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{7}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LayerProgress) GetDigest() string {
@@ -709,7 +789,7 @@ type Descriptor struct {
 
 func (x *Descriptor) Reset() {
 	*x = Descriptor{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +801,7 @@ func (x *Descriptor) String() string {
 func (*Descriptor) ProtoMessage() {}
 
 func (x *Descriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +814,7 @@ func (x *Descriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Descriptor.ProtoReflect.Descriptor instead.
 func (*Descriptor) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{8}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Descriptor) GetMediaType() string {
@@ -777,7 +857,7 @@ type ConvertResult struct {
 
 func (x *ConvertResult) Reset() {
 	*x = ConvertResult{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -789,7 +869,7 @@ func (x *ConvertResult) String() string {
 func (*ConvertResult) ProtoMessage() {}
 
 func (x *ConvertResult) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -802,7 +882,7 @@ func (x *ConvertResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConvertResult.ProtoReflect.Descriptor instead.
 func (*ConvertResult) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{9}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ConvertResult) GetName() string {
@@ -839,7 +919,7 @@ type ConvertEvent struct {
 
 func (x *ConvertEvent) Reset() {
 	*x = ConvertEvent{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +931,7 @@ func (x *ConvertEvent) String() string {
 func (*ConvertEvent) ProtoMessage() {}
 
 func (x *ConvertEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +944,7 @@ func (x *ConvertEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConvertEvent.ProtoReflect.Descriptor instead.
 func (*ConvertEvent) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{10}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ConvertEvent) GetEvent() isConvertEvent_Event {
@@ -917,7 +997,7 @@ type CheckEStargzRequest struct {
 
 func (x *CheckEStargzRequest) Reset() {
 	*x = CheckEStargzRequest{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -929,7 +1009,7 @@ func (x *CheckEStargzRequest) String() string {
 func (*CheckEStargzRequest) ProtoMessage() {}
 
 func (x *CheckEStargzRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -942,7 +1022,7 @@ func (x *CheckEStargzRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckEStargzRequest.ProtoReflect.Descriptor instead.
 func (*CheckEStargzRequest) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{11}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CheckEStargzRequest) GetDigest() string {
@@ -963,7 +1043,7 @@ type CheckEStargzResponse struct {
 
 func (x *CheckEStargzResponse) Reset() {
 	*x = CheckEStargzResponse{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +1055,7 @@ func (x *CheckEStargzResponse) String() string {
 func (*CheckEStargzResponse) ProtoMessage() {}
 
 func (x *CheckEStargzResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +1068,7 @@ func (x *CheckEStargzResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckEStargzResponse.ProtoReflect.Descriptor instead.
 func (*CheckEStargzResponse) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{12}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CheckEStargzResponse) GetEstargz() bool {
@@ -1013,7 +1093,7 @@ type CapabilitiesRequest struct {
 
 func (x *CapabilitiesRequest) Reset() {
 	*x = CapabilitiesRequest{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1025,7 +1105,7 @@ func (x *CapabilitiesRequest) String() string {
 func (*CapabilitiesRequest) ProtoMessage() {}
 
 func (x *CapabilitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1038,7 +1118,7 @@ func (x *CapabilitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CapabilitiesRequest.ProtoReflect.Descriptor instead.
 func (*CapabilitiesRequest) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{13}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{14}
 }
 
 type Format struct {
@@ -1053,7 +1133,7 @@ type Format struct {
 
 func (x *Format) Reset() {
 	*x = Format{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[14]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +1145,7 @@ func (x *Format) String() string {
 func (*Format) ProtoMessage() {}
 
 func (x *Format) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[14]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +1158,7 @@ func (x *Format) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Format.ProtoReflect.Descriptor instead.
 func (*Format) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{14}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Format) GetName() string {
@@ -1114,7 +1194,7 @@ type Builder struct {
 
 func (x *Builder) Reset() {
 	*x = Builder{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[15]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1126,7 +1206,7 @@ func (x *Builder) String() string {
 func (*Builder) ProtoMessage() {}
 
 func (x *Builder) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[15]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1139,7 +1219,7 @@ func (x *Builder) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Builder.ProtoReflect.Descriptor instead.
 func (*Builder) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{15}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Builder) GetName() string {
@@ -1183,7 +1263,7 @@ type CapabilitiesResponse struct {
 
 func (x *CapabilitiesResponse) Reset() {
 	*x = CapabilitiesResponse{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[16]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1275,7 @@ func (x *CapabilitiesResponse) String() string {
 func (*CapabilitiesResponse) ProtoMessage() {}
 
 func (x *CapabilitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[16]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1288,7 @@ func (x *CapabilitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CapabilitiesResponse.ProtoReflect.Descriptor instead.
 func (*CapabilitiesResponse) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{16}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CapabilitiesResponse) GetVersion() string {
@@ -1259,7 +1339,7 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\rall_platforms\x18\x05 \x01(\bR\fallPlatforms\x128\n" +
 	"\bregistry\x18\x06 \x01(\v2\x1c.lazyconv.v1.RegistryOptionsR\bregistry\"?\n" +
 	"\fPushResponse\x12/\n" +
-	"\x06target\x18\x01 \x01(\v2\x17.lazyconv.v1.DescriptorR\x06target\"\x92\x03\n" +
+	"\x06target\x18\x01 \x01(\v2\x17.lazyconv.v1.DescriptorR\x06target\"\x96\x04\n" +
 	"\x0eConvertRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x16\n" +
@@ -1271,7 +1351,15 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\vzstdchunked\x18\b \x01(\v2\x1f.lazyconv.v1.ZstdChunkedOptionsR\vzstdchunked\x12/\n" +
 	"\x05nydus\x18\t \x01(\v2\x19.lazyconv.v1.NydusOptionsR\x05nydus\x128\n" +
 	"\bregistry\x18\n" +
-	" \x01(\v2\x1c.lazyconv.v1.RegistryOptionsR\bregistry\"h\n" +
+	" \x01(\v2\x1c.lazyconv.v1.RegistryOptionsR\bregistry\x129\n" +
+	"\vprioritized\x18\v \x03(\v2\x17.lazyconv.v1.LayerFilesR\vprioritized\x121\n" +
+	"\x14prioritized_manifest\x18\f \x01(\tR\x13prioritizedManifest\x12\x14\n" +
+	"\x05reuse\x18\r \x01(\bR\x05reuse\"C\n" +
+	"\n" +
+	"LayerFiles\x12\x1f\n" +
+	"\vlayer_index\x18\x01 \x01(\x05R\n" +
+	"layerIndex\x12\x14\n" +
+	"\x05paths\x18\x02 \x03(\tR\x05paths\"h\n" +
 	"\x0fRegistryOptions\x12\x1d\n" +
 	"\n" +
 	"plain_http\x18\x01 \x01(\bR\tplainHttp\x12\x1a\n" +
@@ -1377,55 +1465,57 @@ func file_lazyconv_v1_converter_proto_rawDescGZIP() []byte {
 }
 
 var file_lazyconv_v1_converter_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_lazyconv_v1_converter_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_lazyconv_v1_converter_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_lazyconv_v1_converter_proto_goTypes = []any{
 	(LayerState)(0),              // 0: lazyconv.v1.LayerState
 	(*PushRequest)(nil),          // 1: lazyconv.v1.PushRequest
 	(*PushResponse)(nil),         // 2: lazyconv.v1.PushResponse
 	(*ConvertRequest)(nil),       // 3: lazyconv.v1.ConvertRequest
-	(*RegistryOptions)(nil),      // 4: lazyconv.v1.RegistryOptions
-	(*ZstdChunkedOptions)(nil),   // 5: lazyconv.v1.ZstdChunkedOptions
-	(*NydusOptions)(nil),         // 6: lazyconv.v1.NydusOptions
-	(*EStargzOptions)(nil),       // 7: lazyconv.v1.EStargzOptions
-	(*LayerProgress)(nil),        // 8: lazyconv.v1.LayerProgress
-	(*Descriptor)(nil),           // 9: lazyconv.v1.Descriptor
-	(*ConvertResult)(nil),        // 10: lazyconv.v1.ConvertResult
-	(*ConvertEvent)(nil),         // 11: lazyconv.v1.ConvertEvent
-	(*CheckEStargzRequest)(nil),  // 12: lazyconv.v1.CheckEStargzRequest
-	(*CheckEStargzResponse)(nil), // 13: lazyconv.v1.CheckEStargzResponse
-	(*CapabilitiesRequest)(nil),  // 14: lazyconv.v1.CapabilitiesRequest
-	(*Format)(nil),               // 15: lazyconv.v1.Format
-	(*Builder)(nil),              // 16: lazyconv.v1.Builder
-	(*CapabilitiesResponse)(nil), // 17: lazyconv.v1.CapabilitiesResponse
-	nil,                          // 18: lazyconv.v1.Descriptor.AnnotationsEntry
+	(*LayerFiles)(nil),           // 4: lazyconv.v1.LayerFiles
+	(*RegistryOptions)(nil),      // 5: lazyconv.v1.RegistryOptions
+	(*ZstdChunkedOptions)(nil),   // 6: lazyconv.v1.ZstdChunkedOptions
+	(*NydusOptions)(nil),         // 7: lazyconv.v1.NydusOptions
+	(*EStargzOptions)(nil),       // 8: lazyconv.v1.EStargzOptions
+	(*LayerProgress)(nil),        // 9: lazyconv.v1.LayerProgress
+	(*Descriptor)(nil),           // 10: lazyconv.v1.Descriptor
+	(*ConvertResult)(nil),        // 11: lazyconv.v1.ConvertResult
+	(*ConvertEvent)(nil),         // 12: lazyconv.v1.ConvertEvent
+	(*CheckEStargzRequest)(nil),  // 13: lazyconv.v1.CheckEStargzRequest
+	(*CheckEStargzResponse)(nil), // 14: lazyconv.v1.CheckEStargzResponse
+	(*CapabilitiesRequest)(nil),  // 15: lazyconv.v1.CapabilitiesRequest
+	(*Format)(nil),               // 16: lazyconv.v1.Format
+	(*Builder)(nil),              // 17: lazyconv.v1.Builder
+	(*CapabilitiesResponse)(nil), // 18: lazyconv.v1.CapabilitiesResponse
+	nil,                          // 19: lazyconv.v1.Descriptor.AnnotationsEntry
 }
 var file_lazyconv_v1_converter_proto_depIdxs = []int32{
-	4,  // 0: lazyconv.v1.PushRequest.registry:type_name -> lazyconv.v1.RegistryOptions
-	9,  // 1: lazyconv.v1.PushResponse.target:type_name -> lazyconv.v1.Descriptor
-	7,  // 2: lazyconv.v1.ConvertRequest.estargz:type_name -> lazyconv.v1.EStargzOptions
-	5,  // 3: lazyconv.v1.ConvertRequest.zstdchunked:type_name -> lazyconv.v1.ZstdChunkedOptions
-	6,  // 4: lazyconv.v1.ConvertRequest.nydus:type_name -> lazyconv.v1.NydusOptions
-	4,  // 5: lazyconv.v1.ConvertRequest.registry:type_name -> lazyconv.v1.RegistryOptions
-	0,  // 6: lazyconv.v1.LayerProgress.state:type_name -> lazyconv.v1.LayerState
-	18, // 7: lazyconv.v1.Descriptor.annotations:type_name -> lazyconv.v1.Descriptor.AnnotationsEntry
-	9,  // 8: lazyconv.v1.ConvertResult.target:type_name -> lazyconv.v1.Descriptor
-	8,  // 9: lazyconv.v1.ConvertEvent.layer:type_name -> lazyconv.v1.LayerProgress
-	10, // 10: lazyconv.v1.ConvertEvent.result:type_name -> lazyconv.v1.ConvertResult
-	15, // 11: lazyconv.v1.CapabilitiesResponse.formats:type_name -> lazyconv.v1.Format
-	16, // 12: lazyconv.v1.CapabilitiesResponse.builders:type_name -> lazyconv.v1.Builder
-	3,  // 13: lazyconv.v1.Converter.Convert:input_type -> lazyconv.v1.ConvertRequest
-	12, // 14: lazyconv.v1.Converter.CheckEStargz:input_type -> lazyconv.v1.CheckEStargzRequest
-	14, // 15: lazyconv.v1.Converter.Capabilities:input_type -> lazyconv.v1.CapabilitiesRequest
-	1,  // 16: lazyconv.v1.Converter.Push:input_type -> lazyconv.v1.PushRequest
-	11, // 17: lazyconv.v1.Converter.Convert:output_type -> lazyconv.v1.ConvertEvent
-	13, // 18: lazyconv.v1.Converter.CheckEStargz:output_type -> lazyconv.v1.CheckEStargzResponse
-	17, // 19: lazyconv.v1.Converter.Capabilities:output_type -> lazyconv.v1.CapabilitiesResponse
-	2,  // 20: lazyconv.v1.Converter.Push:output_type -> lazyconv.v1.PushResponse
-	17, // [17:21] is the sub-list for method output_type
-	13, // [13:17] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	5,  // 0: lazyconv.v1.PushRequest.registry:type_name -> lazyconv.v1.RegistryOptions
+	10, // 1: lazyconv.v1.PushResponse.target:type_name -> lazyconv.v1.Descriptor
+	8,  // 2: lazyconv.v1.ConvertRequest.estargz:type_name -> lazyconv.v1.EStargzOptions
+	6,  // 3: lazyconv.v1.ConvertRequest.zstdchunked:type_name -> lazyconv.v1.ZstdChunkedOptions
+	7,  // 4: lazyconv.v1.ConvertRequest.nydus:type_name -> lazyconv.v1.NydusOptions
+	5,  // 5: lazyconv.v1.ConvertRequest.registry:type_name -> lazyconv.v1.RegistryOptions
+	4,  // 6: lazyconv.v1.ConvertRequest.prioritized:type_name -> lazyconv.v1.LayerFiles
+	0,  // 7: lazyconv.v1.LayerProgress.state:type_name -> lazyconv.v1.LayerState
+	19, // 8: lazyconv.v1.Descriptor.annotations:type_name -> lazyconv.v1.Descriptor.AnnotationsEntry
+	10, // 9: lazyconv.v1.ConvertResult.target:type_name -> lazyconv.v1.Descriptor
+	9,  // 10: lazyconv.v1.ConvertEvent.layer:type_name -> lazyconv.v1.LayerProgress
+	11, // 11: lazyconv.v1.ConvertEvent.result:type_name -> lazyconv.v1.ConvertResult
+	16, // 12: lazyconv.v1.CapabilitiesResponse.formats:type_name -> lazyconv.v1.Format
+	17, // 13: lazyconv.v1.CapabilitiesResponse.builders:type_name -> lazyconv.v1.Builder
+	3,  // 14: lazyconv.v1.Converter.Convert:input_type -> lazyconv.v1.ConvertRequest
+	13, // 15: lazyconv.v1.Converter.CheckEStargz:input_type -> lazyconv.v1.CheckEStargzRequest
+	15, // 16: lazyconv.v1.Converter.Capabilities:input_type -> lazyconv.v1.CapabilitiesRequest
+	1,  // 17: lazyconv.v1.Converter.Push:input_type -> lazyconv.v1.PushRequest
+	12, // 18: lazyconv.v1.Converter.Convert:output_type -> lazyconv.v1.ConvertEvent
+	14, // 19: lazyconv.v1.Converter.CheckEStargz:output_type -> lazyconv.v1.CheckEStargzResponse
+	18, // 20: lazyconv.v1.Converter.Capabilities:output_type -> lazyconv.v1.CapabilitiesResponse
+	2,  // 21: lazyconv.v1.Converter.Push:output_type -> lazyconv.v1.PushResponse
+	18, // [18:22] is the sub-list for method output_type
+	14, // [14:18] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_lazyconv_v1_converter_proto_init() }
@@ -1433,9 +1523,9 @@ func file_lazyconv_v1_converter_proto_init() {
 	if File_lazyconv_v1_converter_proto != nil {
 		return
 	}
-	file_lazyconv_v1_converter_proto_msgTypes[4].OneofWrappers = []any{}
-	file_lazyconv_v1_converter_proto_msgTypes[6].OneofWrappers = []any{}
-	file_lazyconv_v1_converter_proto_msgTypes[10].OneofWrappers = []any{
+	file_lazyconv_v1_converter_proto_msgTypes[5].OneofWrappers = []any{}
+	file_lazyconv_v1_converter_proto_msgTypes[7].OneofWrappers = []any{}
+	file_lazyconv_v1_converter_proto_msgTypes[11].OneofWrappers = []any{
 		(*ConvertEvent_Layer)(nil),
 		(*ConvertEvent_Result)(nil),
 	}
@@ -1445,7 +1535,7 @@ func file_lazyconv_v1_converter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lazyconv_v1_converter_proto_rawDesc), len(file_lazyconv_v1_converter_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

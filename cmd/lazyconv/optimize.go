@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/urfave/cli/v3"
+
+	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/recorder"
+	"github.com/lazyconv/lazyconv/service"
+)
+
+func imageOptimizeCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "optimize",
+		Usage:     "convert an image to prioritized eStargz from a record of accessed files (not lossless)",
+		ArgsUsage: "SRC DST",
+		Description: `Optimized eStargz puts the files a workload reads first in each layer, then the
+prefetch landmark, so that a lazy-pulling snapshotter fetches them up front;
+layers with no recorded file get the no-prefetch landmark. Entries are reordered,
+so unlike 'image convert --estargz' the output is not lossless.
+
+The record (--record-in) is JSON lines in stargz-snapshotter's recorder format:
+{"path": "...", "manifestDigest": "...", "layerIndex": N}. An entry's layer index
+is honoured; entries without one go to the topmost layer holding the file.`,
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "record-in", Usage: "record of accessed files (JSON lines)", Required: true},
+			&cli.StringFlag{Name: "record-out", Usage: "write the record as applied (with layer indexes) to FILE"},
+			&cli.BoolFlag{Name: "reuse", Usage: "keep layers that already are eStargz"},
+			&cli.BoolFlag{Name: "oci", Usage: "convert Docker media types to OCI ones"},
+			&cli.IntFlag{Name: "estargz-compression-level", Usage: "eStargz gzip level", Value: converter.DefaultEStargzCompressionLevel},
+			&cli.IntFlag{Name: "estargz-chunk-size", Usage: "eStargz chunk size in bytes (0: 4 MiB)", Value: converter.DefaultEStargzChunkSize},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the new image's digest"},
+		}, append(append([]cli.Flag{}, registryFlags...), platformFlags...)...),
+		Action: func(ctx context.Context, cmd *cli.Command) error {
+			if cmd.Args().Len() != 2 {
+				return fmt.Errorf("image optimize takes SRC and DST: %w", errdefs.ErrInvalidArgument)
+			}
+			src, dst := cmd.Args().Get(0), cmd.Args().Get(1)
+			f, err := os.Open(cmd.String("record-in"))
+			if err != nil {
+				return err
+			}
+			entries, err := recorder.Read(f)
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("%s: %w", cmd.String("record-in"), err)
+			}
+			pm, err := platformMatcher(cmd)
+			if err != nil {
+				return err
+			}
+			s, err := openSession(ctx, cmd)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			img, err := s.client.ImageService().Get(s.ctx, src)
+			if err != nil {
+				return err
+			}
+			ix, err := recorder.BuildIndex(s.ctx, s.client.ContentStore(), img.Target, pm)
+			if err != nil {
+				return err
+			}
+			perLayer := recorder.PerLayer(ix, entries)
+			if out := cmd.String("record-out"); out != "" {
+				if err := writeRecord(out, ix, perLayer); err != nil {
+					return err
+				}
+			}
+			level, chunk := int32(cmd.Int("estargz-compression-level")), int64(cmd.Int("estargz-chunk-size"))
+			req := &api.ConvertRequest{
+				Source: src, Target: dst, Format: service.FormatEStargzOptimized, Oci: cmd.Bool("oci"),
+				Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
+				Estargz:             &api.EStargzOptions{CompressionLevel: &level, ChunkSize: &chunk},
+				PrioritizedManifest: ix.Manifest().String(), Reuse: cmd.Bool("reuse"),
+			}
+			for layer, paths := range perLayer {
+				req.Prioritized = append(req.Prioritized, &api.LayerFiles{LayerIndex: int32(layer), Paths: paths})
+			}
+			sort.Slice(req.Prioritized, func(i, j int) bool { return req.Prioritized[i].LayerIndex < req.Prioritized[j].LayerIndex })
+			if !cmd.Bool("quiet") {
+				fmt.Fprintf(s.out, "optimizing %s with %d recorded files (the output is not lossless: entries are reordered)\n", src, len(entries))
+			}
+			return runConvert(s, cmd, req, time.Now())
+		},
+	}
+}
+
+// writeRecord writes the record as applied: every file with its manifest and layer.
+func writeRecord(path string, ix *recorder.Index, perLayer map[int][]string) error {
+	var entries []recorder.Entry
+	for layer := 0; layer < ix.Layers(); layer++ {
+		for _, p := range perLayer[layer] {
+			entries = append(entries, recorder.Entry{Path: p, ManifestDigest: ix.Manifest().String(), LayerIndex: &layer})
+		}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := recorder.Write(f, entries); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
