@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -185,5 +186,26 @@ func TestCLIOptimize(t *testing.T) {
 
 	require.NoError(t, os.WriteFile(record, []byte(`{"path":"../../etc/shadow"}`), 0o644))
 	_, err = lazyconv(t, root, "image", "optimize", "--record-in", record, "example.com/cli:v1", "example.com/cli:bad")
+	require.Error(t, err)
+}
+
+func TestCLIOptimizeRun(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("--run needs root for runc and fanotify (CI runs as root)")
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("no runc on PATH (.ci/run installs Debian's runc)")
+	}
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	_, err := lazyconv(t, root, "image", "import", writeArchive(t, dir, "example.com/cli:v1"))
+	require.NoError(t, err)
+	out, err := lazyconv(t, root, "image", "optimize", "--run", "--args", `["/bin/app"]`, "example.com/cli:v1", "example.com/cli:opt")
+	require.Error(t, err, "the image has no /bin/app: runc fails, clearly")
+	assert.Contains(t, err.Error(), "runc")
+	_ = out
+	_, err = lazyconv(t, root, "image", "optimize", "--run", "--record-in", "x", "example.com/cli:v1", "y")
+	require.Error(t, err)
+	_, err = lazyconv(t, root, "image", "optimize", "--run", "--args", "not json", "example.com/cli:v1", "y")
 	require.Error(t, err)
 }

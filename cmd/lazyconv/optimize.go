@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"sort"
@@ -30,7 +31,11 @@ The record (--record-in) is JSON lines in stargz-snapshotter's recorder format:
 {"path": "...", "manifestDigest": "...", "layerIndex": N}. An entry's layer index
 is honoured; entries without one go to the topmost layer holding the file.`,
 		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "record-in", Usage: "record of accessed files (JSON lines)", Required: true},
+			&cli.StringFlag{Name: "record-in", Usage: "record of accessed files (JSON lines)"},
+			&cli.BoolFlag{Name: "run", Usage: "record by running the image's entrypoint with runc, watching its files with fanotify (needs root)"},
+			&cli.IntFlag{Name: "period", Usage: "with --run: seconds the workload may run", Value: 10},
+			&cli.StringFlag{Name: "args", Usage: `with --run: the workload's arguments as a JSON array (default: entrypoint and command)`},
+			&cli.StringSliceFlag{Name: "env", Usage: "with --run: K=V added to the workload's environment (repeatable)"},
 			&cli.StringFlag{Name: "record-out", Usage: "write the record as applied (with layer indexes) to FILE"},
 			&cli.BoolFlag{Name: "reuse", Usage: "keep layers that already are eStargz"},
 			&cli.BoolFlag{Name: "oci", Usage: "convert Docker media types to OCI ones"},
@@ -43,14 +48,26 @@ is honoured; entries without one go to the topmost layer holding the file.`,
 				return fmt.Errorf("image optimize takes SRC and DST: %w", errdefs.ErrInvalidArgument)
 			}
 			src, dst := cmd.Args().Get(0), cmd.Args().Get(1)
-			f, err := os.Open(cmd.String("record-in"))
-			if err != nil {
-				return err
+			if cmd.Bool("run") == (cmd.String("record-in") != "") {
+				return fmt.Errorf("image optimize takes either --record-in FILE or --run: %w", errdefs.ErrInvalidArgument)
 			}
-			entries, err := recorder.Read(f)
-			f.Close()
-			if err != nil {
-				return fmt.Errorf("%s: %w", cmd.String("record-in"), err)
+			var runArgs []string
+			if a := cmd.String("args"); a != "" {
+				if err := json.Unmarshal([]byte(a), &runArgs); err != nil {
+					return fmt.Errorf("--args must be a JSON array of strings: %v: %w", err, errdefs.ErrInvalidArgument)
+				}
+			}
+			var entries []recorder.Entry
+			if in := cmd.String("record-in"); in != "" {
+				f, err := os.Open(in)
+				if err != nil {
+					return err
+				}
+				entries, err = recorder.Read(f)
+				f.Close()
+				if err != nil {
+					return fmt.Errorf("%s: %w", in, err)
+				}
 			}
 			pm, err := platformMatcher(cmd)
 			if err != nil {
@@ -64,6 +81,18 @@ is honoured; entries without one go to the topmost layer holding the file.`,
 			img, err := s.client.ImageService().Get(s.ctx, src)
 			if err != nil {
 				return err
+			}
+			if cmd.Bool("run") {
+				if !cmd.Bool("quiet") {
+					fmt.Fprintf(s.out, "running %s for up to %ds to record the files it reads\n", src, cmd.Int("period"))
+				}
+				rec, err := recorder.RunAndRecord(s.ctx, s.client.ContentStore(), img.Target, pm, recorder.RunOptions{
+					Period: time.Duration(cmd.Int("period")) * time.Second, Args: runArgs, Env: cmd.StringSlice("env"),
+				})
+				if err != nil {
+					return err
+				}
+				entries = rec.Entries()
 			}
 			ix, err := recorder.BuildIndex(s.ctx, s.client.ContentStore(), img.Target, pm)
 			if err != nil {

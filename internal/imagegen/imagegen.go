@@ -198,6 +198,8 @@ type Image struct {
 	Docker bool
 	// Platform defaults to linux/amd64.
 	Platform *ocispec.Platform
+	// Config is the runtime configuration (default: Cmd /bin/sh).
+	Config *ocispec.ImageConfig
 }
 
 // Store writes the image's blobs into cs with containerd's GC labels and
@@ -313,9 +315,13 @@ func build(img Image, put putFunc) ([]ocispec.Descriptor, ocispec.Descriptor, er
 		diffIDs = append(diffIDs, diffID)
 		mlabels["containerd.io/gc.ref.content.l."+strconv.Itoa(i)] = desc.Digest.String()
 	}
+	runConfig := ocispec.ImageConfig{Cmd: []string{"/bin/sh"}, Env: []string{"PATH=/usr/bin:/bin"}}
+	if img.Config != nil {
+		runConfig = *img.Config
+	}
 	cfg := ocispec.Image{
 		Platform: platform,
-		Config:   ocispec.ImageConfig{Cmd: []string{"/bin/sh"}, Env: []string{"PATH=/usr/bin:/bin"}},
+		Config:   runConfig,
 		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: diffIDs},
 	}
 	cfgBytes, _ := json.Marshal(cfg)
