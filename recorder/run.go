@@ -132,7 +132,7 @@ func RunAndRecord(ctx context.Context, cs content.Store, target ocispec.Descript
 		return nil, err
 	}
 	defer exec.Command(opts.Runc, "delete", "--force", id).Run() //nolint:errcheck // best effort
-	w.start() // what runc did to set up the container is not the workload's
+	w.start()                                                    // what runc did to set up the container is not the workload's
 	if err := runc("start", id); err != nil {
 		return nil, err
 	}

@@ -58,9 +58,9 @@ const (
 	// FormatEStargzOptimized is prioritized (not lossless) eStargz; requests
 	// name the files to put first.
 	FormatEStargzOptimized = "estargz-optimized"
-	FormatUncompress  = "uncompress"
-	FormatGzip        = "gzip"
-	FormatZstd        = "zstd"
+	FormatUncompress       = "uncompress"
+	FormatGzip             = "gzip"
+	FormatZstd             = "zstd"
 	// FormatNone converts media types only (with oci).
 	FormatNone = "none"
 )
