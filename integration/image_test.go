@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -73,10 +72,7 @@ func newTestImage(t *testing.T, name string, bigLayers int64) testImage {
 		img.Layers = append(img.Layers, imagegen.Layer{MediaType: mt, Blob: imagegen.Compress(tars[i], comp)})
 	}
 	p := filepath.Join(t.TempDir(), "image.tar")
-	f, err := os.Create(p)
-	require.NoError(t, err)
-	require.NoError(t, imagegen.WriteOCIArchive(f, img))
-	require.NoError(t, f.Close())
+	require.NoError(t, imagegen.WriteOCIArchiveFile(p, img))
 	return testImage{name: name, archive: p, tars: tars}
 }
 

@@ -39,10 +39,7 @@ func writeArchive(t *testing.T, dir, name string) string {
 		{MediaType: ocispec.MediaTypeImageLayerZstd, Blob: imagegen.Compress(tarball, "zstd")},
 	}}
 	p := filepath.Join(dir, "image.tar")
-	f, err := os.Create(p)
-	require.NoError(t, err)
-	require.NoError(t, imagegen.WriteOCIArchive(f, img))
-	require.NoError(t, f.Close())
+	require.NoError(t, imagegen.WriteOCIArchiveFile(p, img))
 	return p
 }
 

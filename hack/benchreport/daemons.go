@@ -118,15 +118,7 @@ func writeArchive(path, name string, layers []generated) error {
 				return f, l.size, err
 			}})
 	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := imagegen.WriteOCIArchive(f, img); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return imagegen.WriteOCIArchiveFile(path, img)
 }
 
 type containerdProcess struct {

@@ -294,19 +294,9 @@ func peakRSS(work, bin string, mib int) error {
 		return err
 	}
 	archive := filepath.Join(work, "rss.tar")
-	f, err := os.Create(archive)
-	if err != nil {
+	if err := writeArchive(archive, "rss:src", layers); err != nil {
 		return err
 	}
-	img := imagegen.Image{Name: "rss:src", Layers: []imagegen.Layer{{MediaType: ocispec.MediaTypeImageLayerGzip, DiffID: layers[0].diffID,
-		Open: func() (io.ReadCloser, int64, error) {
-			g, err := os.Open(layers[0].path)
-			return g, layers[0].size, err
-		}}}}
-	if err := imagegen.WriteOCIArchive(f, img); err != nil {
-		return err
-	}
-	f.Close()
 	root := filepath.Join(work, "rss-root")
 	if out, err := exec.Command(bin, "--root", root, "image", "import", archive).CombinedOutput(); err != nil {
 		return fmt.Errorf("import: %v: %s", err, out)

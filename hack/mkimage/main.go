@@ -72,13 +72,5 @@ func run(out, name string, dirs []string) error {
 		}
 		img.Layers = append(img.Layers, imagegen.Layer{MediaType: mt, Blob: blob.Bytes()})
 	}
-	f, err := os.Create(out)
-	if err != nil {
-		return err
-	}
-	if err := imagegen.WriteOCIArchive(f, img); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return imagegen.WriteOCIArchiveFile(out, img)
 }

@@ -255,6 +255,19 @@ func WriteOCIArchive(w io.Writer, img Image) error {
 	return tw.Close()
 }
 
+// WriteOCIArchiveFile writes the image as an OCI archive at path.
+func WriteOCIArchiveFile(path string, img Image) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := WriteOCIArchive(f, img); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
 type putFunc func(desc ocispec.Descriptor, r io.Reader, labels map[string]string) error
 
 // build emits layers, config and manifest through put, and returns the blob
