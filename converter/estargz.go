@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"runtime"
 	"strconv"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -62,9 +63,10 @@ type tocConverter struct {
 	level        int
 	defaultLevel int
 	chunkSize    int
-	// newCompressor returns a fresh compressor for one conversion: its
-	// state (hashes, zstd:chunked metadata) is never shared.
-	newCompressor func(level int) tocCompressor
+	// newCompressor returns a fresh compressor for one conversion (its
+	// state, hashes and zstd:chunked metadata, is never shared) writing to
+	// out, and the writer estargz's writer must write to.
+	newCompressor func(level int, out io.Writer) (tocCompressor, io.Writer)
 	// keep reports whether a source already is in the format.
 	keep func(ctx context.Context, cs content.Store, desc ocispec.Descriptor) (*ocispec.Descriptor, map[string]string, error)
 }
@@ -90,7 +92,7 @@ func NewEStargz(opts ...EStargzOption) (LayerConverter, error) {
 	c := &tocConverter{
 		format: "estargz", out: Gzip,
 		level: DefaultEStargzCompressionLevel, defaultLevel: DefaultEStargzCompressionLevel, chunkSize: DefaultEStargzChunkSize,
-		newCompressor: func(level int) tocCompressor { return newPayloadCompressor(level) },
+		newCompressor: newEStargzCompressor,
 		keep:          keepEStargz,
 	}
 	for _, o := range opts {
@@ -119,6 +121,15 @@ func (c *tocConverter) MediaType(src string) string { return LayerMediaType(src,
 // Keep keeps sources already in the format.
 func (c *tocConverter) Keep(ctx context.Context, cs content.Store, desc ocispec.Descriptor) (*ocispec.Descriptor, map[string]string, error) {
 	return c.keep(ctx, cs, desc)
+}
+
+// newEStargzCompressor compresses the gzip streams of one layer on every core
+// (parallelCompressor), or in line with one core.
+func newEStargzCompressor(level int, out io.Writer) (tocCompressor, io.Writer) {
+	if workers := runtime.GOMAXPROCS(0); workers > 1 {
+		return newParallelCompressor(level, workers, out), io.Discard
+	}
+	return newPayloadCompressor(level), out
 }
 
 // keepEStargz keeps gzip layers that already are eStargz (filling in a
@@ -168,14 +179,23 @@ func (c *tocConverter) Convert(ctx context.Context, cs content.Store, desc ocisp
 		return Converted{}, err
 	}
 	defer src.Close()
-	comp := c.newCompressor(c.level)
 	var (
+		comp        tocCompressor
 		diffID      digest.Digest
 		annotations map[string]string
 	)
 	ref := "lazyconv-" + c.Variant() + "-" + desc.Digest.Encoded()
-	blob, err := writeBlob(ctx, cs, ref, counters.Out, func(w io.Writer) (map[string]string, error) {
-		ew := estargz.NewWriterWithCompressor(w, comp)
+	blob, err := writeBlob(ctx, cs, ref, counters.Out, func(w io.Writer) (_ map[string]string, retErr error) {
+		var layout io.Writer
+		comp, layout = c.newCompressor(c.level, w)
+		if a, ok := comp.(interface{ abort() }); ok {
+			defer func() {
+				if retErr != nil {
+					a.abort()
+				}
+			}()
+		}
+		ew := estargz.NewWriterWithCompressor(layout, comp)
 		ew.ChunkSize = c.chunkSize
 		if err := ew.AppendTarLossLess(src); err != nil {
 			return nil, inputError(ctx, src, err)

@@ -77,34 +77,41 @@ func (c *payloadCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error
 // whole: estargz's MarshalIndent holds two copies of a TOC that is tens of
 // megabytes for a layer of many files. The JSON is compact, not indented.
 func (c *payloadCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, error) {
+	d, n, err := writeGzipTOC(w, off, c.level, toc, diffHash)
+	c.tocSize = n
+	return d, err
+}
+
+// writeGzipTOC writes the TOC's gzip stream at offset off and the footer,
+// and returns the TOC digest and the TOC tar entry's uncompressed size.
+func writeGzipTOC(w io.Writer, off int64, level int, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, int64, error) {
 	size, err := writeTOCJSON(io.Discard, toc)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
-	gz, err := gzip.NewWriterLevel(w, c.level)
+	gz, err := gzip.NewWriterLevel(w, level)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	counted := &countingWriter{w: gz}
 	tw := tar.NewWriter(io.MultiWriter(counted, diffHash))
 	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: estargz.TOCTarName, Size: size}); err != nil {
-		return "", err
+		return "", 0, err
 	}
 	dg := digest.SHA256.Digester()
 	if _, err := writeTOCJSON(io.MultiWriter(tw, dg.Hash()), toc); err != nil {
-		return "", err
+		return "", 0, err
 	}
 	if err := tw.Close(); err != nil {
-		return "", err
+		return "", 0, err
 	}
 	if err := gz.Close(); err != nil {
-		return "", err
+		return "", 0, err
 	}
-	c.tocSize = counted.n
 	if _, err := w.Write(gzipFooter(off)); err != nil {
-		return "", err
+		return "", 0, err
 	}
-	return dg.Digest(), nil
+	return dg.Digest(), counted.n, nil
 }
 
 // writeTOCJSON writes toc as compact JSON, one entry at a time, and returns

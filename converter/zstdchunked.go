@@ -87,11 +87,11 @@ type zstdChunkedCompressor struct {
 	size    int64
 }
 
-func newZstdChunkedCompressor(level int) tocCompressor {
+func newZstdChunkedCompressor(level int, out io.Writer) (tocCompressor, io.Writer) {
 	return &zstdChunkedCompressor{
 		inner:   &zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(level), Metadata: map[string]string{}},
 		payload: sha256.New(),
-	}
+	}, out
 }
 
 func (c *zstdChunkedCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error) {

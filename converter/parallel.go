@@ -1,0 +1,171 @@
+package converter
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"hash"
+	"io"
+	"sync"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/klauspost/compress/gzip"
+	"github.com/opencontainers/go-digest"
+)
+
+// parallelCompressor lets estargz's (sequential) lossless writer lay out a
+// layer while the gzip streams are compressed concurrently: the output is
+// byte for byte what payloadCompressor writes, but one layer uses every core.
+//
+// estargz starts a gzip stream per file chunk and records, as each chunk's
+// offset, how many compressed bytes were written before it. Here each stream
+// writes a single placeholder byte to estargz's writer, so the offsets it
+// records are stream indexes; streams are compressed by a bounded pool and
+// written to the real output in order, and the TOC's offsets are mapped to
+// real ones before the TOC is written.
+type parallelCompressor struct {
+	level   int
+	out     io.Writer // the real destination
+	payload hash.Hash
+	size    int64
+	tocSize int64
+
+	next    int64              // index of the next stream
+	queue   chan *streamResult // in stream order, bounded: backpressure
+	slots   chan struct{}      // compression workers
+	offsets []int64            // compressed start offset of each stream
+	written chan error         // the ordered writer's outcome
+	pos     int64
+	once    sync.Once
+	err     error
+}
+
+type streamResult struct {
+	done chan struct{}
+	data []byte
+	err  error
+}
+
+func newParallelCompressor(level, workers int, out io.Writer) *parallelCompressor {
+	c := &parallelCompressor{
+		level: level, out: out, payload: sha256.New(),
+		queue: make(chan *streamResult, 2*workers), slots: make(chan struct{}, workers), written: make(chan error, 1),
+	}
+	go c.writeInOrder()
+	return c
+}
+
+// writeInOrder writes compressed streams in order, noting where each starts.
+func (c *parallelCompressor) writeInOrder() {
+	var err error
+	for r := range c.queue {
+		<-r.done
+		c.offsets = append(c.offsets, c.pos)
+		if err == nil {
+			err = r.err
+		}
+		if err == nil {
+			var n int
+			n, err = c.out.Write(r.data)
+			c.pos += int64(n)
+		}
+	}
+	c.written <- err
+}
+
+// Writer opens stream number c.next: one placeholder byte, so that estargz's
+// offsets count streams.
+func (c *parallelCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error) {
+	if _, err := w.Write([]byte{0}); err != nil {
+		return nil, err
+	}
+	c.next++
+	return &bufferedStream{c: c}, nil
+}
+
+type bufferedStream struct {
+	c       *parallelCompressor
+	buf     bytes.Buffer
+	flushed bool
+	closed  bool
+}
+
+func (s *bufferedStream) Write(p []byte) (int, error) {
+	s.c.payload.Write(p)
+	s.c.size += int64(len(p))
+	return s.buf.Write(p)
+}
+
+// Flush is recorded: estargz flushes a stream just before closing it when a
+// chunk starts, and the compressed bytes must be the same.
+func (s *bufferedStream) Flush() error {
+	s.flushed = true
+	return nil
+}
+
+// Close hands the stream to a compression worker (waiting for a free one).
+func (s *bufferedStream) Close() error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	r := &streamResult{done: make(chan struct{})}
+	s.c.slots <- struct{}{}
+	s.c.queue <- r
+	data, flushed, level := s.buf.Bytes(), s.flushed, s.c.level
+	go func() {
+		defer func() { <-s.c.slots; close(r.done) }()
+		pool := gzipWriterPool(level)
+		gz := pool.Get().(*gzip.Writer)
+		var out bytes.Buffer
+		out.Grow(len(data)/2 + 64)
+		gz.Reset(&out)
+		_, r.err = gz.Write(data)
+		if r.err == nil && flushed {
+			r.err = gz.Flush()
+		}
+		if err := gz.Close(); r.err == nil {
+			r.err = err
+		}
+		gz.Reset(io.Discard)
+		pool.Put(gz)
+		r.data = out.Bytes()
+	}()
+	return nil
+}
+
+// WriteTOCAndFooter runs when estargz closes: it waits for every stream to be
+// written, turns the TOC's stream indexes into offsets, and writes the TOC
+// and footer to the real output.
+func (c *parallelCompressor) WriteTOCAndFooter(_ io.Writer, _ int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, error) {
+	if err := c.finish(); err != nil {
+		return "", err
+	}
+	for _, e := range toc.Entries {
+		if e.Type == "chunk" || (e.Type == "reg" && e.Size > 0) {
+			e.Offset = c.offsets[e.Offset]
+		}
+	}
+	d, n, err := writeGzipTOC(c.out, c.pos, c.level, toc, diffHash)
+	c.tocSize = n
+	return d, err
+}
+
+// finish stops accepting streams and waits for the ordered writer.
+func (c *parallelCompressor) finish() error {
+	c.once.Do(func() {
+		close(c.queue)
+		c.err = <-c.written
+	})
+	return c.err
+}
+
+// abort releases the writer goroutine after a failed conversion.
+func (c *parallelCompressor) abort() { _ = c.finish() }
+
+func (c *parallelCompressor) PayloadDigest() digest.Digest {
+	return digest.NewDigestFromBytes(digest.SHA256, c.payload.Sum(nil))
+}
+
+func (c *parallelCompressor) UncompressedSize() int64 { return c.size + c.tocSize }
+
+func (c *parallelCompressor) Annotations() map[string]string { return nil }

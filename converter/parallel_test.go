@@ -1,0 +1,58 @@
+package converter
+
+import (
+	"archive/tar"
+	"bytes"
+	"io"
+	"math/rand"
+	"strings"
+	"testing"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lazyconv/lazyconv/internal/imagegen"
+)
+
+// The parallel compressor must write exactly what the sequential one does.
+func TestParallelCompressorMatchesSequential(t *testing.T) {
+	random := make([]byte, 9<<20)
+	rand.New(rand.NewSource(1)).Read(random)
+	reg := func(name string, body []byte) imagegen.Entry {
+		return imagegen.Entry{Header: tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Uid: 1, Uname: "u"}, Body: body}
+	}
+	cases := map[string][]imagegen.Entry{
+		"empty":      {},
+		"dirs only":  {{Header: tar.Header{Name: "a/", Typeflag: tar.TypeDir, Mode: 0o755}}},
+		"many files": nil,
+		"chunked": {reg("big", random), reg("small", []byte("x")), reg("empty", nil),
+			{Header: tar.Header{Name: "link", Typeflag: tar.TypeSymlink, Linkname: "big"}}, reg("text", []byte(strings.Repeat("lazy ", 300000)))},
+	}
+	for i := range 300 {
+		cases["many files"] = append(cases["many files"], reg(strings.Repeat("d/", i%5)+"f"+string(rune('a'+i%26)), []byte(strings.Repeat("y", i*37))))
+	}
+	for name, entries := range cases {
+		t.Run(name, func(t *testing.T) {
+			tarball := imagegen.TarBytes(entries)
+			var seq, par bytes.Buffer
+			sc := newPayloadCompressor(9)
+			ew := estargz.NewWriterWithCompressor(&seq, sc)
+			ew.ChunkSize = 2 << 20
+			require.NoError(t, ew.AppendTarLossLess(bytes.NewReader(tarball)))
+			seqTOC, err := ew.Close()
+			require.NoError(t, err)
+
+			pc := newParallelCompressor(9, 3, &par)
+			ew = estargz.NewWriterWithCompressor(io.Discard, pc)
+			ew.ChunkSize = 2 << 20
+			require.NoError(t, ew.AppendTarLossLess(bytes.NewReader(tarball)))
+			parTOC, err := ew.Close()
+			require.NoError(t, err)
+
+			require.Equal(t, seqTOC, parTOC)
+			require.True(t, bytes.Equal(seq.Bytes(), par.Bytes()), "same bytes (%d vs %d)", seq.Len(), par.Len())
+			require.Equal(t, sc.PayloadDigest(), pc.PayloadDigest())
+			require.Equal(t, sc.UncompressedSize(), pc.UncompressedSize())
+		})
+	}
+}
