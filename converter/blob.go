@@ -54,11 +54,7 @@ func writeBlob(ctx context.Context, cs content.Store, ref string, out *atomic.In
 			return writtenBlob{}, fmt.Errorf("committing %s: %w", ref, err)
 		}
 		// The same bytes are already stored: make sure they carry our labels.
-		fields := make([]string, 0, len(lbls))
-		for k := range lbls {
-			fields = append(fields, "labels."+k)
-		}
-		if _, err := cs.Update(ctx, content.Info{Digest: w.Digest(), Labels: lbls}, fields...); err != nil {
+		if err := setLabels(ctx, cs, w.Digest(), lbls); err != nil {
 			return writtenBlob{}, err
 		}
 	}

@@ -41,14 +41,24 @@ type parallelCompressor struct {
 
 type streamResult struct {
 	done chan struct{}
-	data []byte
+	data *bytes.Buffer
 	err  error
+}
+
+// streamBuffers recycles the per-stream buffers (a chunk, up to 4 MiB, and
+// its compressed form), so that memory stays flat however long the layer.
+var streamBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func getBuffer() *bytes.Buffer {
+	b := streamBuffers.Get().(*bytes.Buffer)
+	b.Reset()
+	return b
 }
 
 func newParallelCompressor(level, workers int, out io.Writer) *parallelCompressor {
 	c := &parallelCompressor{
 		level: level, out: out, payload: sha256.New(),
-		queue: make(chan *streamResult, 2*workers), slots: make(chan struct{}, workers), written: make(chan error, 1),
+		queue: make(chan *streamResult, workers), slots: make(chan struct{}, workers), written: make(chan error, 1),
 	}
 	go c.writeInOrder()
 	return c
@@ -65,9 +75,10 @@ func (c *parallelCompressor) writeInOrder() {
 		}
 		if err == nil {
 			var n int
-			n, err = c.out.Write(r.data)
+			n, err = c.out.Write(r.data.Bytes())
 			c.pos += int64(n)
 		}
+		streamBuffers.Put(r.data)
 	}
 	c.written <- err
 }
@@ -79,12 +90,12 @@ func (c *parallelCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, erro
 		return nil, err
 	}
 	c.next++
-	return &bufferedStream{c: c}, nil
+	return &bufferedStream{c: c, buf: getBuffer()}, nil
 }
 
 type bufferedStream struct {
 	c       *parallelCompressor
-	buf     bytes.Buffer
+	buf     *bytes.Buffer
 	flushed bool
 	closed  bool
 }
@@ -111,15 +122,16 @@ func (s *bufferedStream) Close() error {
 	r := &streamResult{done: make(chan struct{})}
 	s.c.slots <- struct{}{}
 	s.c.queue <- r
-	data, flushed, level := s.buf.Bytes(), s.flushed, s.c.level
+	in, flushed, level := s.buf, s.flushed, s.c.level
+	s.buf = nil
 	go func() {
 		defer func() { <-s.c.slots; close(r.done) }()
 		pool := gzipWriterPool(level)
 		gz := pool.Get().(*gzip.Writer)
-		var out bytes.Buffer
-		out.Grow(len(data)/2 + 64)
-		gz.Reset(&out)
-		_, r.err = gz.Write(data)
+		out := getBuffer()
+		gz.Reset(out)
+		_, r.err = gz.Write(in.Bytes())
+		streamBuffers.Put(in)
 		if r.err == nil && flushed {
 			r.err = gz.Flush()
 		}
@@ -128,7 +140,7 @@ func (s *bufferedStream) Close() error {
 		}
 		gz.Reset(io.Discard)
 		pool.Put(gz)
-		r.data = out.Bytes()
+		r.data = out
 	}()
 	return nil
 }
