@@ -127,7 +127,7 @@ func (c *tocConverter) Keep(ctx context.Context, cs content.Store, desc ocispec.
 // (parallelCompressor), or in line with one core.
 func newEStargzCompressor(level int, out io.Writer) (tocCompressor, io.Writer) {
 	if workers := runtime.GOMAXPROCS(0); workers > 1 {
-		return newParallelCompressor(level, workers, out), io.Discard
+		return newParallelGzip(level, workers, out), io.Discard
 	}
 	return newPayloadCompressor(level), out
 }

@@ -23,7 +23,15 @@ import (
 // written to the real output in order, and the TOC's offsets are mapped to
 // real ones before the TOC is written.
 type parallelCompressor struct {
-	level   int
+	// stream opens one compressed stream into w; it must be safe for
+	// concurrent use.
+	stream func(w io.Writer) (estargz.WriteFlushCloser, error)
+	// toc writes the TOC and footer at offset off, and returns the TOC
+	// digest and how many uncompressed bytes the TOC adds to the layer.
+	toc func(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, int64, error)
+	// annotations are the format's own, known once the TOC is written.
+	annotations func() map[string]string
+
 	out     io.Writer // the real destination
 	payload hash.Hash
 	size    int64
@@ -55,9 +63,40 @@ func getBuffer() *bytes.Buffer {
 	return b
 }
 
-func newParallelCompressor(level, workers int, out io.Writer) *parallelCompressor {
+// newParallelGzip is the eStargz (gzip) parallel compressor.
+func newParallelGzip(level, workers int, out io.Writer) *parallelCompressor {
+	pool := gzipWriterPool(level)
+	return newParallelCompressor(workers, out,
+		func(w io.Writer) (estargz.WriteFlushCloser, error) {
+			gz := pool.Get().(*gzip.Writer)
+			gz.Reset(w)
+			return &pooledGzip{Writer: gz, pool: pool}, nil
+		},
+		func(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, int64, error) {
+			return writeGzipTOC(w, off, level, toc, diffHash)
+		},
+		func() map[string]string { return nil })
+}
+
+// pooledGzip returns its writer to the pool when closed.
+type pooledGzip struct {
+	*gzip.Writer
+	pool *sync.Pool
+}
+
+func (p *pooledGzip) Close() error {
+	err := p.Writer.Close()
+	p.Writer.Reset(io.Discard)
+	p.pool.Put(p.Writer)
+	return err
+}
+
+func newParallelCompressor(workers int, out io.Writer,
+	stream func(io.Writer) (estargz.WriteFlushCloser, error),
+	toc func(io.Writer, int64, *estargz.JTOC, hash.Hash) (digest.Digest, int64, error),
+	annotations func() map[string]string) *parallelCompressor {
 	c := &parallelCompressor{
-		level: level, out: out, payload: sha256.New(),
+		stream: stream, toc: toc, annotations: annotations, out: out, payload: sha256.New(),
 		queue: make(chan *streamResult, workers), slots: make(chan struct{}, workers), written: make(chan error, 1),
 	}
 	go c.writeInOrder()
@@ -122,25 +161,25 @@ func (s *bufferedStream) Close() error {
 	r := &streamResult{done: make(chan struct{})}
 	s.c.slots <- struct{}{}
 	s.c.queue <- r
-	in, flushed, level := s.buf, s.flushed, s.c.level
+	in, flushed := s.buf, s.flushed
 	s.buf = nil
 	go func() {
 		defer func() { <-s.c.slots; close(r.done) }()
-		pool := gzipWriterPool(level)
-		gz := pool.Get().(*gzip.Writer)
 		out := getBuffer()
-		gz.Reset(out)
-		_, r.err = gz.Write(in.Bytes())
+		r.data = out
+		zw, err := s.c.stream(out)
+		if err != nil {
+			r.err = err
+			return
+		}
+		_, r.err = zw.Write(in.Bytes())
 		streamBuffers.Put(in)
 		if r.err == nil && flushed {
-			r.err = gz.Flush()
+			r.err = zw.Flush()
 		}
-		if err := gz.Close(); r.err == nil {
+		if err := zw.Close(); r.err == nil {
 			r.err = err
 		}
-		gz.Reset(io.Discard)
-		pool.Put(gz)
-		r.data = out
 	}()
 	return nil
 }
@@ -157,7 +196,7 @@ func (c *parallelCompressor) WriteTOCAndFooter(_ io.Writer, _ int64, toc *estarg
 			e.Offset = c.offsets[e.Offset]
 		}
 	}
-	d, n, err := writeGzipTOC(c.out, c.pos, c.level, toc, diffHash)
+	d, n, err := c.toc(c.out, c.pos, toc, diffHash)
 	c.tocSize = n
 	return d, err
 }
@@ -180,4 +219,4 @@ func (c *parallelCompressor) PayloadDigest() digest.Digest {
 
 func (c *parallelCompressor) UncompressedSize() int64 { return c.size + c.tocSize }
 
-func (c *parallelCompressor) Annotations() map[string]string { return nil }
+func (c *parallelCompressor) Annotations() map[string]string { return c.annotations() }

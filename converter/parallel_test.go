@@ -3,12 +3,15 @@ package converter
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/sha256"
 	"io"
 	"math/rand"
 	"strings"
 	"testing"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
+	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/require"
 
 	"github.com/lazyconv/lazyconv/internal/imagegen"
@@ -42,7 +45,7 @@ func TestParallelCompressorMatchesSequential(t *testing.T) {
 			seqTOC, err := ew.Close()
 			require.NoError(t, err)
 
-			pc := newParallelCompressor(9, 3, &par)
+			pc := newParallelGzip(9, 3, &par)
 			ew = estargz.NewWriterWithCompressor(io.Discard, pc)
 			ew.ChunkSize = 2 << 20
 			require.NoError(t, ew.AppendTarLossLess(bytes.NewReader(tarball)))
@@ -55,4 +58,33 @@ func TestParallelCompressorMatchesSequential(t *testing.T) {
 			require.Equal(t, sc.UncompressedSize(), pc.UncompressedSize())
 		})
 	}
+}
+
+func TestParallelZstdChunkedMatchesSequential(t *testing.T) {
+	random := make([]byte, 5<<20)
+	rand.New(rand.NewSource(2)).Read(random)
+	tarball := imagegen.TarBytes([]imagegen.Entry{
+		{Header: tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644}, Body: random},
+		{Header: tar.Header{Name: "text", Typeflag: tar.TypeReg, Mode: 0o644}, Body: []byte(strings.Repeat("zstd ", 200000))},
+	})
+	write := func(parallel bool) ([]byte, map[string]string) {
+		var out bytes.Buffer
+		inner := &zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(3), Metadata: map[string]string{}}
+		var comp tocCompressor = &zstdChunkedCompressor{inner: inner, payload: sha256.New()}
+		var layout io.Writer = &out
+		if parallel {
+			comp, layout = newParallelZstdChunked(inner, 3, &out), io.Discard
+		}
+		ew := estargz.NewWriterWithCompressor(layout, comp)
+		ew.ChunkSize = 1 << 20
+		require.NoError(t, ew.AppendTarLossLess(bytes.NewReader(tarball)))
+		_, err := ew.Close()
+		require.NoError(t, err)
+		return out.Bytes(), comp.Annotations()
+	}
+	seq, seqAnn := write(false)
+	par, parAnn := write(true)
+	require.True(t, bytes.Equal(seq, par), "same bytes (%d vs %d)", len(seq), len(par))
+	require.Equal(t, seqAnn, parAnn)
+	require.NotEmpty(t, parAnn)
 }

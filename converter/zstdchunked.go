@@ -7,6 +7,7 @@ import (
 	"hash"
 	"io"
 	"maps"
+	"runtime"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
@@ -88,10 +89,22 @@ type zstdChunkedCompressor struct {
 }
 
 func newZstdChunkedCompressor(level int, out io.Writer) (tocCompressor, io.Writer) {
-	return &zstdChunkedCompressor{
-		inner:   &zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(level), Metadata: map[string]string{}},
-		payload: sha256.New(),
-	}, out
+	inner := &zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(level), Metadata: map[string]string{}}
+	if workers := runtime.GOMAXPROCS(0); workers > 1 {
+		return newParallelZstdChunked(inner, workers, out), io.Discard
+	}
+	return &zstdChunkedCompressor{inner: inner, payload: sha256.New()}, out
+}
+
+// newParallelZstdChunked compresses zstd:chunked frames on every core.
+func newParallelZstdChunked(inner *zstdchunked.Compressor, workers int, out io.Writer) *parallelCompressor {
+	return newParallelCompressor(workers, out, inner.Writer,
+		func(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, int64, error) {
+			// The zstd:chunked TOC lives in skippable frames, outside the tar stream.
+			d, err := inner.WriteTOCAndFooter(w, off, toc, diffHash)
+			return d, 0, err
+		},
+		func() map[string]string { return maps.Clone(inner.Metadata) })
 }
 
 func (c *zstdChunkedCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error) {
