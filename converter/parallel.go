@@ -42,6 +42,7 @@ type parallelCompressor struct {
 	slots   chan struct{}      // compression workers
 	offsets []int64            // compressed start offset of each stream
 	written chan error         // the ordered writer's outcome
+	free    chan *bytes.Buffer // spare stream buffers
 	pos     int64
 	once    sync.Once
 	err     error
@@ -53,14 +54,25 @@ type streamResult struct {
 	err  error
 }
 
-// streamBuffers recycles the per-stream buffers (a chunk, up to 4 MiB, and
-// its compressed form), so that memory stays flat however long the layer.
-var streamBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+// getBuffer takes a stream buffer (a chunk, up to 4 MiB, or its compressed
+// form) from the compressor's free list. The list is bounded by the streams
+// that can be in flight, unlike a sync.Pool, so memory stays flat and small
+// however long the layer.
+func (c *parallelCompressor) getBuffer() *bytes.Buffer {
+	select {
+	case b := <-c.free:
+		b.Reset()
+		return b
+	default:
+		return new(bytes.Buffer)
+	}
+}
 
-func getBuffer() *bytes.Buffer {
-	b := streamBuffers.Get().(*bytes.Buffer)
-	b.Reset()
-	return b
+func (c *parallelCompressor) putBuffer(b *bytes.Buffer) {
+	select {
+	case c.free <- b:
+	default: // enough spares already
+	}
 }
 
 // newParallelGzip is the eStargz (gzip) parallel compressor.
@@ -98,6 +110,7 @@ func newParallelCompressor(workers int, out io.Writer,
 	c := &parallelCompressor{
 		stream: stream, toc: toc, annotations: annotations, out: out, payload: sha256.New(),
 		queue: make(chan *streamResult, workers), slots: make(chan struct{}, workers), written: make(chan error, 1),
+		free: make(chan *bytes.Buffer, 4*workers+2),
 	}
 	go c.writeInOrder()
 	return c
@@ -117,7 +130,7 @@ func (c *parallelCompressor) writeInOrder() {
 			n, err = c.out.Write(r.data.Bytes())
 			c.pos += int64(n)
 		}
-		streamBuffers.Put(r.data)
+		c.putBuffer(r.data)
 	}
 	c.written <- err
 }
@@ -129,7 +142,7 @@ func (c *parallelCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, erro
 		return nil, err
 	}
 	c.next++
-	return &bufferedStream{c: c, buf: getBuffer()}, nil
+	return &bufferedStream{c: c, buf: c.getBuffer()}, nil
 }
 
 type bufferedStream struct {
@@ -165,7 +178,7 @@ func (s *bufferedStream) Close() error {
 	s.buf = nil
 	go func() {
 		defer func() { <-s.c.slots; close(r.done) }()
-		out := getBuffer()
+		out := s.c.getBuffer()
 		r.data = out
 		zw, err := s.c.stream(out)
 		if err != nil {
@@ -173,7 +186,7 @@ func (s *bufferedStream) Close() error {
 			return
 		}
 		_, r.err = zw.Write(in.Bytes())
-		streamBuffers.Put(in)
+		s.c.putBuffer(in)
 		if r.err == nil && flushed {
 			r.err = zw.Flush()
 		}
