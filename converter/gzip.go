@@ -3,7 +3,6 @@ package converter
 import (
 	"archive/tar"
 	"bufio"
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -44,31 +43,22 @@ func validGzipLevel(level int) error {
 }
 
 // payloadCompressor is an estargz.Compressor that writes the payload's gzip
-// streams with pooled klauspost writers and hashes every uncompressed byte it
-// is given. Since estargz.Unpack yields exactly the concatenation of those
-// bytes, comparing the hash with the source's diffID proves (or disproves) a
-// lossless conversion without decompressing the output again.
+// streams with pooled klauspost writers, one after the other, and hashes
+// every uncompressed byte it is given (see payloadHash).
 type payloadCompressor struct {
+	payloadHash
 	level   int
 	pool    *sync.Pool
-	payload hash.Hash
-	size    int64 // uncompressed payload bytes
 	tocSize int64 // uncompressed bytes of the TOC's tar entry
 }
 
 func newPayloadCompressor(level int) *payloadCompressor {
-	return &payloadCompressor{
-		level:   level,
-		pool:    gzipWriterPool(level),
-		payload: sha256.New(),
-	}
+	return &payloadCompressor{payloadHash: newPayloadHash(), level: level, pool: gzipWriterPool(level)}
 }
 
 // Writer opens one gzip stream of the payload.
 func (c *payloadCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error) {
-	gz := c.pool.Get().(*gzip.Writer)
-	gz.Reset(w)
-	return &pooledGzipWriter{gz: gz, c: c}, nil
+	return &hashingWriter{WriteFlushCloser: openPooledGzip(c.pool, w), p: &c.payloadHash}, nil
 }
 
 // WriteTOCAndFooter writes the TOC as estargz's gzip compressor does (a tar
@@ -157,11 +147,6 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// PayloadDigest is the digest of every uncompressed payload byte written.
-func (c *payloadCompressor) PayloadDigest() digest.Digest {
-	return digest.NewDigestFromBytes(digest.SHA256, c.payload.Sum(nil))
-}
-
 // UncompressedSize is the payload and the TOC's tar entry: eStargz's TOC is
 // part of the layer's tar stream.
 func (c *payloadCompressor) UncompressedSize() int64 { return c.size + c.tocSize }
@@ -169,27 +154,21 @@ func (c *payloadCompressor) UncompressedSize() int64 { return c.size + c.tocSize
 // Annotations: eStargz has none beyond the common ones.
 func (c *payloadCompressor) Annotations() map[string]string { return nil }
 
-type pooledGzipWriter struct {
-	gz *gzip.Writer
-	c  *payloadCompressor
+// pooledGzip is a gzip stream whose writer goes back to its pool when closed.
+type pooledGzip struct {
+	*gzip.Writer
+	pool *sync.Pool
 }
 
-func (p *pooledGzipWriter) Write(b []byte) (int, error) {
-	n, err := p.gz.Write(b)
-	p.c.payload.Write(b[:n])
-	p.c.size += int64(n)
-	return n, err
+func openPooledGzip(pool *sync.Pool, w io.Writer) *pooledGzip {
+	gz := pool.Get().(*gzip.Writer)
+	gz.Reset(w)
+	return &pooledGzip{Writer: gz, pool: pool}
 }
 
-func (p *pooledGzipWriter) Flush() error { return p.gz.Flush() }
-
-func (p *pooledGzipWriter) Close() error {
-	if p.gz == nil {
-		return nil
-	}
-	err := p.gz.Close()
-	p.gz.Reset(io.Discard)
-	p.c.pool.Put(p.gz)
-	p.gz = nil
+func (p *pooledGzip) Close() error {
+	err := p.Writer.Close()
+	p.Writer.Reset(io.Discard)
+	p.pool.Put(p.Writer)
 	return err
 }

@@ -2,13 +2,11 @@ package converter
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"hash"
 	"io"
 	"sync"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
-	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -32,9 +30,8 @@ type parallelCompressor struct {
 	// annotations are the format's own, known once the TOC is written.
 	annotations func() map[string]string
 
+	payloadHash
 	out     io.Writer // the real destination
-	payload hash.Hash
-	size    int64
 	tocSize int64
 
 	next    int64              // index of the next stream
@@ -79,28 +76,11 @@ func (c *parallelCompressor) putBuffer(b *bytes.Buffer) {
 func newParallelGzip(level, workers int, out io.Writer) *parallelCompressor {
 	pool := gzipWriterPool(level)
 	return newParallelCompressor(workers, out,
-		func(w io.Writer) (estargz.WriteFlushCloser, error) {
-			gz := pool.Get().(*gzip.Writer)
-			gz.Reset(w)
-			return &pooledGzip{Writer: gz, pool: pool}, nil
-		},
+		func(w io.Writer) (estargz.WriteFlushCloser, error) { return openPooledGzip(pool, w), nil },
 		func(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, int64, error) {
 			return writeGzipTOC(w, off, level, toc, diffHash)
 		},
 		func() map[string]string { return nil })
-}
-
-// pooledGzip returns its writer to the pool when closed.
-type pooledGzip struct {
-	*gzip.Writer
-	pool *sync.Pool
-}
-
-func (p *pooledGzip) Close() error {
-	err := p.Writer.Close()
-	p.Writer.Reset(io.Discard)
-	p.pool.Put(p.Writer)
-	return err
 }
 
 func newParallelCompressor(workers int, out io.Writer,
@@ -108,7 +88,7 @@ func newParallelCompressor(workers int, out io.Writer,
 	toc func(io.Writer, int64, *estargz.JTOC, hash.Hash) (digest.Digest, int64, error),
 	annotations func() map[string]string) *parallelCompressor {
 	c := &parallelCompressor{
-		stream: stream, toc: toc, annotations: annotations, out: out, payload: sha256.New(),
+		stream: stream, toc: toc, annotations: annotations, out: out, payloadHash: newPayloadHash(),
 		queue: make(chan *streamResult, workers), slots: make(chan struct{}, workers), written: make(chan error, 1),
 		free: make(chan *bytes.Buffer, 4*workers+2),
 	}
@@ -153,8 +133,7 @@ type bufferedStream struct {
 }
 
 func (s *bufferedStream) Write(p []byte) (int, error) {
-	s.c.payload.Write(p)
-	s.c.size += int64(len(p))
+	s.c.add(p)
 	return s.buf.Write(p)
 }
 
@@ -225,10 +204,6 @@ func (c *parallelCompressor) finish() error {
 
 // abort releases the writer goroutine after a failed conversion.
 func (c *parallelCompressor) abort() { _ = c.finish() }
-
-func (c *parallelCompressor) PayloadDigest() digest.Digest {
-	return digest.NewDigestFromBytes(digest.SHA256, c.payload.Sum(nil))
-}
 
 func (c *parallelCompressor) UncompressedSize() int64 { return c.size + c.tocSize }
 

@@ -3,7 +3,6 @@ package converter
 import (
 	"archive/tar"
 	"bytes"
-	"crypto/sha256"
 	"io"
 	"math/rand"
 	"strings"
@@ -70,7 +69,7 @@ func TestParallelZstdChunkedMatchesSequential(t *testing.T) {
 	write := func(parallel bool) ([]byte, map[string]string) {
 		var out bytes.Buffer
 		inner := &zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(3), Metadata: map[string]string{}}
-		var comp tocCompressor = &zstdChunkedCompressor{inner: inner, payload: sha256.New()}
+		var comp tocCompressor = &zstdChunkedCompressor{inner: inner, payloadHash: newPayloadHash()}
 		var layout io.Writer = &out
 		if parallel {
 			comp, layout = newParallelZstdChunked(inner, 3, &out), io.Discard

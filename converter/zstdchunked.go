@@ -2,7 +2,6 @@ package converter
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"hash"
 	"io"
@@ -83,9 +82,8 @@ func keepZstdChunked(_ context.Context, _ content.Store, desc ocispec.Descriptor
 // zstdChunkedCompressor is stargz-snapshotter's zstd:chunked compressor with
 // the payload hashed for the lossless check.
 type zstdChunkedCompressor struct {
-	inner   *zstdchunked.Compressor
-	payload hash.Hash
-	size    int64
+	payloadHash
+	inner *zstdchunked.Compressor
 }
 
 func newZstdChunkedCompressor(level int, out io.Writer) (tocCompressor, io.Writer) {
@@ -93,7 +91,7 @@ func newZstdChunkedCompressor(level int, out io.Writer) (tocCompressor, io.Write
 	if workers := runtime.GOMAXPROCS(0); workers > 1 {
 		return newParallelZstdChunked(inner, workers, out), io.Discard
 	}
-	return &zstdChunkedCompressor{inner: inner, payload: sha256.New()}, out
+	return &zstdChunkedCompressor{inner: inner, payloadHash: newPayloadHash()}, out
 }
 
 // newParallelZstdChunked compresses zstd:chunked frames on every core.
@@ -112,15 +110,11 @@ func (c *zstdChunkedCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, e
 	if err != nil {
 		return nil, err
 	}
-	return &hashingWriter{WriteFlushCloser: zw, c: c}, nil
+	return &hashingWriter{WriteFlushCloser: zw, p: &c.payloadHash}, nil
 }
 
 func (c *zstdChunkedCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, error) {
 	return c.inner.WriteTOCAndFooter(w, off, toc, diffHash)
-}
-
-func (c *zstdChunkedCompressor) PayloadDigest() digest.Digest {
-	return digest.NewDigestFromBytes(digest.SHA256, c.payload.Sum(nil))
 }
 
 // UncompressedSize is the payload: zstd:chunked keeps its TOC in skippable
@@ -129,15 +123,3 @@ func (c *zstdChunkedCompressor) UncompressedSize() int64 { return c.size }
 
 // Annotations are the manifest checksum and position the TOC writer recorded.
 func (c *zstdChunkedCompressor) Annotations() map[string]string { return maps.Clone(c.inner.Metadata) }
-
-type hashingWriter struct {
-	estargz.WriteFlushCloser
-	c *zstdChunkedCompressor
-}
-
-func (h *hashingWriter) Write(p []byte) (int, error) {
-	n, err := h.WriteFlushCloser.Write(p)
-	h.c.payload.Write(p[:n])
-	h.c.size += int64(n)
-	return n, err
-}

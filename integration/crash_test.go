@@ -2,9 +2,7 @@ package integration
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"testing"
 
@@ -77,17 +75,8 @@ func TestKilledMidConversionRecovers(t *testing.T) {
 	// The retry succeeds and the result is whole.
 	stream, err = converterClient(t, c).Convert(ctx, req)
 	require.NoError(t, err)
-	var result *api.ConvertResult
-	for {
-		ev, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		require.NoError(t, err)
-		if r := ev.GetResult(); r != nil {
-			result = r
-		}
-	}
+	result, err := api.ReceiveConvert(stream, nil)
+	require.NoError(t, err)
 	require.NotNil(t, result)
 	assertConvertedImage(t, ctx, c.ContentStore(), c.ImageService(), "example.com/big:esgz", img)
 

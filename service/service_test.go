@@ -2,8 +2,6 @@ package service_test
 
 import (
 	"context"
-	"errors"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -177,17 +175,8 @@ func TestGRPCEdge(t *testing.T) {
 
 	stream, err := client.Convert(ctx, &api.ConvertRequest{Source: "app:v1", Target: "app:esgz", AllPlatforms: true})
 	require.NoError(t, err)
-	var result *api.ConvertResult
-	for {
-		ev, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		require.NoError(t, err)
-		if r := ev.GetResult(); r != nil {
-			result = r
-		}
-	}
+	result, err := api.ReceiveConvert(stream, nil)
+	require.NoError(t, err)
 	require.NotNil(t, result)
 	img, err := f.store.ImageStore().Get(f.ctx, "app:esgz")
 	require.NoError(t, err)

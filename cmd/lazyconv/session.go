@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -147,18 +146,8 @@ func (r remoteAPI) Convert(ctx context.Context, req *api.ConvertRequest, onEvent
 	if err != nil {
 		return r.native(err)
 	}
-	for {
-		ev, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return r.native(err)
-		}
-		if err := onEvent(ev); err != nil {
-			return err
-		}
-	}
+	_, err = api.ReceiveConvert(stream, onEvent)
+	return r.native(err)
 }
 
 func (r remoteAPI) CheckEStargz(ctx context.Context, req *api.CheckEStargzRequest) (*api.CheckEStargzResponse, error) {
