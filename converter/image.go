@@ -26,11 +26,9 @@ import (
 
 // ImageOptions configures ConvertImage.
 type ImageOptions struct {
-	// Layer converts each layer; nil converts only media types (with DockerToOCI).
-	Layer LayerConverter
-	// LayerFor, if set, picks the converter of each layer instead of Layer:
-	// index counts the manifest's layers from the bottom (0).
-	LayerFor func(manifest ocispec.Descriptor, index int, layer ocispec.Descriptor) (LayerConverter, error)
+	// Layers picks each layer's converter (Every(lc) for one converter for
+	// all); nil converts only media types (with DockerToOCI).
+	Layers LayerPlan
 	// DockerToOCI rewrites Docker media types as OCI ones.
 	DockerToOCI bool
 	// Platforms selects the manifests of an index to keep; nil keeps all.
@@ -242,9 +240,8 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 		if !images.IsLayerType(l.MediaType) {
 			continue
 		}
-		converters[i] = w.opts.Layer
-		if w.opts.LayerFor != nil {
-			lc, err := w.opts.LayerFor(desc, pos, l)
+		if w.opts.Layers != nil {
+			lc, err := w.opts.Layers(desc, pos, l)
 			if err != nil {
 				return nil, err
 			}
@@ -252,7 +249,7 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 		}
 		pos++
 	}
-	if w.opts.Layer != nil || w.opts.LayerFor != nil {
+	if w.opts.Layers != nil {
 		p := w.opts.Progress
 		for _, l := range manifest.Layers {
 			if images.IsLayerType(l.MediaType) {

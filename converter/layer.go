@@ -17,44 +17,9 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lazyconv/lazyconv/internal/flight"
 	"github.com/lazyconv/lazyconv/labels"
-	"github.com/lazyconv/lazyconv/remote"
 )
-
-// LayerConverter converts one layer blob to one format. Implementations are
-// stateless and safe for concurrent use; the Converter adds caching,
-// de-duplication, bounded workers and leases around them.
-type LayerConverter interface {
-	// Variant names the output format with its non-default options. It keys
-	// the variant cache (a label on the source) and de-duplication, so two
-	// converters with the same Variant must produce the same blob.
-	Variant() string
-	// Keep inspects the source and returns the descriptor to use unchanged when
-	// the layer already is in the target format (nil when it must be
-	// converted), plus labels learnt about the source, to be cached on it once
-	// the conversion succeeds.
-	Keep(ctx context.Context, cs content.Store, desc ocispec.Descriptor) (keep *ocispec.Descriptor, learnt map[string]string, err error)
-	// Convert writes the converted blob to cs under ctx's lease.
-	Convert(ctx context.Context, cs content.Store, desc ocispec.Descriptor, counters Counters) (Converted, error)
-	// MediaType is the media type of the variant of a source of srcMediaType.
-	MediaType(srcMediaType string) string
-}
-
-// Counters receive the bytes a conversion reads and writes, for progress.
-type Counters struct {
-	In, Out *atomic.Int64
-}
-
-// Converted is what LayerConverter.Convert wrote.
-type Converted struct {
-	// Desc describes the new blob, annotations included.
-	Desc ocispec.Descriptor
-	// DiffID is the new blob's uncompressed digest.
-	DiffID digest.Digest
-	// SourceDiffID is the source's uncompressed digest, when the conversion
-	// computed it on the way ("" otherwise).
-	SourceDiffID digest.Digest
-}
 
 // LayerResult is the outcome of converting one layer.
 type LayerResult struct {
@@ -85,9 +50,9 @@ type Converter struct {
 	cs      content.Store
 	lm      leases.Manager
 	workers chan struct{}
-	flights flightGroup[flightResult]
+	flights flight.Group[flightResult]
 	// diffPairs computes diffIDs that no label caches yet.
-	diffPairs *remote.DiffPairs
+	diffPairs *DiffPairs
 	// recent holds finished conversions until they are linked.
 	recent sync.Map // flight key -> recentResult
 	// conversions counts blobs actually converted (not cached, not kept).
@@ -116,13 +81,13 @@ func WithWorkers(n int) Option {
 
 // New returns a Converter writing to cs and protecting its work with leases from lm.
 func New(cs content.Store, lm leases.Manager, opts ...Option) (*Converter, error) {
-	c := &Converter{cs: cs, lm: lm, workers: make(chan struct{}, runtime.GOMAXPROCS(0)), diffPairs: remote.NewDiffPairs(cs)}
+	c := &Converter{cs: cs, lm: lm, workers: make(chan struct{}, runtime.GOMAXPROCS(0)), diffPairs: NewDiffPairs(cs)}
 	for _, o := range opts {
 		if err := o(c); err != nil {
 			return nil, err
 		}
 	}
-	c.flights.release = c.releaseFlight
+	c.flights.Release = c.releaseFlight
 	return c, nil
 }
 
@@ -138,7 +103,7 @@ func (c *Converter) Conversions() int64 { return c.conversions.Load() }
 // source only by Link, once the caller's whole conversion succeeded.
 func (c *Converter) ConvertLayer(ctx context.Context, lc LayerConverter, desc ocispec.Descriptor, p *Progress) (LayerResult, error) {
 	lp := p.layer(desc.Digest, desc.Size)
-	res, err := c.convertLayer(ctx, lc, desc, lp)
+	res, err := c.cachedOrConverted(ctx, lc, desc, lp)
 	if err != nil {
 		lp.set(StateFailed)
 		if ctxErr := context.Cause(ctx); ctxErr != nil {
@@ -151,7 +116,9 @@ func (c *Converter) ConvertLayer(ctx context.Context, lc LayerConverter, desc oc
 	return res, nil
 }
 
-func (c *Converter) convertLayer(ctx context.Context, lc LayerConverter, desc ocispec.Descriptor, lp *layerProgress) (LayerResult, error) {
+// cachedOrConverted answers from the variant cache, else from a finished but
+// unlinked conversion, else joins (or starts) the one conversion in flight.
+func (c *Converter) cachedOrConverted(ctx context.Context, lc LayerConverter, desc ocispec.Descriptor, lp *layerProgress) (LayerResult, error) {
 	info, err := c.cs.Info(ctx, desc.Digest)
 	if err != nil {
 		return LayerResult{}, err
@@ -164,8 +131,8 @@ func (c *Converter) convertLayer(ctx context.Context, lc LayerConverter, desc oc
 	if res, ok := c.unlinked(ctx, key); ok {
 		return res, nil
 	}
-	fr, _, err := c.flights.do(ctx, key, func(ctx context.Context) (flightResult, error) {
-		fr, err := c.convertOnce(ctx, lc, desc, info, lp)
+	fr, _, err := c.flights.Do(ctx, key, func(ctx context.Context) (flightResult, error) {
+		fr, err := c.runFlight(ctx, lc, desc, info, lp)
 		if err == nil && fr.res.State == StateCommitted {
 			c.recent.Store(key, &recentResult{res: fr.res, at: time.Now()})
 		}
@@ -236,9 +203,10 @@ func (c *Converter) cached(ctx context.Context, lc LayerConverter, desc ocispec.
 	return LayerResult{Source: desc, Desc: out, DiffID: diffID, State: StateCached}, true
 }
 
-// convertOnce is the de-duplicated work: it runs under its own lease, which
-// releaseFlight drops once every waiting caller has added the result to theirs.
-func (c *Converter) convertOnce(ctx context.Context, lc LayerConverter, desc ocispec.Descriptor, info content.Info, lp *layerProgress) (flightResult, error) {
+// runFlight is the de-duplicated work: it waits for a worker and runs under
+// its own lease, which releaseFlight drops once every waiting caller has
+// added the result to theirs.
+func (c *Converter) runFlight(ctx context.Context, lc LayerConverter, desc ocispec.Descriptor, info content.Info, lp *layerProgress) (flightResult, error) {
 	select {
 	case c.workers <- struct{}{}:
 	case <-ctx.Done():
@@ -254,7 +222,7 @@ func (c *Converter) convertOnce(ctx context.Context, lc LayerConverter, desc oci
 	}
 	fr := flightResult{namespace: ns, lease: l.ID}
 	ctx = leases.WithLease(ctx, l.ID)
-	res, err := c.convertLeased(ctx, lc, desc, info, lp)
+	res, err := c.keepOrConvert(ctx, lc, desc, info, lp)
 	if err != nil {
 		c.dropLease(ns, l.ID)
 		return flightResult{}, err
@@ -263,7 +231,8 @@ func (c *Converter) convertOnce(ctx context.Context, lc LayerConverter, desc oci
 	return fr, nil
 }
 
-func (c *Converter) convertLeased(ctx context.Context, lc LayerConverter, desc ocispec.Descriptor, info content.Info, lp *layerProgress) (LayerResult, error) {
+// keepOrConvert keeps a layer already in the format, or converts it.
+func (c *Converter) keepOrConvert(ctx context.Context, lc LayerConverter, desc ocispec.Descriptor, info content.Info, lp *layerProgress) (LayerResult, error) {
 	lp.set(StateReading)
 	keep, learnt, err := lc.Keep(ctx, c.cs, desc)
 	if err != nil {
@@ -336,7 +305,7 @@ func (c *Converter) Link(ctx context.Context, results ...LayerResult) error {
 		}
 	}
 	for _, d := range order {
-		if err := c.setLabels(ctx, d, merged[d]); err != nil {
+		if err := labels.Set(ctx, c.cs, d, merged[d]); err != nil {
 			return err
 		}
 	}
@@ -348,8 +317,4 @@ func (c *Converter) Link(ctx context.Context, results ...LayerResult) error {
 		}
 	}
 	return nil
-}
-
-func (c *Converter) setLabels(ctx context.Context, d digest.Digest, set map[string]string) error {
-	return setLabels(ctx, c.cs, d, set)
 }

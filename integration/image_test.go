@@ -19,7 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/converter/stargz"
 	"github.com/lazyconv/lazyconv/internal/imagegen"
 )
 
@@ -87,7 +87,7 @@ func assertConvertedImage(t *testing.T, ctx context.Context, cs content.Store, i
 	require.Len(t, m.Layers, len(want.tars))
 	for i, l := range m.Layers {
 		assert.Equal(t, ocispec.MediaTypeImageLayerGzip, l.MediaType)
-		_, err := converter.VerifyEStargz(ctx, cs, l)
+		_, err := stargz.Verify(ctx, cs, l)
 		require.NoError(t, err, "layer %d", i)
 		blob, err := content.ReadBlob(ctx, cs, l)
 		require.NoError(t, err)

@@ -144,6 +144,30 @@ func startDaemon(t *testing.T, bin, config string) *daemon {
 	return d
 }
 
+// startDaemonExpectingFailure runs a daemon whose config must stop it from
+// starting (lazyconv is a required plugin), and returns its log.
+func startDaemonExpectingFailure(t *testing.T, bin, config string) string {
+	t.Helper()
+	dir := shortTempDir(t)
+	cfg := filepath.Join(dir, "config.toml")
+	require.NoError(t, os.WriteFile(cfg, []byte(config), 0o644))
+	cmd := exec.Command(bin, "--config", cfg, "--root", filepath.Join(dir, "root"),
+		"--state", filepath.Join(dir, "state"), "--address", filepath.Join(dir, "c.sock"))
+	done := make(chan struct{})
+	timer := time.AfterFunc(30*time.Second, func() {
+		select {
+		case <-done:
+		default:
+			_ = cmd.Process.Kill()
+		}
+	})
+	defer timer.Stop()
+	out, err := cmd.CombinedOutput()
+	close(done)
+	require.Error(t, err, "containerd started with a config it should refuse:\n%s", out)
+	return string(out)
+}
+
 func (d *daemon) start() {
 	d.t.Helper()
 	logf, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)

@@ -8,15 +8,15 @@
 package labels
 
 import (
+	"context"
 	"fmt"
-	"maps"
-	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/content"
 	ctdlabels "github.com/containerd/containerd/v2/pkg/labels"
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -52,6 +52,13 @@ const (
 	// UncompressedSizeAnnotation is the layer descriptor annotation holding the
 	// size of an eStargz layer once decompressed.
 	UncompressedSizeAnnotation = estargz.StoreUncompressedSizeAnnotation
+
+	// ZstdChunkedManifestChecksumAnnotation holds the digest of a zstd:chunked
+	// layer's compressed TOC (containers/storage reads it).
+	ZstdChunkedManifestChecksumAnnotation = zstdchunked.ManifestChecksumAnnotation
+	// ZstdChunkedManifestPositionAnnotation holds
+	// "offset:compressed:uncompressed:type" of a zstd:chunked layer's TOC.
+	ZstdChunkedManifestPositionAnnotation = zstdchunked.ManifestPositionAnnotation
 )
 
 // UncompressedDigest returns the layer's cached uncompressed digest, if any.
@@ -119,18 +126,6 @@ func Variants(info content.Info) map[string]digest.Digest {
 	return out
 }
 
-// VariantName builds a variant name from a format and its non-default options,
-// in a stable order: VariantName("estargz", map[string]string{"level": "6"})
-// is "estargz.level-6". Option keys and values must not contain '.' or '='.
-func VariantName(format string, options map[string]string) string {
-	var b strings.Builder
-	b.WriteString(format)
-	for _, k := range slices.Sorted(maps.Keys(options)) {
-		fmt.Fprintf(&b, ".%s-%s", k, options[k])
-	}
-	return b.String()
-}
-
 // DistributionSources returns the repositories recorded per registry host.
 func DistributionSources(info content.Info) map[string][]string {
 	out := map[string][]string{}
@@ -176,3 +171,18 @@ func AnnotationsFromLabels(info content.Info) map[string]string {
 // process (a crash, kill -9) is deleted when the service starts again, so
 // that garbage collection reclaims what the interrupted conversion wrote.
 const LeaseConverting = "lazyconv.io/converting"
+
+// Set writes the given labels on blob d (other labels stay as they are).
+func Set(ctx context.Context, cs content.Manager, d digest.Digest, set map[string]string) error {
+	if len(set) == 0 {
+		return nil
+	}
+	fields := make([]string, 0, len(set))
+	for k := range set {
+		fields = append(fields, "labels."+k)
+	}
+	if _, err := cs.Update(ctx, content.Info{Digest: d, Labels: set}, fields...); err != nil {
+		return fmt.Errorf("labelling %s: %w", d, err)
+	}
+	return nil
+}

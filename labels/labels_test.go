@@ -12,20 +12,6 @@ import (
 
 const d1 = digest.Digest("sha256:1111111111111111111111111111111111111111111111111111111111111111")
 
-func TestVariantName(t *testing.T) {
-	for _, tc := range []struct {
-		format string
-		opts   map[string]string
-		want   string
-	}{
-		{"estargz", nil, "estargz"},
-		{"estargz", map[string]string{"level": "6"}, "estargz.level-6"},
-		{"zstd", map[string]string{"level": "3", "chunk": "1024"}, "zstd.chunk-1024.level-3"},
-	} {
-		assert.Equal(t, tc.want, labels.VariantName(tc.format, tc.opts))
-	}
-}
-
 func TestGetters(t *testing.T) {
 	for _, tc := range []struct {
 		name  string

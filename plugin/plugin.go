@@ -1,7 +1,7 @@
-// Package plugin registers lazyconv's containerd plugins: the
+// Package plugin registers lazyconv's containerd plugin, the
 // io.containerd.grpc.v1 "lazyconv" service on containerd's own socket, and
-// one io.containerd.image-converter.v1 plugin per layer format. Import it for
-// its side effects into a containerd main, as cmd/containerd-lazyconv does.
+// owns its configuration type. Import it for its side effects into a
+// containerd main, as cmd/containerd-lazyconv does.
 package plugin
 
 import (
@@ -24,15 +24,16 @@ import (
 	"github.com/lazyconv/lazyconv/service"
 )
 
-// ImageConverterPlugin is the plugin type of layer converters: one plugin per
-// format, whose instance is a converter.LayerConverter with default options.
-const ImageConverterPlugin plugin.Type = "io.containerd.image-converter.v1"
+// Config is the plugin's section of containerd's config.toml
+// ([plugins.'io.containerd.grpc.v1.lazyconv']): one flat table, read by
+// service.ParseConfig (unknown keys are refused when the plugin starts).
+type Config map[string]any
 
 // Version is reported by Capabilities; cmd/containerd-lazyconv sets it.
 var Version = "dev"
 
 func init() {
-	defaults := service.DefaultConfig()
+	defaults := Config(service.DefaultConfig().TOML())
 	registry.Register(&plugin.Registration{
 		Type:     plugins.GRPCPlugin,
 		ID:       "lazyconv",
@@ -40,26 +41,17 @@ func init() {
 		Config:   &defaults,
 		InitFn:   initService,
 	})
-	for _, format := range service.Formats {
-		registry.Register(&plugin.Registration{
-			Type: ImageConverterPlugin,
-			ID:   format,
-			InitFn: func(*plugin.InitContext) (any, error) {
-				lc, err := service.LayerConverter(format, service.DefaultConfig())
-				if errdefs.IsUnavailable(err) {
-					return nil, fmt.Errorf("%v: %w", err, plugin.ErrSkipPlugin)
-				}
-				if err == nil && lc == nil {
-					return nil, fmt.Errorf("%s converts per request (it needs a record): %w", format, plugin.ErrSkipPlugin)
-				}
-				return lc, err
-			},
-		})
-	}
 }
 
 func initService(ic *plugin.InitContext) (any, error) {
-	cfg := ic.Config.(*service.Config)
+	raw, ok := ic.Config.(*Config)
+	if !ok {
+		return nil, fmt.Errorf("lazyconv: configuration of type %T, not %T: %w", ic.Config, &Config{}, errdefs.ErrInvalidArgument)
+	}
+	cfg, err := service.ParseConfig(*raw)
+	if err != nil {
+		return nil, fmt.Errorf("lazyconv configuration: %w", err)
+	}
 	m, err := ic.GetSingle(plugins.MetadataPlugin)
 	if err != nil {
 		return nil, err
@@ -82,7 +74,7 @@ func initService(ic *plugin.InitContext) (any, error) {
 	if !ok {
 		return nil, fmt.Errorf("images service not available: %w", plugin.ErrSkipPlugin)
 	}
-	svc, err := service.New(cs, containerd.NewImageStoreFromClient(ic2), lm, *cfg, Version)
+	svc, err := service.New(cs, containerd.NewImageStoreFromClient(ic2), lm, cfg, Version)
 	if err != nil {
 		return nil, err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/converter/stargz"
 	"github.com/lazyconv/lazyconv/internal/imagegen"
 	"github.com/lazyconv/lazyconv/localstore"
 	"github.com/lazyconv/lazyconv/recorder"
@@ -81,9 +82,9 @@ func (f *fixture) index(t *testing.T, ref string) *recorder.Index {
 func TestResolveHonoursWhiteoutsAndOpaqueDirs(t *testing.T) {
 	f := layeredImage(t)
 	// The same answers from tar headers (plain gzip) and from TOCs (eStargz).
-	lc, err := converter.NewEStargz()
+	lc, err := stargz.NewEStargz(stargz.DefaultEStargzOptions())
 	require.NoError(t, err)
-	_, err = f.conv.ConvertImage(f.ctx, f.store.ImageStore(), "app:v1", "app:esgz", converter.ImageOptions{Layer: lc})
+	_, err = f.conv.ConvertImage(f.ctx, f.store.ImageStore(), "app:v1", "app:esgz", converter.ImageOptions{Layers: converter.Every(lc)})
 	require.NoError(t, err)
 	for _, ref := range []string{"app:v1", "app:esgz"} {
 		ix := f.index(t, ref)
@@ -178,8 +179,10 @@ func TestPrioritizedConversionPutsRecordedFilesFirst(t *testing.T) {
 	}
 	perLayer := recorder.PerLayer(ix, r.Entries())
 	res, err := f.conv.ConvertImage(f.ctx, f.store.ImageStore(), "app:v1", "app:opt", converter.ImageOptions{
-		LayerFor: func(_ ocispec.Descriptor, index int, _ ocispec.Descriptor) (converter.LayerConverter, error) {
-			return converter.NewPrioritizedEStargz(perLayer[index], false)
+		Layers: func(_ ocispec.Descriptor, index int, _ ocispec.Descriptor) (converter.LayerConverter, error) {
+			o := stargz.DefaultPrioritizedOptions()
+			o.Files = perLayer[index]
+			return stargz.NewPrioritizedEStargz(o)
 		},
 	})
 	require.NoError(t, err)
@@ -193,7 +196,7 @@ func TestPrioritizedConversionPutsRecordedFilesFirst(t *testing.T) {
 		toc := tocOrder(t, must(content(f, l)))
 		require.GreaterOrEqual(t, len(toc), len(want))
 		assert.Equal(t, want, toc[:len(want)], "layer %d starts with its recorded files, then the landmark", i)
-		_, err := converter.VerifyEStargz(f.ctx, f.store.ContentStore(), l)
+		_, err := stargz.Verify(f.ctx, f.store.ContentStore(), l)
 		require.NoError(t, err)
 	}
 }

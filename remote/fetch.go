@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/errdefs"
+	"github.com/lazyconv/lazyconv/internal/layerio"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/singleflight"
 )
@@ -102,7 +103,7 @@ func (f *Fetcher) fetch(ctx context.Context, resolver remotes.Resolver, desc oci
 	if err := w.Truncate(0); err != nil {
 		return err
 	}
-	n, err := io.Copy(w, &progressReader{r: rc, n: bytesIn})
+	n, err := io.Copy(w, &layerio.CountingReader{R: rc, N: bytesIn})
 	if err != nil {
 		return fmt.Errorf("fetching %s from %s/%s failed after %d of %d bytes (nothing was kept; retry): %v: %w",
 			desc.Digest, src.Host, src.Repository, n, desc.Size, err, errdefs.ErrUnavailable)
@@ -112,17 +113,4 @@ func (f *Fetcher) fetch(ctx context.Context, resolver remotes.Resolver, desc oci
 	}
 	f.fetched.Add(1)
 	return AddSource(ctx, f.cs, desc.Digest, src)
-}
-
-type progressReader struct {
-	r io.Reader
-	n *atomic.Int64
-}
-
-func (p *progressReader) Read(b []byte) (int, error) {
-	n, err := p.r.Read(b)
-	if p.n != nil {
-		p.n.Add(int64(n))
-	}
-	return n, err
 }

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"sync"
-	"sync/atomic"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -16,7 +14,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/lazyconv/lazyconv/internal/imagegen"
 	"github.com/lazyconv/lazyconv/labels"
 	"github.com/lazyconv/lazyconv/localstore"
 	"github.com/lazyconv/lazyconv/remote"
@@ -86,48 +83,4 @@ func TestSourceOf(t *testing.T) {
 		require.NoError(t, err, tc.ref)
 		assert.Equal(t, tc.want, got)
 	}
-}
-
-func TestDiffPairsComputeOnceThenCache(t *testing.T) {
-	ctx, st := newStore(t)
-	cs := st.ContentStore()
-	var layers []ocispec.Descriptor
-	var want []digest.Digest
-	for i, comp := range []string{"gzip", "zstd", ""} {
-		tarball := imagegen.TarBytes([]imagegen.Entry{entry("f", bytes.Repeat([]byte{byte('a' + i)}, 1000))})
-		want = append(want, digest.FromBytes(tarball))
-		layers = append(layers, put(t, ctx, cs, imagegen.Compress(tarball, comp), ocispec.MediaTypeImageLayerGzip))
-	}
-	dp := remote.NewDiffPairs(cs)
-	var wg sync.WaitGroup
-	var failures atomic.Int32
-	for range 10 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			pairs, err := dp.Of(ctx, layers)
-			if err != nil || len(pairs) != 3 {
-				failures.Add(1)
-				return
-			}
-			for i, p := range pairs {
-				if p.DiffID != want[i] || p.Blob != layers[i].Digest {
-					failures.Add(1)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	assert.Zero(t, failures.Load())
-	for i, l := range layers {
-		info, err := cs.Info(ctx, l.Digest)
-		require.NoError(t, err)
-		assert.Equal(t, want[i].String(), info.Labels[labels.Uncompressed], "cached as a label")
-	}
-}
-
-func entry(name string, body []byte) imagegen.Entry {
-	e := imagegen.Entry{Body: body}
-	e.Header.Name, e.Header.Typeflag, e.Header.Mode = name, '0', 0o644
-	return e
 }

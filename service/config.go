@@ -2,85 +2,162 @@ package service
 
 import (
 	"fmt"
+	"maps"
+	"reflect"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/containerd/errdefs"
 
-	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/converter/options"
 )
 
 // Config is the conversion service's configuration: the plugin's section of
 // containerd's config.toml ([plugins.'io.containerd.grpc.v1.lazyconv']) and
-// the [converter] section of lazyconvd's config.
+// the [converter] section of lazyconvd's config. In TOML it is one flat
+// table: workers, default_format, and every format option as
+// "<format>_<option>" (estargz_compression_level = 9); ParseConfig reads it.
 type Config struct {
 	// Workers bounds the layers converted at once (0: GOMAXPROCS).
-	Workers int `toml:"workers"`
+	Workers int
 	// DefaultFormat is the layer format of requests that name none.
-	DefaultFormat string `toml:"default_format"`
-	// EStargzCompressionLevel is the default gzip level of eStargz layers.
-	EStargzCompressionLevel int `toml:"estargz_compression_level"`
-	// EStargzChunkSize is the default eStargz chunk size (0: 4 MiB).
-	EStargzChunkSize int `toml:"estargz_chunk_size"`
-	// ZstdChunkedCompressionLevel is the default zstd level of zstd:chunked layers.
-	ZstdChunkedCompressionLevel int `toml:"zstdchunked_compression_level"`
-	// ZstdChunkedChunkSize is the default zstd:chunked chunk size (0: 4 MiB).
-	ZstdChunkedChunkSize int `toml:"zstdchunked_chunk_size"`
-	// NydusBuilderPath is the nydus-image builder ("": found on PATH).
-	NydusBuilderPath string `toml:"nydus_builder_path"`
-	// NydusWorkDir is the builder's work directory ("": a temporary one).
-	NydusWorkDir string `toml:"nydus_work_dir"`
-	// NydusFsVersion is the default RAFS version ("5" or "6").
-	NydusFsVersion string `toml:"nydus_fs_version"`
-	// NydusCompressor is the default nydus blob compressor (zstd, lz4_block, none).
-	NydusCompressor string `toml:"nydus_compressor"`
+	DefaultFormat string
+	// FormatOptions holds every format option's configured value as text,
+	// by configuration key ("estargz_compression_level": "9"). Keys not
+	// present keep the format's default.
+	FormatOptions map[string]string
+}
+
+// configKey is a format option as the configuration names it.
+type configKey struct {
+	format string // the first format in the table with the option's prefix
+	field  options.Field
+}
+
+// configKeys lists every format option key, each once (formats sharing an
+// option prefix, such as estargz and estargz-optimized, share its keys).
+func configKeys() map[string]configKey {
+	out := map[string]configKey{}
+	for _, f := range formats {
+		if f.OptionPrefix == "" {
+			continue
+		}
+		for _, fld := range f.Options() {
+			k := fld.ConfigKey(f.OptionPrefix)
+			if _, dup := out[k]; !dup {
+				out[k] = configKey{format: f.Name, field: fld}
+			}
+		}
+	}
+	return out
 }
 
 // DefaultConfig is the configuration with every option at its default.
 func DefaultConfig() Config {
-	return Config{
-		DefaultFormat:           FormatEStargz,
-		EStargzCompressionLevel: converter.DefaultEStargzCompressionLevel,
-		EStargzChunkSize:        converter.DefaultEStargzChunkSize,
+	cfg := Config{DefaultFormat: FormatEStargz, FormatOptions: map[string]string{}}
+	for k, ck := range configKeys() {
+		cfg.FormatOptions[k] = ck.field.Value
+	}
+	return cfg
+}
 
-		ZstdChunkedCompressionLevel: converter.DefaultZstdChunkedCompressionLevel,
-		ZstdChunkedChunkSize:        converter.DefaultEStargzChunkSize,
+// ParseConfig reads a configuration table as TOML decodes it (values are
+// int64, string or bool) over the defaults. An unknown key or a value of the
+// wrong kind is ErrInvalidArgument, so that a typo does not go unnoticed.
+func ParseConfig(raw map[string]any) (Config, error) {
+	cfg := DefaultConfig()
+	keys := configKeys()
+	for _, k := range slices.Sorted(maps.Keys(raw)) {
+		v := raw[k]
+		switch k {
+		case "workers":
+			n, ok := asInt(v)
+			if !ok {
+				return cfg, fmt.Errorf("workers takes a whole number, not %v: %w", v, errdefs.ErrInvalidArgument)
+			}
+			cfg.Workers = n
+		case "default_format":
+			s, ok := v.(string)
+			if !ok {
+				return cfg, fmt.Errorf("default_format takes a string, not %v: %w", v, errdefs.ErrInvalidArgument)
+			}
+			cfg.DefaultFormat = s
+		default:
+			ck, known := keys[k]
+			if !known {
+				return cfg, fmt.Errorf("unknown configuration key %q (known: workers, default_format, %s): %w",
+					k, strings.Join(slices.Sorted(maps.Keys(keys)), ", "), errdefs.ErrInvalidArgument)
+			}
+			text, ok := scalar(v, ck.field.Kind)
+			if !ok {
+				return cfg, fmt.Errorf("%s takes a %s, not %v: %w", k, ck.field.Kind, v, errdefs.ErrInvalidArgument)
+			}
+			cfg.FormatOptions[k] = text
+		}
+	}
+	return cfg, cfg.validate()
+}
 
-		NydusFsVersion:  "6",
-		NydusCompressor: "zstd",
+// TOML is the configuration as a TOML table, typed as TOML decodes it: what
+// ParseConfig reads back, and what containerd's `config dump` prints.
+func (c Config) TOML() map[string]any {
+	out := map[string]any{"workers": int64(c.Workers), "default_format": c.DefaultFormat}
+	for k, ck := range configKeys() {
+		v, ok := c.FormatOptions[k]
+		if !ok {
+			v = ck.field.Value
+		}
+		switch ck.field.Kind {
+		case reflect.Int, reflect.Int32, reflect.Int64:
+			n, _ := strconv.ParseInt(v, 10, 64)
+			out[k] = n
+		case reflect.Bool:
+			b, _ := strconv.ParseBool(v)
+			out[k] = b
+		default:
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func asInt(v any) (int, bool) {
+	switch n := v.(type) {
+	case int64:
+		return int(n), true
+	case int:
+		return n, true
+	}
+	return 0, false
+}
+
+func scalar(v any, kind reflect.Kind) (string, bool) {
+	switch kind {
+	case reflect.Int, reflect.Int32, reflect.Int64:
+		n, ok := asInt(v)
+		return strconv.Itoa(n), ok
+	case reflect.Bool:
+		b, ok := v.(bool)
+		return strconv.FormatBool(b), ok
+	default:
+		s, ok := v.(string)
+		return s, ok
 	}
 }
 
-// Formats a request can name.
-const (
-	FormatEStargz     = "estargz"
-	FormatZstdChunked = "zstdchunked"
-	FormatNydus       = "nydus"
-	// FormatEStargzOptimized is prioritized (not lossless) eStargz; requests
-	// name the files to put first.
-	FormatEStargzOptimized = "estargz-optimized"
-	FormatUncompress       = "uncompress"
-	FormatGzip             = "gzip"
-	FormatZstd             = "zstd"
-	// FormatNone converts media types only (with oci).
-	FormatNone = "none"
-)
-
-// Formats lists the formats this build serves, in the order Capabilities reports them.
-var Formats = []string{FormatEStargz, FormatEStargzOptimized, FormatZstdChunked, FormatNydus, FormatUncompress, FormatGzip, FormatZstd}
-
-// validate checks the configuration, with ErrInvalidArgument on a bad value.
+// validate checks the configuration, with ErrInvalidArgument on a bad
+// value. It checks every format's options but probes for no builder.
 func (c Config) validate() error {
 	if c.Workers < 0 {
 		return fmt.Errorf("workers must not be negative, got %d: %w", c.Workers, errdefs.ErrInvalidArgument)
 	}
-	if c.DefaultFormat == FormatNone || !slices.Contains(Formats, c.DefaultFormat) {
-		return fmt.Errorf("default_format %q is none of %v: %w", c.DefaultFormat, Formats, errdefs.ErrInvalidArgument)
+	if _, err := LookupFormat(c.DefaultFormat); err != nil || c.DefaultFormat == FormatNone {
+		return fmt.Errorf("default_format %q is none of %v: %w", c.DefaultFormat, FormatNames(), errdefs.ErrInvalidArgument)
 	}
-	// Every format's options must be valid, whether a builder is installed or not.
-	builder := converter.NydusBuilder{Found: true}
-	for _, f := range Formats {
-		if _, err := planFor(f, c, builder, nil); err != nil {
-			return fmt.Errorf("%s options: %w", f, err)
+	for _, f := range formats {
+		if _, err := f.resolveOptions(c.FormatOptions, nil); err != nil {
+			return err
 		}
 	}
 	return nil

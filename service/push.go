@@ -67,5 +67,5 @@ func (s *Service) PushImage(ctx context.Context, req *api.PushRequest) (*api.Pus
 		return nil, fmt.Errorf("pushing %s: %w", req.GetRef(), err)
 	}
 	t := img.Target
-	return &api.PushResponse{Target: &api.Descriptor{MediaType: t.MediaType, Digest: t.Digest.String(), Size: t.Size, Annotations: t.Annotations}}, nil
+	return &api.PushResponse{Target: descriptor(t.MediaType, t.Digest.String(), t.Size, t.Annotations)}, nil
 }

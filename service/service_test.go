@@ -118,10 +118,19 @@ func TestConfigIsValidated(t *testing.T) {
 	st, err := localstore.Open(context.Background(), t.TempDir())
 	require.NoError(t, err)
 	defer st.Close()
+	bad := func(edit func(*service.Config)) service.Config {
+		cfg := service.DefaultConfig()
+		edit(&cfg)
+		return cfg
+	}
 	for _, cfg := range []service.Config{
-		{Workers: -1, DefaultFormat: "estargz", EStargzCompressionLevel: 9},
-		{DefaultFormat: "tarball", EStargzCompressionLevel: 9},
-		{DefaultFormat: "estargz", EStargzCompressionLevel: 99},
+		bad(func(c *service.Config) { c.Workers = -1 }),
+		bad(func(c *service.Config) { c.DefaultFormat = "tarball" }),
+		bad(func(c *service.Config) { c.DefaultFormat = "none" }),
+		bad(func(c *service.Config) { c.FormatOptions["estargz_compression_level"] = "99" }),
+		bad(func(c *service.Config) { c.FormatOptions["zstdchunked_chunk_size"] = "-1" }),
+		bad(func(c *service.Config) { c.FormatOptions["nydus_fs_version"] = "7" }),
+		bad(func(c *service.Config) { c.FormatOptions["estargz_compression_level"] = "high" }),
 	} {
 		_, err := service.New(st.ContentStore(), st.ImageStore(), st.LeaseManager(), cfg, "test")
 		require.Error(t, err)
@@ -171,7 +180,7 @@ func TestGRPCEdge(t *testing.T) {
 	for _, f := range caps.GetFormats() {
 		names = append(names, f.GetName())
 	}
-	assert.Equal(t, service.Formats, names)
+	assert.Equal(t, service.FormatNames(), names)
 
 	stream, err := client.Convert(ctx, &api.ConvertRequest{Source: "app:v1", Target: "app:esgz", AllPlatforms: true})
 	require.NoError(t, err)
@@ -200,7 +209,7 @@ func TestGRPCEdge(t *testing.T) {
 
 func TestNydusIsRefusedBeforeAnyWorkWithoutBuilder(t *testing.T) {
 	cfg := service.DefaultConfig()
-	cfg.NydusBuilderPath = filepath.Join(t.TempDir(), "nydus-image")
+	cfg.FormatOptions["nydus_builder_path"] = filepath.Join(t.TempDir(), "nydus-image")
 	f := newFixture(t, cfg)
 	caps, err := f.svc.Capabilities(f.ctx, &api.CapabilitiesRequest{})
 	require.NoError(t, err)

@@ -10,7 +10,6 @@ import (
 	"github.com/urfave/cli/v3"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
-	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/service"
 )
 
@@ -28,22 +27,10 @@ from the variant cache without being read. eStargz conversion is lossless:
 unpacking a converted layer yields the source tar byte for byte. Against a
 daemon the conversion runs inside it (or in the lazyconvd sidecar); no blob
 crosses the socket.`,
-		Flags: append([]cli.Flag{
-			&cli.BoolFlag{Name: "estargz", Usage: "convert layers to eStargz (lossless)"},
-			&cli.BoolFlag{Name: "uncompress", Usage: "convert layers to uncompressed tar"},
+		Flags: append(append([]cli.Flag{
 			&cli.BoolFlag{Name: "oci", Usage: "convert Docker media types to OCI ones (eStargz annotations need it)"},
-			&cli.IntFlag{Name: "estargz-compression-level", Usage: "eStargz gzip level", Value: converter.DefaultEStargzCompressionLevel},
-			&cli.IntFlag{Name: "estargz-chunk-size", Usage: "eStargz chunk size in bytes (0: 4 MiB)", Value: converter.DefaultEStargzChunkSize},
-			&cli.BoolFlag{Name: "zstdchunked", Usage: "convert layers to zstd:chunked (lossless; implies --oci)"},
-			&cli.IntFlag{Name: "zstdchunked-compression-level", Usage: "zstd:chunked zstd level", Value: converter.DefaultZstdChunkedCompressionLevel},
-			&cli.IntFlag{Name: "zstdchunked-chunk-size", Usage: "zstd:chunked chunk size in bytes (0: 4 MiB)", Value: converter.DefaultEStargzChunkSize},
-			&cli.BoolFlag{Name: "nydus", Usage: "convert layers to nydus and merge their bootstraps (needs the nydus-image builder; implies --oci)"},
-			&cli.StringFlag{Name: "nydus-builder-path", Usage: "nydus-image builder (embedded mode; a daemon uses its configured one)"},
-			&cli.StringFlag{Name: "nydus-work-dir", Usage: "nydus builder work directory (embedded mode)"},
-			&cli.StringFlag{Name: "nydus-prefetch-patterns", Usage: "paths to prefetch, one per line"},
-			&cli.StringFlag{Name: "nydus-compressor", Usage: "nydus blob compressor: zstd, lz4_block or none (default zstd)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the new image's digest"},
-		}, append(append([]cli.Flag{}, registryFlags...), platformFlags...)...),
+		}, formatFlags()...), append(append([]cli.Flag{}, registryFlags...), platformFlags...)...),
 		DisableSliceFlagSeparator: true,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if cmd.Args().Len() != 2 {
@@ -112,51 +99,30 @@ func runConvert(s *session, cmd *cli.Command, req *api.ConvertRequest, start tim
 	return nil
 }
 
-// convertRequest builds the API request the flags ask for.
+// convertRequest builds the API request the flags ask for. Options are sent
+// only when set, so that a daemon's configured defaults apply otherwise.
 func convertRequest(cmd *cli.Command) (*api.ConvertRequest, error) {
 	req := &api.ConvertRequest{
 		Source: cmd.Args().Get(0), Target: cmd.Args().Get(1), Oci: cmd.Bool("oci"),
 		Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
-		Format: service.FormatNone,
 	}
 	// Layers of a lazily pulled image are fetched from their registry on first use.
 	opts := registryOptions(cmd)
 	req.Registry = &api.RegistryOptions{PlainHttp: opts.PlainHTTP, Username: opts.Username, Password: opts.Password}
-	formats := 0
-	for _, f := range []string{"estargz", "zstdchunked", "nydus", "uncompress"} {
-		if cmd.Bool(f) {
-			formats++
-		}
+	f, err := chosenFormat(cmd)
+	if err != nil {
+		return nil, err
 	}
-	switch {
-	case formats > 1:
-		return nil, fmt.Errorf("--estargz, --zstdchunked, --nydus and --uncompress exclude each other: %w", errdefs.ErrInvalidArgument)
-	case cmd.Bool("nydus"):
-		req.Format = service.FormatNydus
-		req.Nydus = &api.NydusOptions{
-			BuilderPath: cmd.String("nydus-builder-path"), WorkDir: cmd.String("nydus-work-dir"),
-			PrefetchPatterns: cmd.String("nydus-prefetch-patterns"), Compressor: cmd.String("nydus-compressor"),
-		}
-	case cmd.Bool("zstdchunked"):
-		level, chunk := int32(cmd.Int("zstdchunked-compression-level")), int64(cmd.Int("zstdchunked-chunk-size"))
-		req.Format = service.FormatZstdChunked
-		req.Zstdchunked = &api.ZstdChunkedOptions{CompressionLevel: &level, ChunkSize: &chunk}
-		if _, err := converter.NewZstdChunked(converter.WithZstdChunkedCompressionLevel(int(level)), converter.WithZstdChunkedChunkSize(int(chunk))); err != nil {
-			return nil, err
-		}
-	case cmd.Bool("estargz"):
-		if !cmd.Bool("oci") {
-			fmt.Fprintln(os.Stderr, "lazyconv: warning: without --oci, Docker-typed layers lose their eStargz TOC digest annotations")
-		}
-		level, chunk := int32(cmd.Int("estargz-compression-level")), int64(cmd.Int("estargz-chunk-size"))
-		req.Format = service.FormatEStargz
-		req.Estargz = &api.EStargzOptions{CompressionLevel: &level, ChunkSize: &chunk}
-		// Validate here, so that bad options fail before any connection.
-		if _, err := converter.NewEStargz(converter.WithEStargzCompressionLevel(int(level)), converter.WithEStargzChunkSize(int(chunk))); err != nil {
-			return nil, err
-		}
-	case cmd.Bool("uncompress"):
-		req.Format = service.FormatUncompress
+	req.Format = f.Name
+	if f.Name == service.FormatNone {
+		return req, nil
+	}
+	// Validate here, so that bad options fail before any connection.
+	if req.Options, err = flagOptions(cmd, f); err != nil {
+		return nil, err
+	}
+	if f.Name == service.FormatEStargz && !cmd.Bool("oci") {
+		fmt.Fprintln(os.Stderr, "lazyconv: warning: without --oci, Docker-typed layers lose their eStargz TOC digest annotations")
 	}
 	return req, nil
 }

@@ -14,10 +14,8 @@ import (
 	"github.com/containerd/containerd/v2/core/images/archive"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/urfave/cli/v3"
-
-	"github.com/lazyconv/lazyconv/converter"
 )
 
 var platformFlags = []cli.Flag{
@@ -213,10 +211,14 @@ func imageVerifyCommand() *cli.Command {
 		Name:      "verify",
 		Usage:     "verify every eStargz or zstd:chunked layer of an image: TOC digest, and every file against the TOC",
 		ArgsUsage: "REF",
-		Flags:     platformFlags,
+		Description: `Against a daemon the layers are verified inside it (or in the lazyconvd
+sidecar): no blob crosses the socket.`,
+		Flags: platformFlags,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
-			pm, err := platformMatcher(cmd)
-			if err != nil {
+			if cmd.Args().Len() != 1 {
+				return fmt.Errorf("image verify takes one REF: %w", errdefs.ErrInvalidArgument)
+			}
+			if _, err := platformMatcher(cmd); err != nil {
 				return err
 			}
 			s, err := openSession(ctx, cmd)
@@ -224,39 +226,29 @@ func imageVerifyCommand() *cli.Command {
 				return err
 			}
 			defer s.Close()
-			img, err := s.client.ImageService().Get(s.ctx, cmd.Args().First())
-			if err != nil {
-				return err
-			}
-			cs := s.client.ContentStore()
-			var layers []ocispec.Descriptor
-			handler := images.HandlerFunc(func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
-				if images.IsLayerType(desc.MediaType) {
-					layers = append(layers, desc)
-					return nil, nil
-				}
-				return images.Children(ctx, cs, desc)
+			ref := cmd.Args().First()
+			resp, err := s.api.Verify(s.ctx, &api.VerifyRequest{
+				Ref: ref, Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
 			})
-			if err := images.Walk(s.ctx, images.FilterPlatforms(handler, pm), img.Target); err != nil {
+			if err != nil {
 				return err
 			}
 			tw := tabwriter.NewWriter(s.out, 1, 8, 2, ' ', 0)
 			fmt.Fprintln(tw, "LAYER\tTOC DIGEST\tENTRIES\tFILES\tBYTES")
 			var bad int
-			for _, l := range layers {
-				rep, err := converter.VerifyEStargz(s.ctx, cs, l)
-				if err != nil {
+			for _, l := range resp.GetLayers() {
+				if l.GetError() != "" {
 					bad++
-					fmt.Fprintf(tw, "%s\tFAILED: %v\t\t\t\n", shortDigest(l.Digest.String()), err)
+					fmt.Fprintf(tw, "%s\tFAILED: %s\t\t\t\n", shortDigest(l.GetDigest()), l.GetError())
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", shortDigest(l.Digest.String()), shortDigest(rep.TOCDigest.String()), rep.Entries, rep.Files, humanSize(rep.Bytes))
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", shortDigest(l.GetDigest()), shortDigest(l.GetTocDigest()), l.GetEntries(), l.GetFiles(), humanSize(l.GetBytes()))
 			}
 			tw.Flush()
 			if bad > 0 {
-				return fmt.Errorf("%d of %d layers failed verification: %w", bad, len(layers), errdefs.ErrDataLoss)
+				return fmt.Errorf("%d of %d layers failed verification: %w", bad, len(resp.GetLayers()), errdefs.ErrDataLoss)
 			}
-			fmt.Fprintf(s.out, "%s: %d lazy-pull layers verified\n", img.Name, len(layers))
+			fmt.Fprintf(s.out, "%s: %d lazy-pull layers verified\n", ref, len(resp.GetLayers()))
 			return nil
 		},
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/urfave/cli/v3"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
-	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/recorder"
 	"github.com/lazyconv/lazyconv/service"
 )
@@ -39,15 +38,21 @@ is honoured; entries without one go to the topmost layer holding the file.`,
 			&cli.StringFlag{Name: "record-out", Usage: "write the record as applied (with layer indexes) to FILE"},
 			&cli.BoolFlag{Name: "reuse", Usage: "keep layers that already are eStargz"},
 			&cli.BoolFlag{Name: "oci", Usage: "convert Docker media types to OCI ones"},
-			&cli.IntFlag{Name: "estargz-compression-level", Usage: "eStargz gzip level", Value: converter.DefaultEStargzCompressionLevel},
-			&cli.IntFlag{Name: "estargz-chunk-size", Usage: "eStargz chunk size in bytes (0: 4 MiB)", Value: converter.DefaultEStargzChunkSize},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the new image's digest"},
-		}, append(append([]cli.Flag{}, registryFlags...), platformFlags...)...),
+		}, append(append(optimizedFlags(), registryFlags...), platformFlags...)...),
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if cmd.Args().Len() != 2 {
 				return fmt.Errorf("image optimize takes SRC and DST: %w", errdefs.ErrInvalidArgument)
 			}
 			src, dst := cmd.Args().Get(0), cmd.Args().Get(1)
+			optimized, err := service.LookupFormat(service.FormatEStargzOptimized)
+			if err != nil {
+				return err
+			}
+			opts, err := flagOptions(cmd, optimized)
+			if err != nil {
+				return err
+			}
 			if cmd.Bool("run") == (cmd.String("record-in") != "") {
 				return fmt.Errorf("image optimize takes either --record-in FILE or --run: %w", errdefs.ErrInvalidArgument)
 			}
@@ -104,12 +109,10 @@ is honoured; entries without one go to the topmost layer holding the file.`,
 					return err
 				}
 			}
-			level, chunk := int32(cmd.Int("estargz-compression-level")), int64(cmd.Int("estargz-chunk-size"))
 			req := &api.ConvertRequest{
 				Source: src, Target: dst, Format: service.FormatEStargzOptimized, Oci: cmd.Bool("oci"),
 				Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
-				Estargz:             &api.EStargzOptions{CompressionLevel: &level, ChunkSize: &chunk},
-				PrioritizedManifest: ix.Manifest().String(), Reuse: cmd.Bool("reuse"),
+				Options: opts, PrioritizedManifest: ix.Manifest().String(), Reuse: cmd.Bool("reuse"),
 			}
 			for layer, paths := range perLayer {
 				req.Prioritized = append(req.Prioritized, &api.LayerFiles{LayerIndex: int32(layer), Paths: paths})
@@ -140,4 +143,13 @@ func writeRecord(path string, ix *recorder.Index, perLayer map[int][]string) err
 		return err
 	}
 	return f.Close()
+}
+
+// optimizedFlags are the options of optimized eStargz (eStargz's own).
+func optimizedFlags() []cli.Flag {
+	f, err := service.LookupFormat(service.FormatEStargzOptimized)
+	if err != nil {
+		panic(err) // the table always has it
+	}
+	return optionFlags(f)
 }

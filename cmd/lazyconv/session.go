@@ -30,6 +30,7 @@ type converterAPI interface {
 	CheckEStargz(ctx context.Context, req *api.CheckEStargzRequest) (*api.CheckEStargzResponse, error)
 	Capabilities(ctx context.Context) (*api.CapabilitiesResponse, error)
 	Push(ctx context.Context, req *api.PushRequest) (*api.PushResponse, error)
+	Verify(ctx context.Context, req *api.VerifyRequest) (*api.VerifyResponse, error)
 }
 
 // session is what a command works on: a containerd client (over the embedded
@@ -74,15 +75,7 @@ func openEmbedded(ctx context.Context, cmd *cli.Command) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg := service.DefaultConfig()
-	// Embedded, the CLI is the service: its nydus builder is the user's choice.
-	if p := cmd.String("nydus-builder-path"); p != "" {
-		cfg.NydusBuilderPath = p
-	}
-	if dir := cmd.String("nydus-work-dir"); dir != "" {
-		cfg.NydusWorkDir = dir
-	}
-	svc, err := service.New(st.ContentStore(), st.ImageStore(), st.LeaseManager(), cfg, version)
+	svc, err := service.New(st.ContentStore(), st.ImageStore(), st.LeaseManager(), embeddedConfig(cmd), version)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -135,6 +128,10 @@ func (l localAPI) Push(ctx context.Context, req *api.PushRequest) (*api.PushResp
 	return l.svc.PushImage(ctx, req)
 }
 
+func (l localAPI) Verify(ctx context.Context, req *api.VerifyRequest) (*api.VerifyResponse, error) {
+	return l.svc.VerifyImage(ctx, req)
+}
+
 // remoteAPI calls the plugin (on containerd's socket) or the sidecar.
 type remoteAPI struct {
 	client api.ConverterClient
@@ -162,6 +159,11 @@ func (r remoteAPI) Capabilities(ctx context.Context) (*api.CapabilitiesResponse,
 
 func (r remoteAPI) Push(ctx context.Context, req *api.PushRequest) (*api.PushResponse, error) {
 	resp, err := r.client.Push(ctx, req)
+	return resp, r.native(err)
+}
+
+func (r remoteAPI) Verify(ctx context.Context, req *api.VerifyRequest) (*api.VerifyResponse, error) {
+	resp, err := r.client.Verify(ctx, req)
 	return resp, r.native(err)
 }
 

@@ -18,7 +18,14 @@ type config struct {
 	// ContainerdAddress is containerd's socket.
 	ContainerdAddress string `toml:"containerd_address"`
 	// Converter is the conversion service's configuration, as the plugin's.
-	Converter service.Config `toml:"converter"`
+	Converter service.Config
+}
+
+// file is the configuration file as TOML decodes it.
+type file struct {
+	Address           string         `toml:"address"`
+	ContainerdAddress string         `toml:"containerd_address"`
+	Converter         map[string]any `toml:"converter"`
 }
 
 func defaultConfig() config {
@@ -41,9 +48,14 @@ func loadConfig(path string) (config, error) {
 		return cfg, err
 	}
 	defer f.Close()
+	raw := file{Address: cfg.Address, ContainerdAddress: cfg.ContainerdAddress}
 	dec := toml.NewDecoder(f).DisallowUnknownFields()
-	if err := dec.Decode(&cfg); err != nil {
+	if err := dec.Decode(&raw); err != nil {
 		return cfg, fmt.Errorf("%s: %v: %w", path, err, errdefs.ErrInvalidArgument)
+	}
+	cfg.Address, cfg.ContainerdAddress = raw.Address, raw.ContainerdAddress
+	if cfg.Converter, err = service.ParseConfig(raw.Converter); err != nil {
+		return cfg, fmt.Errorf("%s: [converter]: %w", path, err)
 	}
 	return cfg, nil
 }

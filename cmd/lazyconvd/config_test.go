@@ -51,7 +51,11 @@ func TestConfigLoading(t *testing.T) {
 			assert.Equal(t, "/tmp/x.sock", cfg.Address)
 			assert.Equal(t, 3, cfg.Converter.Workers)
 			assert.Equal(t, defaultConfig().ContainerdAddress, cfg.ContainerdAddress)
-			assert.Equal(t, 9, cfg.Converter.EStargzCompressionLevel)
+			assert.Equal(t, "9", cfg.Converter.FormatOptions["estargz_compression_level"])
+		}},
+		{"unknown converter key is an error", "[converter]\nestargz_level = 6\n", func(t *testing.T, _ config, err error) {
+			require.Error(t, err)
+			assert.True(t, errdefs.IsInvalidArgument(err))
 		}},
 		{"unknown key is an error", "adress = \"/tmp/typo.sock\"\n", func(t *testing.T, _ config, err error) {
 			require.Error(t, err)

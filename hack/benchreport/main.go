@@ -31,6 +31,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/converter/stargz"
 	"github.com/lazyconv/lazyconv/internal/imagegen"
 	"github.com/lazyconv/lazyconv/localstore"
 )
@@ -75,9 +76,11 @@ func run(runs, layerMiB, multi, multiMiB, rssMiB, modeMiB int, binDir string) er
 		return err
 	}
 	for _, f := range []format{
-		{"eStargz, level 9", func() (converter.LayerConverter, error) { return converter.NewEStargz() },
+		{"eStargz, level 9", func() (converter.LayerConverter, error) { return stargz.NewEStargz(stargz.DefaultEStargzOptions()) },
 			esgzconvert.LayerConvertFunc(estargz.WithCompressionLevel(9))},
-		{"zstd:chunked, level 3", func() (converter.LayerConverter, error) { return converter.NewZstdChunked() },
+		{"zstd:chunked, level 3", func() (converter.LayerConverter, error) {
+			return stargz.NewZstdChunked(stargz.DefaultZstdChunkedOptions())
+		},
 			zstdchunkedconvert.LayerConvertFuncWithCompressionLevel(zstd.SpeedDefault)},
 	} {
 		fmt.Printf("\n%-34s %12s %12s %12s %10s\n", f.name, "lazyconv", "peer", "ratio", "size Δ")
@@ -205,7 +208,7 @@ func compare(ctx context.Context, st *localstore.Store, f format, name string, l
 			return err
 		}
 		start := time.Now()
-		res, err := conv.ConvertImage(nctx, st.ImageStore(), ref, "bench:esgz", converter.ImageOptions{Layer: lc, Platforms: platforms.All})
+		res, err := conv.ConvertImage(nctx, st.ImageStore(), ref, "bench:esgz", converter.ImageOptions{Layers: converter.Every(lc), Platforms: platforms.All})
 		if err != nil {
 			return err
 		}
@@ -259,8 +262,8 @@ func cachedReconvert(ctx context.Context, st *localstore.Store, layers []generat
 	if err != nil {
 		return err
 	}
-	lc, _ := converter.NewEStargz()
-	if _, err := conv.ConvertImage(nctx, st.ImageStore(), ref, "bench:esgz", converter.ImageOptions{Layer: lc}); err != nil {
+	lc, _ := stargz.NewEStargz(stargz.DefaultEStargzOptions())
+	if _, err := conv.ConvertImage(nctx, st.ImageStore(), ref, "bench:esgz", converter.ImageOptions{Layers: converter.Every(lc)}); err != nil {
 		return err
 	}
 	var times []float64
@@ -270,7 +273,7 @@ func cachedReconvert(ctx context.Context, st *localstore.Store, layers []generat
 			return err
 		}
 		start := time.Now()
-		if _, err := fresh.ConvertImage(nctx, st.ImageStore(), ref, "bench:esgz2", converter.ImageOptions{Layer: lc}); err != nil {
+		if _, err := fresh.ConvertImage(nctx, st.ImageStore(), ref, "bench:esgz2", converter.ImageOptions{Layers: converter.Every(lc)}); err != nil {
 			return err
 		}
 		times = append(times, time.Since(start).Seconds())

@@ -90,6 +90,199 @@ func (LayerState) EnumDescriptor() ([]byte, []int) {
 	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{0}
 }
 
+type VerifyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Image name.
+	Ref string `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	// Platforms to verify (containerd's platform syntax); empty with
+	// all_platforms false means the service's own platform.
+	Platforms     []string `protobuf:"bytes,2,rep,name=platforms,proto3" json:"platforms,omitempty"`
+	AllPlatforms  bool     `protobuf:"varint,3,opt,name=all_platforms,json=allPlatforms,proto3" json:"all_platforms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyRequest) Reset() {
+	*x = VerifyRequest{}
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyRequest) ProtoMessage() {}
+
+func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
+func (*VerifyRequest) Descriptor() ([]byte, []int) {
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *VerifyRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *VerifyRequest) GetPlatforms() []string {
+	if x != nil {
+		return x.Platforms
+	}
+	return nil
+}
+
+func (x *VerifyRequest) GetAllPlatforms() bool {
+	if x != nil {
+		return x.AllPlatforms
+	}
+	return false
+}
+
+type LayerVerification struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Digest    string                 `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	TocDigest string                 `protobuf:"bytes,2,opt,name=toc_digest,json=tocDigest,proto3" json:"toc_digest,omitempty"`
+	Entries   int64                  `protobuf:"varint,3,opt,name=entries,proto3" json:"entries,omitempty"`
+	Files     int64                  `protobuf:"varint,4,opt,name=files,proto3" json:"files,omitempty"`
+	Bytes     int64                  `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// Why the layer failed verification ("" when it passed).
+	Error         string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LayerVerification) Reset() {
+	*x = LayerVerification{}
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LayerVerification) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LayerVerification) ProtoMessage() {}
+
+func (x *LayerVerification) ProtoReflect() protoreflect.Message {
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LayerVerification.ProtoReflect.Descriptor instead.
+func (*LayerVerification) Descriptor() ([]byte, []int) {
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *LayerVerification) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *LayerVerification) GetTocDigest() string {
+	if x != nil {
+		return x.TocDigest
+	}
+	return ""
+}
+
+func (x *LayerVerification) GetEntries() int64 {
+	if x != nil {
+		return x.Entries
+	}
+	return 0
+}
+
+func (x *LayerVerification) GetFiles() int64 {
+	if x != nil {
+		return x.Files
+	}
+	return 0
+}
+
+func (x *LayerVerification) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *LayerVerification) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type VerifyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every layer of the image, in manifest order; failures included.
+	Layers        []*LayerVerification `protobuf:"bytes,1,rep,name=layers,proto3" json:"layers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyResponse) Reset() {
+	*x = VerifyResponse{}
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyResponse) ProtoMessage() {}
+
+func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
+func (*VerifyResponse) Descriptor() ([]byte, []int) {
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *VerifyResponse) GetLayers() []*LayerVerification {
+	if x != nil {
+		return x.Layers
+	}
+	return nil
+}
+
 type PushRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Reference to push to.
@@ -107,7 +300,7 @@ type PushRequest struct {
 
 func (x *PushRequest) Reset() {
 	*x = PushRequest{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[0]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -119,7 +312,7 @@ func (x *PushRequest) String() string {
 func (*PushRequest) ProtoMessage() {}
 
 func (x *PushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[0]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -132,7 +325,7 @@ func (x *PushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushRequest.ProtoReflect.Descriptor instead.
 func (*PushRequest) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{0}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PushRequest) GetRef() string {
@@ -187,7 +380,7 @@ type PushResponse struct {
 
 func (x *PushResponse) Reset() {
 	*x = PushResponse{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[1]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -199,7 +392,7 @@ func (x *PushResponse) String() string {
 func (*PushResponse) ProtoMessage() {}
 
 func (x *PushResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[1]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -212,7 +405,7 @@ func (x *PushResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResponse.ProtoReflect.Descriptor instead.
 func (*PushResponse) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{1}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PushResponse) GetTarget() *Descriptor {
@@ -250,14 +443,19 @@ type ConvertRequest struct {
 	Prioritized         []*LayerFiles `protobuf:"bytes,11,rep,name=prioritized,proto3" json:"prioritized,omitempty"`
 	PrioritizedManifest string        `protobuf:"bytes,12,opt,name=prioritized_manifest,json=prioritizedManifest,proto3" json:"prioritized_manifest,omitempty"`
 	// Keep layers that already are eStargz.
-	Reuse         bool `protobuf:"varint,13,opt,name=reuse,proto3" json:"reuse,omitempty"`
+	Reuse bool `protobuf:"varint,13,opt,name=reuse,proto3" json:"reuse,omitempty"`
+	// The format's options by name ("compression-level" = "6"), as the
+	// service's format table lists them; they override the service's
+	// configured values and the typed option messages above, which remain
+	// for older clients.
+	Options       map[string]string `protobuf:"bytes,14,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConvertRequest) Reset() {
 	*x = ConvertRequest{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[2]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -269,7 +467,7 @@ func (x *ConvertRequest) String() string {
 func (*ConvertRequest) ProtoMessage() {}
 
 func (x *ConvertRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[2]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -282,7 +480,7 @@ func (x *ConvertRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConvertRequest.ProtoReflect.Descriptor instead.
 func (*ConvertRequest) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{2}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ConvertRequest) GetSource() string {
@@ -376,6 +574,13 @@ func (x *ConvertRequest) GetReuse() bool {
 	return false
 }
 
+func (x *ConvertRequest) GetOptions() map[string]string {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
 type LayerFiles struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	LayerIndex    int32                  `protobuf:"varint,1,opt,name=layer_index,json=layerIndex,proto3" json:"layer_index,omitempty"`
@@ -386,7 +591,7 @@ type LayerFiles struct {
 
 func (x *LayerFiles) Reset() {
 	*x = LayerFiles{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +603,7 @@ func (x *LayerFiles) String() string {
 func (*LayerFiles) ProtoMessage() {}
 
 func (x *LayerFiles) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[3]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +616,7 @@ func (x *LayerFiles) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerFiles.ProtoReflect.Descriptor instead.
 func (*LayerFiles) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{3}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *LayerFiles) GetLayerIndex() int32 {
@@ -439,7 +644,7 @@ type RegistryOptions struct {
 
 func (x *RegistryOptions) Reset() {
 	*x = RegistryOptions{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +656,7 @@ func (x *RegistryOptions) String() string {
 func (*RegistryOptions) ProtoMessage() {}
 
 func (x *RegistryOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[4]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +669,7 @@ func (x *RegistryOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryOptions.ProtoReflect.Descriptor instead.
 func (*RegistryOptions) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{4}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RegistryOptions) GetPlainHttp() bool {
@@ -500,7 +705,7 @@ type ZstdChunkedOptions struct {
 
 func (x *ZstdChunkedOptions) Reset() {
 	*x = ZstdChunkedOptions{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +717,7 @@ func (x *ZstdChunkedOptions) String() string {
 func (*ZstdChunkedOptions) ProtoMessage() {}
 
 func (x *ZstdChunkedOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[5]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +730,7 @@ func (x *ZstdChunkedOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ZstdChunkedOptions.ProtoReflect.Descriptor instead.
 func (*ZstdChunkedOptions) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{5}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ZstdChunkedOptions) GetCompressionLevel() int32 {
@@ -560,7 +765,7 @@ type NydusOptions struct {
 
 func (x *NydusOptions) Reset() {
 	*x = NydusOptions{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +777,7 @@ func (x *NydusOptions) String() string {
 func (*NydusOptions) ProtoMessage() {}
 
 func (x *NydusOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[6]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,7 +790,7 @@ func (x *NydusOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NydusOptions.ProtoReflect.Descriptor instead.
 func (*NydusOptions) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{6}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *NydusOptions) GetBuilderPath() string {
@@ -635,7 +840,7 @@ type EStargzOptions struct {
 
 func (x *EStargzOptions) Reset() {
 	*x = EStargzOptions{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +852,7 @@ func (x *EStargzOptions) String() string {
 func (*EStargzOptions) ProtoMessage() {}
 
 func (x *EStargzOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[7]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +865,7 @@ func (x *EStargzOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EStargzOptions.ProtoReflect.Descriptor instead.
 func (*EStargzOptions) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{7}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *EStargzOptions) GetCompressionLevel() int32 {
@@ -693,7 +898,7 @@ type LayerProgress struct {
 
 func (x *LayerProgress) Reset() {
 	*x = LayerProgress{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +910,7 @@ func (x *LayerProgress) String() string {
 func (*LayerProgress) ProtoMessage() {}
 
 func (x *LayerProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[8]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +923,7 @@ func (x *LayerProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerProgress.ProtoReflect.Descriptor instead.
 func (*LayerProgress) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{8}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LayerProgress) GetDigest() string {
@@ -789,7 +994,7 @@ type Descriptor struct {
 
 func (x *Descriptor) Reset() {
 	*x = Descriptor{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -801,7 +1006,7 @@ func (x *Descriptor) String() string {
 func (*Descriptor) ProtoMessage() {}
 
 func (x *Descriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[9]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -814,7 +1019,7 @@ func (x *Descriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Descriptor.ProtoReflect.Descriptor instead.
 func (*Descriptor) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{9}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Descriptor) GetMediaType() string {
@@ -857,7 +1062,7 @@ type ConvertResult struct {
 
 func (x *ConvertResult) Reset() {
 	*x = ConvertResult{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +1074,7 @@ func (x *ConvertResult) String() string {
 func (*ConvertResult) ProtoMessage() {}
 
 func (x *ConvertResult) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[10]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +1087,7 @@ func (x *ConvertResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConvertResult.ProtoReflect.Descriptor instead.
 func (*ConvertResult) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{10}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ConvertResult) GetName() string {
@@ -919,7 +1124,7 @@ type ConvertEvent struct {
 
 func (x *ConvertEvent) Reset() {
 	*x = ConvertEvent{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1136,7 @@ func (x *ConvertEvent) String() string {
 func (*ConvertEvent) ProtoMessage() {}
 
 func (x *ConvertEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[11]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1149,7 @@ func (x *ConvertEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConvertEvent.ProtoReflect.Descriptor instead.
 func (*ConvertEvent) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{11}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ConvertEvent) GetEvent() isConvertEvent_Event {
@@ -997,7 +1202,7 @@ type CheckEStargzRequest struct {
 
 func (x *CheckEStargzRequest) Reset() {
 	*x = CheckEStargzRequest{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1009,7 +1214,7 @@ func (x *CheckEStargzRequest) String() string {
 func (*CheckEStargzRequest) ProtoMessage() {}
 
 func (x *CheckEStargzRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[12]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1022,7 +1227,7 @@ func (x *CheckEStargzRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckEStargzRequest.ProtoReflect.Descriptor instead.
 func (*CheckEStargzRequest) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{12}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CheckEStargzRequest) GetDigest() string {
@@ -1043,7 +1248,7 @@ type CheckEStargzResponse struct {
 
 func (x *CheckEStargzResponse) Reset() {
 	*x = CheckEStargzResponse{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1260,7 @@ func (x *CheckEStargzResponse) String() string {
 func (*CheckEStargzResponse) ProtoMessage() {}
 
 func (x *CheckEStargzResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[13]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1273,7 @@ func (x *CheckEStargzResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckEStargzResponse.ProtoReflect.Descriptor instead.
 func (*CheckEStargzResponse) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{13}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CheckEStargzResponse) GetEstargz() bool {
@@ -1093,7 +1298,7 @@ type CapabilitiesRequest struct {
 
 func (x *CapabilitiesRequest) Reset() {
 	*x = CapabilitiesRequest{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[14]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1310,7 @@ func (x *CapabilitiesRequest) String() string {
 func (*CapabilitiesRequest) ProtoMessage() {}
 
 func (x *CapabilitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[14]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1323,7 @@ func (x *CapabilitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CapabilitiesRequest.ProtoReflect.Descriptor instead.
 func (*CapabilitiesRequest) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{14}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{17}
 }
 
 type Format struct {
@@ -1133,7 +1338,7 @@ type Format struct {
 
 func (x *Format) Reset() {
 	*x = Format{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[15]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1145,7 +1350,7 @@ func (x *Format) String() string {
 func (*Format) ProtoMessage() {}
 
 func (x *Format) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[15]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1158,7 +1363,7 @@ func (x *Format) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Format.ProtoReflect.Descriptor instead.
 func (*Format) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{15}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Format) GetName() string {
@@ -1194,7 +1399,7 @@ type Builder struct {
 
 func (x *Builder) Reset() {
 	*x = Builder{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[16]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1411,7 @@ func (x *Builder) String() string {
 func (*Builder) ProtoMessage() {}
 
 func (x *Builder) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[16]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1424,7 @@ func (x *Builder) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Builder.ProtoReflect.Descriptor instead.
 func (*Builder) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{16}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Builder) GetName() string {
@@ -1263,7 +1468,7 @@ type CapabilitiesResponse struct {
 
 func (x *CapabilitiesResponse) Reset() {
 	*x = CapabilitiesResponse{}
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[17]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1275,7 +1480,7 @@ func (x *CapabilitiesResponse) String() string {
 func (*CapabilitiesResponse) ProtoMessage() {}
 
 func (x *CapabilitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lazyconv_v1_converter_proto_msgTypes[17]
+	mi := &file_lazyconv_v1_converter_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1288,7 +1493,7 @@ func (x *CapabilitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CapabilitiesResponse.ProtoReflect.Descriptor instead.
 func (*CapabilitiesResponse) Descriptor() ([]byte, []int) {
-	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{17}
+	return file_lazyconv_v1_converter_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CapabilitiesResponse) GetVersion() string {
@@ -1330,7 +1535,21 @@ var File_lazyconv_v1_converter_proto protoreflect.FileDescriptor
 
 const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\n" +
-	"\x1blazyconv/v1/converter.proto\x12\vlazyconv.v1\"\xdf\x01\n" +
+	"\x1blazyconv/v1/converter.proto\x12\vlazyconv.v1\"d\n" +
+	"\rVerifyRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x1c\n" +
+	"\tplatforms\x18\x02 \x03(\tR\tplatforms\x12#\n" +
+	"\rall_platforms\x18\x03 \x01(\bR\fallPlatforms\"\xa6\x01\n" +
+	"\x11LayerVerification\x12\x16\n" +
+	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x1d\n" +
+	"\n" +
+	"toc_digest\x18\x02 \x01(\tR\ttocDigest\x12\x18\n" +
+	"\aentries\x18\x03 \x01(\x03R\aentries\x12\x14\n" +
+	"\x05files\x18\x04 \x01(\x03R\x05files\x12\x14\n" +
+	"\x05bytes\x18\x05 \x01(\x03R\x05bytes\x12\x14\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\"H\n" +
+	"\x0eVerifyResponse\x126\n" +
+	"\x06layers\x18\x01 \x03(\v2\x1e.lazyconv.v1.LayerVerificationR\x06layers\"\xdf\x01\n" +
 	"\vPushRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12\x14\n" +
 	"\x05local\x18\x02 \x01(\tR\x05local\x12+\n" +
@@ -1339,7 +1558,7 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\rall_platforms\x18\x05 \x01(\bR\fallPlatforms\x128\n" +
 	"\bregistry\x18\x06 \x01(\v2\x1c.lazyconv.v1.RegistryOptionsR\bregistry\"?\n" +
 	"\fPushResponse\x12/\n" +
-	"\x06target\x18\x01 \x01(\v2\x17.lazyconv.v1.DescriptorR\x06target\"\x96\x04\n" +
+	"\x06target\x18\x01 \x01(\v2\x17.lazyconv.v1.DescriptorR\x06target\"\x96\x05\n" +
 	"\x0eConvertRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x16\n" +
@@ -1354,7 +1573,11 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	" \x01(\v2\x1c.lazyconv.v1.RegistryOptionsR\bregistry\x129\n" +
 	"\vprioritized\x18\v \x03(\v2\x17.lazyconv.v1.LayerFilesR\vprioritized\x121\n" +
 	"\x14prioritized_manifest\x18\f \x01(\tR\x13prioritizedManifest\x12\x14\n" +
-	"\x05reuse\x18\r \x01(\bR\x05reuse\"C\n" +
+	"\x05reuse\x18\r \x01(\bR\x05reuse\x12B\n" +
+	"\aoptions\x18\x0e \x03(\v2(.lazyconv.v1.ConvertRequest.OptionsEntryR\aoptions\x1a:\n" +
+	"\fOptionsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"C\n" +
 	"\n" +
 	"LayerFiles\x12\x1f\n" +
 	"\vlayer_index\x18\x01 \x01(\x05R\n" +
@@ -1445,12 +1668,13 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\x12LAYER_STATE_CACHED\x10\x04\x12\x14\n" +
 	"\x10LAYER_STATE_KEPT\x10\x05\x12\x16\n" +
 	"\x12LAYER_STATE_FAILED\x10\x06\x12\x18\n" +
-	"\x14LAYER_STATE_FETCHING\x10\a2\xb7\x02\n" +
+	"\x14LAYER_STATE_FETCHING\x10\a2\xfa\x02\n" +
 	"\tConverter\x12C\n" +
 	"\aConvert\x12\x1b.lazyconv.v1.ConvertRequest\x1a\x19.lazyconv.v1.ConvertEvent0\x01\x12S\n" +
 	"\fCheckEStargz\x12 .lazyconv.v1.CheckEStargzRequest\x1a!.lazyconv.v1.CheckEStargzResponse\x12S\n" +
 	"\fCapabilities\x12 .lazyconv.v1.CapabilitiesRequest\x1a!.lazyconv.v1.CapabilitiesResponse\x12;\n" +
-	"\x04Push\x12\x18.lazyconv.v1.PushRequest\x1a\x19.lazyconv.v1.PushResponseB9Z7github.com/lazyconv/lazyconv/api/lazyconv/v1;lazyconvv1b\x06proto3"
+	"\x04Push\x12\x18.lazyconv.v1.PushRequest\x1a\x19.lazyconv.v1.PushResponse\x12A\n" +
+	"\x06Verify\x12\x1a.lazyconv.v1.VerifyRequest\x1a\x1b.lazyconv.v1.VerifyResponseB9Z7github.com/lazyconv/lazyconv/api/lazyconv/v1;lazyconvv1b\x06proto3"
 
 var (
 	file_lazyconv_v1_converter_proto_rawDescOnce sync.Once
@@ -1465,57 +1689,65 @@ func file_lazyconv_v1_converter_proto_rawDescGZIP() []byte {
 }
 
 var file_lazyconv_v1_converter_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_lazyconv_v1_converter_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_lazyconv_v1_converter_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_lazyconv_v1_converter_proto_goTypes = []any{
 	(LayerState)(0),              // 0: lazyconv.v1.LayerState
-	(*PushRequest)(nil),          // 1: lazyconv.v1.PushRequest
-	(*PushResponse)(nil),         // 2: lazyconv.v1.PushResponse
-	(*ConvertRequest)(nil),       // 3: lazyconv.v1.ConvertRequest
-	(*LayerFiles)(nil),           // 4: lazyconv.v1.LayerFiles
-	(*RegistryOptions)(nil),      // 5: lazyconv.v1.RegistryOptions
-	(*ZstdChunkedOptions)(nil),   // 6: lazyconv.v1.ZstdChunkedOptions
-	(*NydusOptions)(nil),         // 7: lazyconv.v1.NydusOptions
-	(*EStargzOptions)(nil),       // 8: lazyconv.v1.EStargzOptions
-	(*LayerProgress)(nil),        // 9: lazyconv.v1.LayerProgress
-	(*Descriptor)(nil),           // 10: lazyconv.v1.Descriptor
-	(*ConvertResult)(nil),        // 11: lazyconv.v1.ConvertResult
-	(*ConvertEvent)(nil),         // 12: lazyconv.v1.ConvertEvent
-	(*CheckEStargzRequest)(nil),  // 13: lazyconv.v1.CheckEStargzRequest
-	(*CheckEStargzResponse)(nil), // 14: lazyconv.v1.CheckEStargzResponse
-	(*CapabilitiesRequest)(nil),  // 15: lazyconv.v1.CapabilitiesRequest
-	(*Format)(nil),               // 16: lazyconv.v1.Format
-	(*Builder)(nil),              // 17: lazyconv.v1.Builder
-	(*CapabilitiesResponse)(nil), // 18: lazyconv.v1.CapabilitiesResponse
-	nil,                          // 19: lazyconv.v1.Descriptor.AnnotationsEntry
+	(*VerifyRequest)(nil),        // 1: lazyconv.v1.VerifyRequest
+	(*LayerVerification)(nil),    // 2: lazyconv.v1.LayerVerification
+	(*VerifyResponse)(nil),       // 3: lazyconv.v1.VerifyResponse
+	(*PushRequest)(nil),          // 4: lazyconv.v1.PushRequest
+	(*PushResponse)(nil),         // 5: lazyconv.v1.PushResponse
+	(*ConvertRequest)(nil),       // 6: lazyconv.v1.ConvertRequest
+	(*LayerFiles)(nil),           // 7: lazyconv.v1.LayerFiles
+	(*RegistryOptions)(nil),      // 8: lazyconv.v1.RegistryOptions
+	(*ZstdChunkedOptions)(nil),   // 9: lazyconv.v1.ZstdChunkedOptions
+	(*NydusOptions)(nil),         // 10: lazyconv.v1.NydusOptions
+	(*EStargzOptions)(nil),       // 11: lazyconv.v1.EStargzOptions
+	(*LayerProgress)(nil),        // 12: lazyconv.v1.LayerProgress
+	(*Descriptor)(nil),           // 13: lazyconv.v1.Descriptor
+	(*ConvertResult)(nil),        // 14: lazyconv.v1.ConvertResult
+	(*ConvertEvent)(nil),         // 15: lazyconv.v1.ConvertEvent
+	(*CheckEStargzRequest)(nil),  // 16: lazyconv.v1.CheckEStargzRequest
+	(*CheckEStargzResponse)(nil), // 17: lazyconv.v1.CheckEStargzResponse
+	(*CapabilitiesRequest)(nil),  // 18: lazyconv.v1.CapabilitiesRequest
+	(*Format)(nil),               // 19: lazyconv.v1.Format
+	(*Builder)(nil),              // 20: lazyconv.v1.Builder
+	(*CapabilitiesResponse)(nil), // 21: lazyconv.v1.CapabilitiesResponse
+	nil,                          // 22: lazyconv.v1.ConvertRequest.OptionsEntry
+	nil,                          // 23: lazyconv.v1.Descriptor.AnnotationsEntry
 }
 var file_lazyconv_v1_converter_proto_depIdxs = []int32{
-	5,  // 0: lazyconv.v1.PushRequest.registry:type_name -> lazyconv.v1.RegistryOptions
-	10, // 1: lazyconv.v1.PushResponse.target:type_name -> lazyconv.v1.Descriptor
-	8,  // 2: lazyconv.v1.ConvertRequest.estargz:type_name -> lazyconv.v1.EStargzOptions
-	6,  // 3: lazyconv.v1.ConvertRequest.zstdchunked:type_name -> lazyconv.v1.ZstdChunkedOptions
-	7,  // 4: lazyconv.v1.ConvertRequest.nydus:type_name -> lazyconv.v1.NydusOptions
-	5,  // 5: lazyconv.v1.ConvertRequest.registry:type_name -> lazyconv.v1.RegistryOptions
-	4,  // 6: lazyconv.v1.ConvertRequest.prioritized:type_name -> lazyconv.v1.LayerFiles
-	0,  // 7: lazyconv.v1.LayerProgress.state:type_name -> lazyconv.v1.LayerState
-	19, // 8: lazyconv.v1.Descriptor.annotations:type_name -> lazyconv.v1.Descriptor.AnnotationsEntry
-	10, // 9: lazyconv.v1.ConvertResult.target:type_name -> lazyconv.v1.Descriptor
-	9,  // 10: lazyconv.v1.ConvertEvent.layer:type_name -> lazyconv.v1.LayerProgress
-	11, // 11: lazyconv.v1.ConvertEvent.result:type_name -> lazyconv.v1.ConvertResult
-	16, // 12: lazyconv.v1.CapabilitiesResponse.formats:type_name -> lazyconv.v1.Format
-	17, // 13: lazyconv.v1.CapabilitiesResponse.builders:type_name -> lazyconv.v1.Builder
-	3,  // 14: lazyconv.v1.Converter.Convert:input_type -> lazyconv.v1.ConvertRequest
-	13, // 15: lazyconv.v1.Converter.CheckEStargz:input_type -> lazyconv.v1.CheckEStargzRequest
-	15, // 16: lazyconv.v1.Converter.Capabilities:input_type -> lazyconv.v1.CapabilitiesRequest
-	1,  // 17: lazyconv.v1.Converter.Push:input_type -> lazyconv.v1.PushRequest
-	12, // 18: lazyconv.v1.Converter.Convert:output_type -> lazyconv.v1.ConvertEvent
-	14, // 19: lazyconv.v1.Converter.CheckEStargz:output_type -> lazyconv.v1.CheckEStargzResponse
-	18, // 20: lazyconv.v1.Converter.Capabilities:output_type -> lazyconv.v1.CapabilitiesResponse
-	2,  // 21: lazyconv.v1.Converter.Push:output_type -> lazyconv.v1.PushResponse
-	18, // [18:22] is the sub-list for method output_type
-	14, // [14:18] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	2,  // 0: lazyconv.v1.VerifyResponse.layers:type_name -> lazyconv.v1.LayerVerification
+	8,  // 1: lazyconv.v1.PushRequest.registry:type_name -> lazyconv.v1.RegistryOptions
+	13, // 2: lazyconv.v1.PushResponse.target:type_name -> lazyconv.v1.Descriptor
+	11, // 3: lazyconv.v1.ConvertRequest.estargz:type_name -> lazyconv.v1.EStargzOptions
+	9,  // 4: lazyconv.v1.ConvertRequest.zstdchunked:type_name -> lazyconv.v1.ZstdChunkedOptions
+	10, // 5: lazyconv.v1.ConvertRequest.nydus:type_name -> lazyconv.v1.NydusOptions
+	8,  // 6: lazyconv.v1.ConvertRequest.registry:type_name -> lazyconv.v1.RegistryOptions
+	7,  // 7: lazyconv.v1.ConvertRequest.prioritized:type_name -> lazyconv.v1.LayerFiles
+	22, // 8: lazyconv.v1.ConvertRequest.options:type_name -> lazyconv.v1.ConvertRequest.OptionsEntry
+	0,  // 9: lazyconv.v1.LayerProgress.state:type_name -> lazyconv.v1.LayerState
+	23, // 10: lazyconv.v1.Descriptor.annotations:type_name -> lazyconv.v1.Descriptor.AnnotationsEntry
+	13, // 11: lazyconv.v1.ConvertResult.target:type_name -> lazyconv.v1.Descriptor
+	12, // 12: lazyconv.v1.ConvertEvent.layer:type_name -> lazyconv.v1.LayerProgress
+	14, // 13: lazyconv.v1.ConvertEvent.result:type_name -> lazyconv.v1.ConvertResult
+	19, // 14: lazyconv.v1.CapabilitiesResponse.formats:type_name -> lazyconv.v1.Format
+	20, // 15: lazyconv.v1.CapabilitiesResponse.builders:type_name -> lazyconv.v1.Builder
+	6,  // 16: lazyconv.v1.Converter.Convert:input_type -> lazyconv.v1.ConvertRequest
+	16, // 17: lazyconv.v1.Converter.CheckEStargz:input_type -> lazyconv.v1.CheckEStargzRequest
+	18, // 18: lazyconv.v1.Converter.Capabilities:input_type -> lazyconv.v1.CapabilitiesRequest
+	4,  // 19: lazyconv.v1.Converter.Push:input_type -> lazyconv.v1.PushRequest
+	1,  // 20: lazyconv.v1.Converter.Verify:input_type -> lazyconv.v1.VerifyRequest
+	15, // 21: lazyconv.v1.Converter.Convert:output_type -> lazyconv.v1.ConvertEvent
+	17, // 22: lazyconv.v1.Converter.CheckEStargz:output_type -> lazyconv.v1.CheckEStargzResponse
+	21, // 23: lazyconv.v1.Converter.Capabilities:output_type -> lazyconv.v1.CapabilitiesResponse
+	5,  // 24: lazyconv.v1.Converter.Push:output_type -> lazyconv.v1.PushResponse
+	3,  // 25: lazyconv.v1.Converter.Verify:output_type -> lazyconv.v1.VerifyResponse
+	21, // [21:26] is the sub-list for method output_type
+	16, // [16:21] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_lazyconv_v1_converter_proto_init() }
@@ -1523,9 +1755,9 @@ func file_lazyconv_v1_converter_proto_init() {
 	if File_lazyconv_v1_converter_proto != nil {
 		return
 	}
-	file_lazyconv_v1_converter_proto_msgTypes[5].OneofWrappers = []any{}
-	file_lazyconv_v1_converter_proto_msgTypes[7].OneofWrappers = []any{}
-	file_lazyconv_v1_converter_proto_msgTypes[11].OneofWrappers = []any{
+	file_lazyconv_v1_converter_proto_msgTypes[8].OneofWrappers = []any{}
+	file_lazyconv_v1_converter_proto_msgTypes[10].OneofWrappers = []any{}
+	file_lazyconv_v1_converter_proto_msgTypes[14].OneofWrappers = []any{
 		(*ConvertEvent_Layer)(nil),
 		(*ConvertEvent_Result)(nil),
 	}
@@ -1535,7 +1767,7 @@ func file_lazyconv_v1_converter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lazyconv_v1_converter_proto_rawDesc), len(file_lazyconv_v1_converter_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,7 @@ const (
 	Converter_CheckEStargz_FullMethodName = "/lazyconv.v1.Converter/CheckEStargz"
 	Converter_Capabilities_FullMethodName = "/lazyconv.v1.Converter/Capabilities"
 	Converter_Push_FullMethodName         = "/lazyconv.v1.Converter/Push"
+	Converter_Verify_FullMethodName       = "/lazyconv.v1.Converter/Verify"
 )
 
 // ConverterClient is the client API for Converter service.
@@ -46,6 +47,10 @@ type ConverterClient interface {
 	// force_compression every layer is pushed in that format, missing variants
 	// being converted on the way.
 	Push(ctx context.Context, in *PushRequest, opts ...grpc.CallOption) (*PushResponse, error)
+	// Verify checks every eStargz or zstd:chunked layer of an image inside the
+	// service: the TOC against its digest annotation, and every file against
+	// the TOC. No blob crosses the socket.
+	Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (*VerifyResponse, error)
 }
 
 type converterClient struct {
@@ -105,6 +110,16 @@ func (c *converterClient) Push(ctx context.Context, in *PushRequest, opts ...grp
 	return out, nil
 }
 
+func (c *converterClient) Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (*VerifyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VerifyResponse)
+	err := c.cc.Invoke(ctx, Converter_Verify_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ConverterServer is the server API for Converter service.
 // All implementations must embed UnimplementedConverterServer
 // for forward compatibility.
@@ -121,6 +136,10 @@ type ConverterServer interface {
 	// force_compression every layer is pushed in that format, missing variants
 	// being converted on the way.
 	Push(context.Context, *PushRequest) (*PushResponse, error)
+	// Verify checks every eStargz or zstd:chunked layer of an image inside the
+	// service: the TOC against its digest annotation, and every file against
+	// the TOC. No blob crosses the socket.
+	Verify(context.Context, *VerifyRequest) (*VerifyResponse, error)
 	mustEmbedUnimplementedConverterServer()
 }
 
@@ -142,6 +161,9 @@ func (UnimplementedConverterServer) Capabilities(context.Context, *CapabilitiesR
 }
 func (UnimplementedConverterServer) Push(context.Context, *PushRequest) (*PushResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Push not implemented")
+}
+func (UnimplementedConverterServer) Verify(context.Context, *VerifyRequest) (*VerifyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Verify not implemented")
 }
 func (UnimplementedConverterServer) mustEmbedUnimplementedConverterServer() {}
 func (UnimplementedConverterServer) testEmbeddedByValue()                   {}
@@ -229,6 +251,24 @@ func _Converter_Push_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Converter_Verify_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VerifyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConverterServer).Verify(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Converter_Verify_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConverterServer).Verify(ctx, req.(*VerifyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Converter_ServiceDesc is the grpc.ServiceDesc for Converter service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -247,6 +287,10 @@ var Converter_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Push",
 			Handler:    _Converter_Push_Handler,
+		},
+		{
+			MethodName: "Verify",
+			Handler:    _Converter_Verify_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

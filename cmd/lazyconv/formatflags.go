@@ -1,0 +1,111 @@
+package main
+
+import (
+	"fmt"
+	"reflect"
+	"strconv"
+
+	"github.com/containerd/errdefs"
+	"github.com/urfave/cli/v3"
+
+	"github.com/lazyconv/lazyconv/service"
+)
+
+// The format flags of `image convert` and `image optimize` are made from the
+// service's format table: --<format> for each format with a flag, and
+// --<prefix>-<option> for each of its options, with the option's default and
+// help. A new option or format needs no change here.
+
+// formatFlags are --<format> and every option flag of the formats with a flag.
+func formatFlags() []cli.Flag {
+	var flags []cli.Flag
+	prefixes := map[string]bool{}
+	for _, f := range service.Formats() {
+		if !f.Flag {
+			continue
+		}
+		flags = append(flags, &cli.BoolFlag{Name: f.Name, Usage: f.Usage})
+		if f.OptionPrefix != "" && !prefixes[f.OptionPrefix] {
+			prefixes[f.OptionPrefix] = true
+			flags = append(flags, optionFlags(f)...)
+		}
+	}
+	return flags
+}
+
+// optionFlags are the flags of one format's options.
+func optionFlags(f service.Format) []cli.Flag {
+	var flags []cli.Flag
+	for _, o := range f.Options() {
+		name := o.FlagName(f.OptionPrefix)
+		switch o.Kind {
+		case reflect.Int, reflect.Int32, reflect.Int64:
+			n, _ := strconv.Atoi(o.Value)
+			flags = append(flags, &cli.IntFlag{Name: name, Usage: o.Usage, Value: n})
+		case reflect.Bool:
+			b, _ := strconv.ParseBool(o.Value)
+			flags = append(flags, &cli.BoolFlag{Name: name, Usage: o.Usage, Value: b})
+		default:
+			flags = append(flags, &cli.StringFlag{Name: name, Usage: o.Usage, Value: o.Value})
+		}
+	}
+	return flags
+}
+
+// chosenFormat is the format whose flag is set (FormatNone when none is).
+func chosenFormat(cmd *cli.Command) (service.Format, error) {
+	var chosen []service.Format
+	for _, f := range service.Formats() {
+		if f.Flag && cmd.Bool(f.Name) {
+			chosen = append(chosen, f)
+		}
+	}
+	switch len(chosen) {
+	case 0:
+		return service.Format{Name: service.FormatNone}, nil
+	case 1:
+		return chosen[0], nil
+	default:
+		return service.Format{}, fmt.Errorf("%s: %w", service.ExclusiveFlagsMessage(), errdefs.ErrInvalidArgument)
+	}
+}
+
+// flagOptions are the format's options the user set on the command line, by
+// option name, checked against the format (service-only options aside, which
+// only the service that runs them judges).
+func flagOptions(cmd *cli.Command, f service.Format) (map[string]string, error) {
+	out := map[string]string{}
+	for _, o := range f.Options() {
+		name := o.FlagName(f.OptionPrefix)
+		if !cmd.IsSet(name) {
+			continue
+		}
+		switch o.Kind {
+		case reflect.Int, reflect.Int32, reflect.Int64:
+			out[o.Name] = strconv.Itoa(cmd.Int(name))
+		case reflect.Bool:
+			out[o.Name] = strconv.FormatBool(cmd.Bool(name))
+		default:
+			out[o.Name] = cmd.String(name)
+		}
+	}
+	if err := service.ValidateOptions(f.Name, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// embeddedConfig is the service configuration of embedded mode: the CLI is
+// the service, so options only a service sets (the nydus builder) are the
+// user's flags.
+func embeddedConfig(cmd *cli.Command) service.Config {
+	cfg := service.DefaultConfig()
+	for _, f := range service.Formats() {
+		for _, o := range f.Options() {
+			if o.ServiceOnly && cmd.IsSet(o.FlagName(f.OptionPrefix)) {
+				cfg.FormatOptions[o.ConfigKey(f.OptionPrefix)] = cmd.String(o.FlagName(f.OptionPrefix))
+			}
+		}
+	}
+	return cfg
+}

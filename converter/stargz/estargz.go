@@ -1,0 +1,107 @@
+// Package stargz holds the formats with a table of contents that
+// stargz-snapshotter reads: lossless eStargz, lossless zstd:chunked and
+// optimized (prioritized) eStargz. They share estargz's writer with lazyconv's
+// compressors (sequential, or every core at once with byte-identical output),
+// a TOC writer that streams entries, eStargz detection and verification.
+package stargz
+
+import (
+	"context"
+	"io"
+	"maps"
+	"runtime"
+
+	"github.com/containerd/containerd/v2/core/content"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/converter/options"
+	"github.com/lazyconv/lazyconv/labels"
+)
+
+// EStargzOptions configures eStargz conversion (see package options for the tags).
+type EStargzOptions struct {
+	// CompressionLevel is the gzip level, -2 to 9; 9 (the default) is gzip's
+	// best, as stargz-snapshotter, nerdctl and BuildKit use.
+	CompressionLevel int `option:"compression-level" variant:"level" usage:"eStargz gzip level (-2..9)"`
+	// ChunkSize is the largest run of a regular file's bytes kept in one gzip
+	// stream (0: estargz's default of 4 MiB).
+	ChunkSize int `option:"chunk-size" variant:"chunk" usage:"eStargz chunk size in bytes (0: 4 MiB)"`
+}
+
+// DefaultEStargzOptions are the options a request that sets none gets.
+func DefaultEStargzOptions() EStargzOptions { return EStargzOptions{CompressionLevel: 9} }
+
+// Validate reports a bad option with ErrInvalidArgument.
+func (o EStargzOptions) Validate() error {
+	if err := validGzipLevel(o.CompressionLevel); err != nil {
+		return err
+	}
+	return validChunkSize(o.ChunkSize)
+}
+
+// NewEStargz returns the lossless eStargz layer converter: estargz.Unpack of
+// its output yields the source tar byte for byte. Layers that already are
+// eStargz are kept. A layer that cannot be carried losslessly (it holds an
+// eStargz TOC, or an entry estargz cannot represent) fails with
+// ErrInvalidArgument.
+func NewEStargz(o EStargzOptions) (converter.LayerConverter, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	return &tocConverter{
+		format: "estargz", variant: options.Variant("estargz", o, DefaultEStargzOptions()),
+		out: converter.Gzip, level: o.CompressionLevel, chunkSize: o.ChunkSize,
+		newCompressor: newEStargzCompressor,
+		keep:          keepEStargz,
+	}, nil
+}
+
+// newEStargzCompressor compresses the gzip streams of one layer on every core
+// (parallelCompressor), or in line with one core.
+func newEStargzCompressor(level int, out io.Writer) (tocCompressor, io.Writer) {
+	if workers := runtime.GOMAXPROCS(0); workers > 1 {
+		return newParallelGzip(level, workers, out), io.Discard
+	}
+	return newGzipCompressor(level), out
+}
+
+// keepEStargz keeps gzip layers that already are eStargz (filling in a
+// missing TOC digest annotation from the TOC).
+func keepEStargz(ctx context.Context, cs content.Store, desc ocispec.Descriptor) (*ocispec.Descriptor, map[string]string, error) {
+	comp, err := converter.LayerCompression(desc.MediaType)
+	if err != nil {
+		return nil, nil, err
+	}
+	if comp != converter.Gzip {
+		return nil, nil, nil
+	}
+	info, err := cs.Info(ctx, desc.Digest)
+	if err != nil {
+		return nil, nil, err
+	}
+	is, known := labels.IsEStargz(info)
+	var learnt map[string]string
+	if !known {
+		if is, err = detectEStargz(ctx, cs, desc.Digest); err != nil {
+			return nil, nil, err
+		}
+		learnt = map[string]string{labels.EStargz: labels.FormatBool(is)}
+	}
+	if !is {
+		return nil, learnt, nil
+	}
+	keep := desc
+	if _, ok := desc.Annotations[labels.TOCDigestAnnotation]; !ok {
+		tocDigest, err := readTOCDigest(ctx, cs, desc)
+		if err != nil {
+			return nil, nil, err
+		}
+		keep.Annotations = maps.Clone(desc.Annotations)
+		if keep.Annotations == nil {
+			keep.Annotations = map[string]string{}
+		}
+		keep.Annotations[labels.TOCDigestAnnotation] = tocDigest.String()
+	}
+	return &keep, learnt, nil
+}

@@ -1,0 +1,210 @@
+package stargz
+
+import (
+	"bytes"
+	"hash"
+	"io"
+	"sync"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/opencontainers/go-digest"
+)
+
+// parallelCompressor lets estargz's (sequential) lossless writer lay out a
+// layer while the gzip streams are compressed concurrently: the output is
+// byte for byte what gzipCompressor (or the sequential zstd:chunked compressor) writes, but one layer uses every core.
+//
+// estargz starts a gzip stream per file chunk and records, as each chunk's
+// offset, how many compressed bytes were written before it. Here each stream
+// writes a single placeholder byte to estargz's writer, so the offsets it
+// records are stream indexes; streams are compressed by a bounded pool and
+// written to the real output in order, and the TOC's offsets are mapped to
+// real ones before the TOC is written.
+type parallelCompressor struct {
+	// stream opens one compressed stream into w; it must be safe for
+	// concurrent use.
+	stream func(w io.Writer) (estargz.WriteFlushCloser, error)
+	// toc writes the TOC and footer at offset off, and returns the TOC
+	// digest and how many uncompressed bytes the TOC adds to the layer.
+	toc func(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, int64, error)
+	// annotations are the format's own, known once the TOC is written.
+	annotations func() map[string]string
+
+	payloadHash
+	out     io.Writer // the real destination
+	tocSize int64
+
+	next    int64              // index of the next stream
+	queue   chan *streamResult // in stream order, bounded: backpressure
+	slots   chan struct{}      // compression workers
+	offsets []int64            // compressed start offset of each stream
+	written chan error         // the ordered writer's outcome
+	free    chan *bytes.Buffer // spare stream buffers
+	pos     int64
+	once    sync.Once
+	err     error
+}
+
+type streamResult struct {
+	done chan struct{}
+	data *bytes.Buffer
+	err  error
+}
+
+// getBuffer takes a stream buffer (a chunk, up to 4 MiB, or its compressed
+// form) from the compressor's free list. The list is bounded by the streams
+// that can be in flight, unlike a sync.Pool, so memory stays flat and small
+// however long the layer.
+func (c *parallelCompressor) getBuffer() *bytes.Buffer {
+	select {
+	case b := <-c.free:
+		b.Reset()
+		return b
+	default:
+		return new(bytes.Buffer)
+	}
+}
+
+func (c *parallelCompressor) putBuffer(b *bytes.Buffer) {
+	select {
+	case c.free <- b:
+	default: // enough spares already
+	}
+}
+
+// newParallelGzip is the eStargz (gzip) parallel compressor.
+func newParallelGzip(level, workers int, out io.Writer) *parallelCompressor {
+	pool := gzipWriterPool(level)
+	return newParallelCompressor(workers, out,
+		func(w io.Writer) (estargz.WriteFlushCloser, error) { return openPooledGzip(pool, w), nil },
+		func(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, int64, error) {
+			return writeGzipTOC(w, off, level, toc, diffHash)
+		},
+		func() map[string]string { return nil })
+}
+
+func newParallelCompressor(workers int, out io.Writer,
+	stream func(io.Writer) (estargz.WriteFlushCloser, error),
+	toc func(io.Writer, int64, *estargz.JTOC, hash.Hash) (digest.Digest, int64, error),
+	annotations func() map[string]string) *parallelCompressor {
+	c := &parallelCompressor{
+		stream: stream, toc: toc, annotations: annotations, out: out, payloadHash: newPayloadHash(),
+		queue: make(chan *streamResult, workers), slots: make(chan struct{}, workers), written: make(chan error, 1),
+		free: make(chan *bytes.Buffer, 4*workers+2),
+	}
+	go c.writeInOrder()
+	return c
+}
+
+// writeInOrder writes compressed streams in order, noting where each starts.
+func (c *parallelCompressor) writeInOrder() {
+	var err error
+	for r := range c.queue {
+		<-r.done
+		c.offsets = append(c.offsets, c.pos)
+		if err == nil {
+			err = r.err
+		}
+		if err == nil {
+			var n int
+			n, err = c.out.Write(r.data.Bytes())
+			c.pos += int64(n)
+		}
+		c.putBuffer(r.data)
+	}
+	c.written <- err
+}
+
+// Writer opens stream number c.next: one placeholder byte, so that estargz's
+// offsets count streams.
+func (c *parallelCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error) {
+	if _, err := w.Write([]byte{0}); err != nil {
+		return nil, err
+	}
+	c.next++
+	return &bufferedStream{c: c, buf: c.getBuffer()}, nil
+}
+
+type bufferedStream struct {
+	c       *parallelCompressor
+	buf     *bytes.Buffer
+	flushed bool
+	closed  bool
+}
+
+func (s *bufferedStream) Write(p []byte) (int, error) {
+	s.c.add(p)
+	return s.buf.Write(p)
+}
+
+// Flush is recorded: estargz flushes a stream just before closing it when a
+// chunk starts, and the compressed bytes must be the same.
+func (s *bufferedStream) Flush() error {
+	s.flushed = true
+	return nil
+}
+
+// Close hands the stream to a compression worker (waiting for a free one).
+func (s *bufferedStream) Close() error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	r := &streamResult{done: make(chan struct{})}
+	s.c.slots <- struct{}{}
+	s.c.queue <- r
+	in, flushed := s.buf, s.flushed
+	s.buf = nil
+	go func() {
+		defer func() { <-s.c.slots; close(r.done) }()
+		out := s.c.getBuffer()
+		r.data = out
+		zw, err := s.c.stream(out)
+		if err != nil {
+			r.err = err
+			return
+		}
+		_, r.err = zw.Write(in.Bytes())
+		s.c.putBuffer(in)
+		if r.err == nil && flushed {
+			r.err = zw.Flush()
+		}
+		if err := zw.Close(); r.err == nil {
+			r.err = err
+		}
+	}()
+	return nil
+}
+
+// WriteTOCAndFooter runs when estargz closes: it waits for every stream to be
+// written, turns the TOC's stream indexes into offsets, and writes the TOC
+// and footer to the real output.
+func (c *parallelCompressor) WriteTOCAndFooter(_ io.Writer, _ int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, error) {
+	if err := c.finish(); err != nil {
+		return "", err
+	}
+	for _, e := range toc.Entries {
+		if e.Type == "chunk" || (e.Type == "reg" && e.Size > 0) {
+			e.Offset = c.offsets[e.Offset]
+		}
+	}
+	d, n, err := c.toc(c.out, c.pos, toc, diffHash)
+	c.tocSize = n
+	return d, err
+}
+
+// finish stops accepting streams and waits for the ordered writer.
+func (c *parallelCompressor) finish() error {
+	c.once.Do(func() {
+		close(c.queue)
+		c.err = <-c.written
+	})
+	return c.err
+}
+
+// abort releases the writer goroutine after a failed conversion.
+func (c *parallelCompressor) abort() { _ = c.finish() }
+
+func (c *parallelCompressor) UncompressedSize() int64 { return c.size + c.tocSize }
+
+func (c *parallelCompressor) Annotations() map[string]string { return c.annotations() }

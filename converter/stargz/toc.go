@@ -1,0 +1,128 @@
+package stargz
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"maps"
+	"strconv"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/internal/layerio"
+	"github.com/lazyconv/lazyconv/labels"
+)
+
+// tocConverter writes layers in a format with a table of contents, through
+// estargz's lossless writer: eStargz (gzip) or zstd:chunked. The format's
+// constructor fills it from the format's options.
+type tocConverter struct {
+	format    string                // "estargz" or "zstdchunked", for messages
+	variant   string                // derived from the options by options.Variant
+	out       converter.Compression // output compression
+	level     int
+	chunkSize int
+	// newCompressor returns a fresh compressor for one conversion (its
+	// state, hashes and zstd:chunked metadata, is never shared) writing to
+	// out, and the writer estargz's writer must write to.
+	newCompressor func(level int, out io.Writer) (tocCompressor, io.Writer)
+	// keep reports whether a source already is in the format.
+	keep func(ctx context.Context, cs content.Store, desc ocispec.Descriptor) (*ocispec.Descriptor, map[string]string, error)
+}
+
+// tocCompressor is an estargz.Compressor that also tells what the lossless
+// check and the descriptor annotations need.
+type tocCompressor interface {
+	estargz.Compressor
+	// PayloadDigest is the digest of every uncompressed payload byte written.
+	PayloadDigest() digest.Digest
+	// UncompressedSize is the size of the blob once decompressed.
+	UncompressedSize() int64
+	// Annotations are format-specific descriptor annotations, known after the TOC is written.
+	Annotations() map[string]string
+}
+
+// Variant is the format, qualified by its non-default options.
+func (c *tocConverter) Variant() string { return c.variant }
+
+// MediaType is the output compression's layer type in the source's family.
+func (c *tocConverter) MediaType(src string) string { return converter.LayerMediaType(src, c.out) }
+
+// Keep keeps sources already in the format.
+func (c *tocConverter) Keep(ctx context.Context, cs content.Store, desc ocispec.Descriptor) (*ocispec.Descriptor, map[string]string, error) {
+	return c.keep(ctx, cs, desc)
+}
+
+// Convert streams the layer through estargz's lossless writer, and proves
+// the result lossless: the payload it compressed must hash to the source's
+// diffID.
+func (c *tocConverter) Convert(ctx context.Context, cs content.Store, desc ocispec.Descriptor, counters converter.Counters) (converter.Output, error) {
+	src, err := layerio.Open(ctx, cs, desc, counters.In)
+	if err != nil {
+		return converter.Output{}, err
+	}
+	defer src.Close()
+	var (
+		comp        tocCompressor
+		diffID      digest.Digest
+		annotations map[string]string
+	)
+	blob, err := layerio.WriteBlob(ctx, cs, layerio.IngestRef(c.variant, desc.Digest), counters.Out, func(w io.Writer) (_ map[string]string, retErr error) {
+		var layout io.Writer
+		comp, layout = c.newCompressor(c.level, w)
+		if a, ok := comp.(interface{ abort() }); ok {
+			defer func() {
+				if retErr != nil {
+					a.abort()
+				}
+			}()
+		}
+		ew := estargz.NewWriterWithCompressor(layout, comp)
+		ew.ChunkSize = c.chunkSize
+		if err := ew.AppendTarLossLess(src); err != nil {
+			return nil, src.InputError(err)
+		}
+		if err := src.Drain(); err != nil {
+			return nil, src.InputError(err)
+		}
+		tocDigest, err := ew.Close()
+		if err != nil {
+			return nil, err
+		}
+		diffID = digest.Digest(ew.DiffID())
+		if comp.PayloadDigest() != src.DiffID() {
+			return nil, fmt.Errorf("cannot be converted to %s losslessly (an entry, such as a sparse file, "+
+				"would be rewritten: payload %s differs from source %s): %w",
+				c.format, comp.PayloadDigest(), src.DiffID(), errdefs.ErrInvalidArgument)
+		}
+		annotations = map[string]string{
+			labels.TOCDigestAnnotation:        tocDigest.String(),
+			labels.UncompressedSizeAnnotation: strconv.FormatInt(comp.UncompressedSize(), 10),
+		}
+		maps.Copy(annotations, comp.Annotations())
+		lbls := map[string]string{labels.Uncompressed: diffID.String()}
+		if c.out == converter.Gzip {
+			lbls[labels.EStargz] = labels.FormatBool(true)
+		}
+		labels.AnnotationsToLabels(annotations, lbls)
+		return lbls, nil
+	})
+	if err != nil {
+		return converter.Output{}, err
+	}
+	out := ocispec.Descriptor{MediaType: c.MediaType(desc.MediaType), Digest: blob.Digest, Size: blob.Size, Annotations: annotations}
+	return converter.Output{Desc: out, DiffID: diffID, SourceDiffID: src.DiffID()}, nil
+}
+
+// validChunkSize reports an ErrInvalidArgument error for a negative chunk size.
+func validChunkSize(size int) error {
+	if size < 0 {
+		return fmt.Errorf("chunk size must not be negative, got %d: %w", size, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}

@@ -1,0 +1,189 @@
+// Package layerio is the layer I/O every format shares: opening a source
+// layer as its uncompressed tar (hashing it into the source diffID on the
+// way), writing a new blob into the content store under a lease with nothing
+// left behind on failure, and classifying read failures as bad input.
+package layerio
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"hash"
+	"io"
+	"sync/atomic"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/errdefs"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lazyconv/lazyconv/converter"
+)
+
+// Source is a layer blob opened for conversion: a decompressed tar stream
+// that hashes what it yields (the source diffID), counts the compressed bytes
+// read, and remembers the first error the blob or its decompression gave, so
+// that a failed conversion can tell bad input from a failing store.
+type Source struct {
+	ctx       context.Context
+	ra        content.ReaderAt
+	decomp    io.ReadCloser
+	diffHash  hash.Hash
+	tarBytes  int64
+	inputErr  error
+	closeOnce atomic.Bool
+}
+
+// Open opens desc from cs for reading its uncompressed tar. bytesIn, if not
+// nil, is advanced by the compressed bytes read. A media type that is not a
+// layer, or compressed data that does not match it, is ErrInvalidArgument.
+func Open(ctx context.Context, cs content.Provider, desc ocispec.Descriptor, bytesIn *atomic.Int64) (*Source, error) {
+	ra, br, actual, err := openLayer(ctx, cs, desc, bytesIn, 1<<20)
+	if err != nil {
+		return nil, err
+	}
+	s := &Source{ctx: ctx, ra: ra, diffHash: sha256.New()}
+	switch actual {
+	case converter.Gzip:
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			ra.Close()
+			return nil, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
+		}
+		s.decomp = zr
+	case converter.Zstd:
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+		if err != nil {
+			ra.Close()
+			return nil, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
+		}
+		s.decomp = zr.IOReadCloser()
+	default:
+		s.decomp = io.NopCloser(br)
+	}
+	return s, nil
+}
+
+// Read yields the uncompressed tar, and stops when the context is done.
+func (s *Source) Read(p []byte) (int, error) {
+	if err := context.Cause(s.ctx); err != nil {
+		return 0, err
+	}
+	n, err := s.decomp.Read(p)
+	if n > 0 {
+		s.diffHash.Write(p[:n])
+		s.tarBytes += int64(n)
+	}
+	if err != nil && err != io.EOF && s.inputErr == nil {
+		s.inputErr = err
+	}
+	return n, err
+}
+
+// Drain reads the rest of the stream, so that the diffID covers every byte
+// and trailing corruption is noticed.
+func (s *Source) Drain() error {
+	_, err := io.Copy(io.Discard, s)
+	return err
+}
+
+// DiffID is the digest of the uncompressed tar read so far.
+func (s *Source) DiffID() digest.Digest {
+	return digest.NewDigestFromBytes(digest.SHA256, s.diffHash.Sum(nil))
+}
+
+// Close releases the blob.
+func (s *Source) Close() error {
+	if !s.closeOnce.CompareAndSwap(false, true) {
+		return nil
+	}
+	s.decomp.Close()
+	return s.ra.Close()
+}
+
+// InputError classifies a failure while reading the source: a cancelled
+// context stays what it is, so do a store's NotFound and Unavailable;
+// anything the source or its tar gave is bad input (ErrInvalidArgument).
+func (s *Source) InputError(err error) error {
+	if ctxErr := context.Cause(s.ctx); ctxErr != nil {
+		return ctxErr
+	}
+	if s.inputErr != nil {
+		err = s.inputErr
+	}
+	if errdefs.IsNotFound(err) || errdefs.IsUnavailable(err) {
+		return err
+	}
+	return fmt.Errorf("reading source: %v: %w", err, errdefs.ErrInvalidArgument)
+}
+
+// OpenBlob opens desc's blob as it is stored, for a format that decompresses
+// it itself, after the same checks as Open: a layer media type, and data
+// whose compression matches it.
+func OpenBlob(ctx context.Context, cs content.Provider, desc ocispec.Descriptor) (content.ReaderAt, error) {
+	ra, _, _, err := openLayer(ctx, cs, desc, nil, 16)
+	return ra, err
+}
+
+// openLayer opens a layer blob behind a buffer of bufSize (counting what is
+// read into bytesIn) and returns its actual compression, once it is known to
+// match the media type.
+func openLayer(ctx context.Context, cs content.Provider, desc ocispec.Descriptor, bytesIn *atomic.Int64, bufSize int) (content.ReaderAt, *bufio.Reader, converter.Compression, error) {
+	declared, err := converter.LayerCompression(desc.MediaType)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	ra, err := cs.ReaderAt(ctx, desc)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	br := bufio.NewReaderSize(&CountingReader{R: io.NewSectionReader(ra, 0, ra.Size()), N: bytesIn}, bufSize)
+	actual := sniffCompression(br)
+	if err := matches(desc.MediaType, declared, actual); err != nil {
+		ra.Close()
+		return nil, nil, 0, err
+	}
+	return ra, br, actual, nil
+}
+
+// matches checks a blob's compression against its media type: a compressed
+// media type over data with no such magic is bad input; an uncompressed media
+// type over compressed data is read as what it is.
+func matches(mediaType string, declared, actual converter.Compression) error {
+	if actual != declared && !(declared == converter.Uncompressed && actual != converter.Uncompressed) {
+		return fmt.Errorf("media type %q declares %s data but the blob is not: %w",
+			mediaType, declared, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+func sniffCompression(br *bufio.Reader) converter.Compression {
+	head, _ := br.Peek(4)
+	switch {
+	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
+		return converter.Gzip
+	case bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		return converter.Zstd
+	default:
+		return converter.Uncompressed
+	}
+}
+
+// CountingReader counts the bytes read through R into N (if not nil), for progress.
+type CountingReader struct {
+	R io.Reader
+	N *atomic.Int64
+}
+
+// Read reads from R and counts what it read.
+func (c *CountingReader) Read(p []byte) (int, error) {
+	n, err := c.R.Read(p)
+	if c.N != nil {
+		c.N.Add(int64(n))
+	}
+	return n, err
+}

@@ -1,0 +1,68 @@
+package service
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/opencontainers/go-digest"
+
+	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/converter/nydus"
+	"github.com/lazyconv/lazyconv/converter/stargz"
+	"github.com/lazyconv/lazyconv/labels"
+)
+
+// Capabilities is the gRPC handler: every format of the table, whether it
+// can run here (probing external builders, once), and the builders found.
+func (s *Service) Capabilities(ctx context.Context, _ *api.CapabilitiesRequest) (*api.CapabilitiesResponse, error) {
+	resp := &api.CapabilitiesResponse{Version: s.version, DefaultFormat: s.cfg.DefaultFormat, Workers: int32(s.cfg.Workers)}
+	if resp.Workers == 0 {
+		resp.Workers = int32(runtime.GOMAXPROCS(0))
+	}
+	for _, f := range formats {
+		format := &api.Format{Name: f.Name, Available: true}
+		if f.available != nil {
+			opts, err := f.resolveOptions(s.cfg.FormatOptions, nil)
+			if err == nil {
+				err = f.available(ctx, opts)
+			}
+			if err != nil {
+				format.Available, format.Reason = false, err.Error()
+			}
+		}
+		resp.Formats = append(resp.Formats, format)
+	}
+	b := nydus.Probe(ctx, s.cfg.FormatOptions["nydus_builder_path"])
+	resp.Builders = append(resp.Builders, &api.Builder{Name: nydus.BuilderName, Path: b.Path, Version: b.Version, Found: b.Found})
+	return resp, nil
+}
+
+// CheckEStargz is the gRPC handler; it answers from the label cache when it can.
+func (s *Service) CheckEStargz(ctx context.Context, req *api.CheckEStargzRequest) (*api.CheckEStargzResponse, error) {
+	resp, err := s.checkEStargz(ctx, req)
+	return resp, errgrpc.ToGRPC(err)
+}
+
+func (s *Service) checkEStargz(ctx context.Context, req *api.CheckEStargzRequest) (*api.CheckEStargzResponse, error) {
+	ctx, err := requestContext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	dgst, err := digest.Parse(req.GetDigest())
+	if err != nil {
+		return nil, fmt.Errorf("digest %q: %v: %w", req.GetDigest(), err, errdefs.ErrInvalidArgument)
+	}
+	info, err := s.cs.Info(ctx, dgst)
+	if err != nil {
+		return nil, err
+	}
+	_, cached := labels.IsEStargz(info)
+	is, err := stargz.IsEStargz(ctx, s.cs, dgst)
+	if err != nil {
+		return nil, err
+	}
+	return &api.CheckEStargzResponse{Estargz: is, Cached: cached}, nil
+}

@@ -1,0 +1,170 @@
+package service
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc"
+
+	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/converter"
+)
+
+// Convert is the gRPC handler.
+func (s *Service) Convert(req *api.ConvertRequest, stream grpc.ServerStreamingServer[api.ConvertEvent]) error {
+	return errgrpc.ToGRPC(s.ConvertImage(stream.Context(), req, stream.Send))
+}
+
+// ConvertImage converts the requested image, sending one event per layer
+// change (at most every 100 ms per layer) and then the result.
+func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, send func(*api.ConvertEvent) error) error {
+	ctx, err := requestContext(ctx)
+	if err != nil {
+		return err
+	}
+	if req.GetSource() == "" || req.GetTarget() == "" {
+		return fmt.Errorf("source and target are required: %w", errdefs.ErrInvalidArgument)
+	}
+	p, oci, err := s.planRequest(ctx, req)
+	if err != nil {
+		return err
+	}
+	pm, err := platformMatcher(req.GetPlatforms(), req.GetAllPlatforms())
+	if err != nil {
+		return err
+	}
+	resolver := registryOptions(req.GetRegistry()).Resolver()
+	ensure := func(ctx context.Context, layer, manifest ocispec.Descriptor, bytesIn *atomic.Int64) error {
+		return s.fetcher.Ensure(ctx, resolver, layer, manifest, req.GetSource(), bytesIn)
+	}
+	progress := converter.NewProgress()
+	before := s.conv.Conversions()
+	type outcome struct {
+		res *converter.ImageResult
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := s.conv.ConvertImage(ctx, s.is, req.GetSource(), req.GetTarget(), converter.ImageOptions{
+			Layers: p.layers, AppendLayer: p.appendLayer, DockerToOCI: req.GetOci() || oci, Platforms: pm, Progress: progress,
+			EnsureLayer: ensure,
+		})
+		done <- outcome{res, err}
+	}()
+	sent := map[digest.Digest]converter.LayerStatus{}
+	flush := func() error {
+		for _, st := range progress.Snapshot() {
+			if prev, ok := sent[st.Digest]; ok && prev.State == st.State && prev.BytesIn == st.BytesIn && prev.BytesOut == st.BytesOut {
+				continue
+			}
+			sent[st.Digest] = st
+			if err := send(&api.ConvertEvent{Event: &api.ConvertEvent_Layer{Layer: LayerEvent(st)}}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			if err := flush(); err != nil {
+				log.G(ctx).WithError(err).Debug("progress not delivered")
+			}
+		case out := <-done:
+			if err := flush(); err != nil && out.err == nil {
+				return err
+			}
+			if out.err != nil {
+				return out.err
+			}
+			t := out.res.Image.Target
+			return send(&api.ConvertEvent{Event: &api.ConvertEvent_Result{Result: &api.ConvertResult{
+				Name:      out.res.Image.Name,
+				Target:    descriptor(t.MediaType, t.Digest.String(), t.Size, t.Annotations),
+				Converted: s.conv.Conversions() - before,
+			}}})
+		}
+	}
+}
+
+// planRequest looks the request's format up in the table, resolves its
+// options (defaults, configuration, request), checks the format can run
+// here, and builds its plan. It returns whether the format implies OCI.
+func (s *Service) planRequest(ctx context.Context, req *api.ConvertRequest) (plan, bool, error) {
+	name := req.GetFormat()
+	if name == "" {
+		name = s.cfg.DefaultFormat
+	}
+	if name == FormatNone {
+		return plan{}, false, nil
+	}
+	f, err := LookupFormat(name)
+	if err != nil {
+		return plan{}, false, err
+	}
+	opts, err := f.resolveOptions(s.cfg.FormatOptions, RequestOptions(name, req))
+	if err != nil {
+		return plan{}, false, err
+	}
+	if f.available != nil {
+		if err := f.available(ctx, opts); err != nil {
+			return plan{}, false, err
+		}
+	}
+	p, err := f.plan(opts, req)
+	return p, f.OCI, err
+}
+
+// RequestOptions are a request's options for format (the request's, or the
+// service's default when it names none) by name: the typed option messages
+// older clients send, overridden by the options map.
+func RequestOptions(format string, req *api.ConvertRequest) map[string]string {
+	out := map[string]string{}
+	level := func(l *int32) {
+		if l != nil {
+			out["compression-level"] = strconv.Itoa(int(*l))
+		}
+	}
+	chunk := func(c *int64) {
+		if c != nil {
+			out["chunk-size"] = strconv.FormatInt(*c, 10)
+		}
+	}
+	switch format {
+	case FormatEStargz, FormatEStargzOptimized:
+		if o := req.GetEstargz(); o != nil {
+			level(o.CompressionLevel)
+			chunk(o.ChunkSize)
+		}
+	case FormatZstdChunked:
+		if o := req.GetZstdchunked(); o != nil {
+			level(o.CompressionLevel)
+			chunk(o.ChunkSize)
+		}
+	case FormatNydus:
+		if o := req.GetNydus(); o != nil {
+			for k, v := range map[string]string{
+				"builder-path": o.GetBuilderPath(), "work-dir": o.GetWorkDir(), "fs-version": o.GetFsVersion(),
+				"compressor": o.GetCompressor(), "prefetch-patterns": o.GetPrefetchPatterns(),
+			} {
+				if v != "" {
+					out[k] = v
+				}
+			}
+		}
+	}
+	for k, v := range req.GetOptions() {
+		out[k] = v
+	}
+	return out
+}

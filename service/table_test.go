@@ -1,0 +1,194 @@
+package service_test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/errdefs"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/labels"
+	"github.com/lazyconv/lazyconv/service"
+)
+
+// Every state crosses the wire by name and comes back as itself.
+func TestEveryLayerStateCrossesTheWire(t *testing.T) {
+	for _, tc := range []struct {
+		local converter.LayerState
+		wire  api.LayerState
+	}{
+		{converter.StateQueued, api.LayerState_LAYER_STATE_QUEUED},
+		{converter.StateReading, api.LayerState_LAYER_STATE_READING},
+		{converter.StateConverting, api.LayerState_LAYER_STATE_CONVERTING},
+		{converter.StateCommitted, api.LayerState_LAYER_STATE_COMMITTED},
+		{converter.StateCached, api.LayerState_LAYER_STATE_CACHED},
+		{converter.StateKept, api.LayerState_LAYER_STATE_KEPT},
+		{converter.StateFailed, api.LayerState_LAYER_STATE_FAILED},
+		{converter.StateFetching, api.LayerState_LAYER_STATE_FETCHING},
+	} {
+		t.Run(tc.local.String(), func(t *testing.T) {
+			st := converter.LayerStatus{Digest: "sha256:00", State: tc.local, BytesIn: 3, BytesOut: 4}
+			ev := service.LayerEvent(st)
+			assert.Equal(t, tc.wire, ev.GetState())
+			assert.Equal(t, st, service.LayerStatus(ev))
+		})
+	}
+	assert.Len(t, api.LayerState_name, 8, "a new wire state needs a row above and in the service's map")
+}
+
+func TestConfigParsesTOMLValues(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		raw   map[string]any
+		check func(t *testing.T, cfg service.Config, err error)
+	}{
+		{"empty means defaults", nil, func(t *testing.T, cfg service.Config, err error) {
+			require.NoError(t, err)
+			assert.Equal(t, service.DefaultConfig(), cfg)
+		}},
+		{"values as TOML decodes them", map[string]any{"workers": int64(3), "estargz_compression_level": int64(6), "nydus_compressor": "none"},
+			func(t *testing.T, cfg service.Config, err error) {
+				require.NoError(t, err)
+				assert.Equal(t, 3, cfg.Workers)
+				assert.Equal(t, "6", cfg.FormatOptions["estargz_compression_level"])
+				assert.Equal(t, "none", cfg.FormatOptions["nydus_compressor"])
+				assert.Equal(t, "3", cfg.FormatOptions["zstdchunked_compression_level"], "others keep their defaults")
+			}},
+		{"unknown key", map[string]any{"estargz_level": int64(6)}, func(t *testing.T, _ service.Config, err error) {
+			require.Error(t, err)
+			assert.True(t, errdefs.IsInvalidArgument(err))
+			assert.Contains(t, err.Error(), "estargz_compression_level", "the error lists the known keys")
+		}},
+		{"wrong kind", map[string]any{"estargz_chunk_size": "big"}, func(t *testing.T, _ service.Config, err error) {
+			assert.True(t, errdefs.IsInvalidArgument(err), "%v", err)
+		}},
+		{"invalid value", map[string]any{"zstdchunked_compression_level": int64(30)}, func(t *testing.T, _ service.Config, err error) {
+			assert.True(t, errdefs.IsInvalidArgument(err), "%v", err)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := service.ParseConfig(tc.raw)
+			tc.check(t, cfg, err)
+		})
+	}
+	back, err := service.ParseConfig(service.DefaultConfig().TOML())
+	require.NoError(t, err)
+	assert.Equal(t, service.DefaultConfig(), back, "TOML() reads back as itself")
+}
+
+// The configuration keys are the ones config.toml.example has always had.
+func TestConfigKeysAreStable(t *testing.T) {
+	keys := map[string]any{}
+	for k := range service.DefaultConfig().TOML() {
+		keys[k] = nil
+	}
+	for _, k := range []string{"workers", "default_format", "estargz_compression_level", "estargz_chunk_size",
+		"zstdchunked_compression_level", "zstdchunked_chunk_size", "nydus_builder_path", "nydus_work_dir",
+		"nydus_fs_version", "nydus_compressor", "nydus_prefetch_patterns"} {
+		assert.Contains(t, keys, k)
+	}
+	assert.Len(t, keys, 11)
+}
+
+func TestRequestOptions(t *testing.T) {
+	level, chunk := int32(6), int64(4096)
+	for _, tc := range []struct {
+		name string
+		req  *api.ConvertRequest
+		want map[string]string
+	}{
+		{"none", &api.ConvertRequest{Format: "estargz"}, map[string]string{}},
+		{"typed eStargz options", &api.ConvertRequest{Format: "estargz", Estargz: &api.EStargzOptions{CompressionLevel: &level, ChunkSize: &chunk}},
+			map[string]string{"compression-level": "6", "chunk-size": "4096"}},
+		{"typed options of another format are ignored", &api.ConvertRequest{Format: "zstdchunked", Estargz: &api.EStargzOptions{CompressionLevel: &level}},
+			map[string]string{}},
+		{"the map wins", &api.ConvertRequest{Format: "zstdchunked", Zstdchunked: &api.ZstdChunkedOptions{CompressionLevel: &level},
+			Options: map[string]string{"compression-level": "19"}}, map[string]string{"compression-level": "19"}},
+		{"nydus strings", &api.ConvertRequest{Format: "nydus", Nydus: &api.NydusOptions{Compressor: "none"}},
+			map[string]string{"compressor": "none"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, service.RequestOptions(tc.req.GetFormat(), tc.req))
+		})
+	}
+}
+
+func TestRequestOptionsAreChecked(t *testing.T) {
+	f := newFixture(t, service.DefaultConfig())
+	for _, tc := range []struct {
+		name    string
+		format  string
+		options map[string]string
+		class   func(error) bool
+	}{
+		{"unknown option", "estargz", map[string]string{"speed": "fast"}, errdefs.IsInvalidArgument},
+		{"not a number", "estargz", map[string]string{"compression-level": "max"}, errdefs.IsInvalidArgument},
+		{"out of range", "zstdchunked", map[string]string{"compression-level": "23"}, errdefs.IsInvalidArgument},
+		{"a format without options", "uncompress", map[string]string{"level": "1"}, errdefs.IsInvalidArgument},
+		{"the service's own builder", "nydus", map[string]string{"builder-path": "/tmp/evil"}, errdefs.IsPermissionDenied},
+		{"the service's own work dir", "nydus", map[string]string{"work-dir": "/"}, errdefs.IsPermissionDenied},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := f.svc.ConvertImage(f.ctx, &api.ConvertRequest{Source: "app:v1", Target: "x", Format: tc.format, Options: tc.options},
+				func(*api.ConvertEvent) error { return nil })
+			require.Error(t, err)
+			assert.True(t, tc.class(err), "%v", err)
+		})
+	}
+	// A valid option reaches the converter: the variant names it.
+	events := 0
+	require.NoError(t, f.svc.ConvertImage(f.ctx, &api.ConvertRequest{Source: "app:v1", Target: "app:l1", Format: "estargz",
+		AllPlatforms: true, Options: map[string]string{"compression-level": "1"}}, func(*api.ConvertEvent) error { events++; return nil }))
+	assert.Positive(t, events)
+	assertVariantLinked(t, f, "estargz.level-1")
+}
+
+func TestExclusiveFlagsMessageNamesEveryFlag(t *testing.T) {
+	msg := service.ExclusiveFlagsMessage()
+	for _, fm := range service.Formats() {
+		if fm.Flag {
+			assert.Contains(t, msg, fmt.Sprintf("--%s", fm.Name))
+		}
+	}
+	assert.Equal(t, "--estargz, --zstdchunked, --nydus and --uncompress exclude each other", msg)
+}
+
+func TestVerifyReportsEveryLayer(t *testing.T) {
+	f := newFixture(t, service.DefaultConfig())
+	require.NoError(t, f.svc.ConvertImage(f.ctx, &api.ConvertRequest{Source: "app:v1", Target: "app:esgz", AllPlatforms: true},
+		func(*api.ConvertEvent) error { return nil }))
+	resp, err := f.svc.VerifyImage(f.ctx, &api.VerifyRequest{Ref: "app:esgz", AllPlatforms: true})
+	require.NoError(t, err)
+	require.NotEmpty(t, resp.GetLayers())
+	for _, l := range resp.GetLayers() {
+		assert.Empty(t, l.GetError())
+		assert.NotEmpty(t, l.GetTocDigest())
+		assert.Positive(t, l.GetFiles())
+	}
+	// The source's layers are not eStargz: each one fails, with its reason.
+	resp, err = f.svc.VerifyImage(f.ctx, &api.VerifyRequest{Ref: "app:v1", AllPlatforms: true})
+	require.NoError(t, err)
+	require.NotEmpty(t, resp.GetLayers())
+	for _, l := range resp.GetLayers() {
+		assert.Contains(t, l.GetError(), "annotation")
+	}
+	_, err = f.svc.VerifyImage(f.ctx, &api.VerifyRequest{Ref: "missing:v1"})
+	assert.True(t, errdefs.IsNotFound(err), "%v", err)
+}
+
+// assertVariantLinked checks that some source layer links a variant of that name.
+func assertVariantLinked(t *testing.T, f *fixture, variant string) {
+	t.Helper()
+	found := false
+	require.NoError(t, f.store.ContentStore().Walk(f.ctx, func(info content.Info) error {
+		if _, ok := labels.Variant(info, variant); ok {
+			found = true
+		}
+		return nil
+	}))
+	assert.True(t, found, "a layer links variant %s", variant)
+}
