@@ -12,6 +12,7 @@ import (
 	"runtime"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/stargz-snapshotter/estargz"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lazyconv/lazyconv/converter"
@@ -40,6 +41,16 @@ func (o EStargzOptions) Validate() error {
 	return validChunkSize(o.ChunkSize)
 }
 
+// The two writers an eStargz layer can come from take their settings here,
+// side by side, so that an option reaches both: the lossless writer
+// (configure) and estargz.Build for optimized eStargz (buildOptions).
+
+func (o EStargzOptions) configure(w *estargz.Writer) { w.ChunkSize = o.ChunkSize }
+
+func (o EStargzOptions) buildOptions() []estargz.Option {
+	return []estargz.Option{estargz.WithCompressionLevel(o.CompressionLevel), estargz.WithChunkSize(o.ChunkSize)}
+}
+
 // NewEStargz returns the lossless eStargz layer converter: estargz.Unpack of
 // its output yields the source tar byte for byte. Layers that already are
 // eStargz are kept. A layer that cannot be carried losslessly (it holds an
@@ -51,7 +62,7 @@ func NewEStargz(o EStargzOptions) (converter.LayerConverter, error) {
 	}
 	return &tocConverter{
 		format: "estargz", variant: options.Variant("estargz", o, DefaultEStargzOptions()),
-		out: converter.Gzip, level: o.CompressionLevel, chunkSize: o.ChunkSize,
+		out: converter.Gzip, level: o.CompressionLevel, configure: o.configure,
 		newCompressor: newEStargzCompressor,
 		keep:          keepEStargz,
 	}, nil

@@ -80,9 +80,8 @@ func (c *prioritizedConverter) Convert(ctx context.Context, cs content.Store, de
 	}
 	defer ra.Close()
 	var missed []string
-	blob, err := estargz.Build(io.NewSectionReader(ra, 0, ra.Size()),
-		estargz.WithPrioritizedFiles(c.opts.Files), estargz.WithAllowPrioritizeNotFound(&missed),
-		estargz.WithCompressionLevel(c.opts.CompressionLevel), estargz.WithChunkSize(c.opts.ChunkSize), estargz.WithContext(ctx))
+	blob, err := estargz.Build(io.NewSectionReader(ra, 0, ra.Size()), append(c.opts.buildOptions(),
+		estargz.WithPrioritizedFiles(c.opts.Files), estargz.WithAllowPrioritizeNotFound(&missed), estargz.WithContext(ctx))...)
 	if err != nil {
 		if ctxErr := context.Cause(ctx); ctxErr != nil {
 			return converter.Output{}, ctxErr

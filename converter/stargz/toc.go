@@ -22,11 +22,12 @@ import (
 // estargz's lossless writer: eStargz (gzip) or zstd:chunked. The format's
 // constructor fills it from the format's options.
 type tocConverter struct {
-	format    string                // "estargz" or "zstdchunked", for messages
-	variant   string                // derived from the options by options.Variant
-	out       converter.Compression // output compression
-	level     int
-	chunkSize int
+	format  string                // "estargz" or "zstdchunked", for messages
+	variant string                // derived from the options by options.Variant
+	out     converter.Compression // output compression
+	level   int
+	// configure applies the format's writer settings (chunk size, ...).
+	configure func(*estargz.Writer)
 	// newCompressor returns a fresh compressor for one conversion (its
 	// state, hashes and zstd:chunked metadata, is never shared) writing to
 	// out, and the writer estargz's writer must write to.
@@ -83,7 +84,7 @@ func (c *tocConverter) Convert(ctx context.Context, cs content.Store, desc ocisp
 			}()
 		}
 		ew := estargz.NewWriterWithCompressor(layout, comp)
-		ew.ChunkSize = c.chunkSize
+		c.configure(ew)
 		if err := ew.AppendTarLossLess(src); err != nil {
 			return nil, src.InputError(err)
 		}

@@ -52,7 +52,7 @@ func NewZstdChunked(o ZstdChunkedOptions) (converter.LayerConverter, error) {
 	}
 	return &tocConverter{
 		format: "zstdchunked", variant: options.Variant("zstdchunked", o, DefaultZstdChunkedOptions()),
-		out: converter.Zstd, level: o.CompressionLevel, chunkSize: o.ChunkSize,
+		out: converter.Zstd, level: o.CompressionLevel, configure: func(w *estargz.Writer) { w.ChunkSize = o.ChunkSize },
 		newCompressor: newZstdChunkedCompressor,
 		keep:          keepZstdChunked,
 	}, nil
