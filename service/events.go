@@ -30,17 +30,17 @@ var localStates = func() map[api.LayerState]converter.LayerState {
 	return out
 }()
 
-// WireState is a layer state as the API sends it.
-func WireState(s converter.LayerState) api.LayerState { return wireStates[s] }
+// wireState is a layer state as the API sends it.
+func wireState(s converter.LayerState) api.LayerState { return wireStates[s] }
 
-// LocalState is a layer state the API sent, as converter.LayerState
+// localState is a layer state the API sent, as converter.LayerState
 // (StateQueued for a value this client does not know).
-func LocalState(s api.LayerState) converter.LayerState { return localStates[s] }
+func localState(s api.LayerState) converter.LayerState { return localStates[s] }
 
 // LayerEvent is a layer's progress as the API sends it.
 func LayerEvent(st converter.LayerStatus) *api.LayerProgress {
 	return &api.LayerProgress{
-		Digest: st.Digest.String(), Size: st.Size, State: WireState(st.State),
+		Digest: st.Digest.String(), Size: st.Size, State: wireState(st.State),
 		BytesIn: st.BytesIn, BytesOut: st.BytesOut,
 		OutputDigest: st.Output.String(), OutputSize: st.OutSize, ElapsedNs: int64(st.Elapsed),
 	}
@@ -49,7 +49,7 @@ func LayerEvent(st converter.LayerStatus) *api.LayerProgress {
 // LayerStatus turns a progress event back into a converter.LayerStatus.
 func LayerStatus(p *api.LayerProgress) converter.LayerStatus {
 	return converter.LayerStatus{
-		Digest: digest.Digest(p.GetDigest()), Size: p.GetSize(), State: LocalState(p.GetState()),
+		Digest: digest.Digest(p.GetDigest()), Size: p.GetSize(), State: localState(p.GetState()),
 		BytesIn: p.GetBytesIn(), BytesOut: p.GetBytesOut(),
 		Output: digest.Digest(p.GetOutputDigest()), OutSize: p.GetOutputSize(), Elapsed: time.Duration(p.GetElapsedNs()),
 	}
