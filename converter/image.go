@@ -35,6 +35,13 @@ type ImageOptions struct {
 	Platforms platforms.MatchComparer
 	// Progress, if set, receives every layer's progress.
 	Progress *Progress
+	// RequireLossless refuses a layer the format cannot carry byte for byte
+	// (a sparse file), with ErrInvalidArgument naming its entries, instead
+	// of converting it with those entries rewritten.
+	RequireLossless bool
+	// Limits bound what each layer may make the conversion hold (zero
+	// fields: DefaultLimits).
+	Limits Limits
 	// AppendLayer, if set, runs once a manifest's layers are converted and
 	// returns a layer to append to it, with its diffID (nydus's merged
 	// bootstrap).
@@ -74,6 +81,7 @@ func (c *Converter) ConvertImage(ctx context.Context, is images.Store, srcRef, d
 	if opts.Platforms == nil {
 		opts.Platforms = platforms.All
 	}
+	ctx = WithLimits(ctx, opts.Limits)
 	src, err := is.Get(ctx, srcRef)
 	if err != nil {
 		return nil, fmt.Errorf("image %q: %w", srcRef, err)
@@ -274,6 +282,10 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 				r, err := w.c.ConvertLayer(egCtx, converters[i], l, p)
 				if err != nil {
 					return err
+				}
+				if w.opts.RequireLossless && len(r.NotLossless) > 0 {
+					return fmt.Errorf("layer %s cannot be converted losslessly (%s), and lossless conversion is required: %w",
+						l.Digest, strings.Join(r.NotLossless, "; "), errdefs.ErrInvalidArgument)
 				}
 				results[i] = &r
 				return nil

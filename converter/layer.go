@@ -31,6 +31,9 @@ type LayerResult struct {
 	DiffID digest.Digest
 	// State is StateCommitted, StateCached or StateKept.
 	State LayerState
+	// NotLossless names the entries Desc does not carry byte for byte
+	// (see Output.NotLossless).
+	NotLossless []string
 	// links are the labels to write once the whole conversion succeeded.
 	links []labelUpdate
 	// variant names the converter that produced Desc.
@@ -111,7 +114,7 @@ func (c *Converter) ConvertLayer(ctx context.Context, lc LayerConverter, desc oc
 		}
 		return LayerResult{}, fmt.Errorf("converting layer %s to %s: %w", desc.Digest, lc.Variant(), err)
 	}
-	lp.setOutput(res.Desc.Digest, res.Desc.Size)
+	lp.setOutput(res.Desc.Digest, res.Desc.Size, res.Desc.Annotations[labels.NotLosslessAnnotation])
 	lp.set(res.State)
 	return res, nil
 }
@@ -200,7 +203,11 @@ func (c *Converter) cached(ctx context.Context, lc LayerConverter, desc ocispec.
 		Platform:    desc.Platform,
 		URLs:        nil,
 	}
-	return LayerResult{Source: desc, Desc: out, DiffID: diffID, State: StateCached}, true
+	res := LayerResult{Source: desc, Desc: out, DiffID: diffID, State: StateCached}
+	if text, ok := out.Annotations[labels.NotLosslessAnnotation]; ok {
+		res.NotLossless = []string{text}
+	}
+	return res, true
 }
 
 // runFlight is the de-duplicated work: it waits for a worker and runs under
@@ -261,7 +268,8 @@ func (c *Converter) keepOrConvert(ctx context.Context, lc LayerConverter, desc o
 		labelUpdate{dgst: conv.Desc.Digest, labels: map[string]string{labels.VariantBackRefKey(lc.Variant()): desc.Digest.String()}},
 	)
 	conv.Desc.Platform = desc.Platform
-	return LayerResult{Source: desc, Desc: conv.Desc, DiffID: conv.DiffID, State: StateCommitted, links: links, variant: lc.Variant()}, nil
+	return LayerResult{Source: desc, Desc: conv.Desc, DiffID: conv.DiffID, State: StateCommitted, NotLossless: conv.NotLossless,
+		links: links, variant: lc.Variant()}, nil
 }
 
 // adopt adds a flight's output blob to the caller's lease, if it has one.

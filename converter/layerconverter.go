@@ -2,6 +2,8 @@ package converter
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync/atomic"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -47,6 +49,21 @@ type Output struct {
 	// SourceDiffID is the source's uncompressed digest, when the conversion
 	// computed it on the way ("" otherwise).
 	SourceDiffID digest.Digest
+	// NotLossless names the entries the output does not carry byte for byte
+	// (sparse files written as regular files); empty for a lossless layer.
+	// Desc then carries labels.NotLosslessAnnotation.
+	NotLossless []string
+}
+
+// NotLosslessText is the labels.NotLosslessAnnotation value for entries:
+// what was rewritten, naming at most ten entries.
+func NotLosslessText(entries []string) string {
+	const shown = 10
+	text := "sparse files written as regular files: " + strings.Join(entries[:min(len(entries), shown)], ", ")
+	if len(entries) > shown {
+		text += fmt.Sprintf(" (and %d more)", len(entries)-shown)
+	}
+	return text
 }
 
 // LayerPlan picks the converter of each layer of an image: index counts the

@@ -65,7 +65,9 @@ type LayerStatus struct {
 	BytesOut int64         // converted bytes written
 	Output   digest.Digest // converted (or cached) blob, once known
 	OutSize  int64
-	Elapsed  time.Duration // since the layer left the queue
+	// NotLossless says what the output does not carry byte for byte ("" for a lossless layer).
+	NotLossless string
+	Elapsed     time.Duration // since the layer left the queue
 }
 
 type layerProgress struct {
@@ -78,6 +80,7 @@ type layerProgress struct {
 	mu       sync.Mutex
 	output   digest.Digest
 	outSize  int64
+	note     string
 }
 
 // layer returns the tracker of a source layer, creating it on first use. A nil
@@ -123,9 +126,9 @@ func (l *layerProgress) set(s LayerState) {
 	l.state.Store(int32(s))
 }
 
-func (l *layerProgress) setOutput(d digest.Digest, size int64) {
+func (l *layerProgress) setOutput(d digest.Digest, size int64, notLossless string) {
 	l.mu.Lock()
-	l.output, l.outSize = d, size
+	l.output, l.outSize, l.note = d, size, notLossless
 	l.mu.Unlock()
 }
 
@@ -135,7 +138,7 @@ func (l *layerProgress) status() LayerStatus {
 		BytesIn: l.in.Load(), BytesOut: l.out.Load(),
 	}
 	l.mu.Lock()
-	s.Output, s.OutSize = l.output, l.outSize
+	s.Output, s.OutSize, s.NotLossless = l.output, l.outSize, l.note
 	l.mu.Unlock()
 	if start := l.started.Load(); start != 0 {
 		end := l.finished.Load()

@@ -166,6 +166,11 @@ func AnnotationsFromLabels(info content.Info) map[string]string {
 	return out
 }
 
+// NotLosslessAnnotation is on a converted layer's descriptor when the layer
+// does not carry its source byte for byte (sparse files were written as
+// regular files); its value says what was rewritten.
+const NotLosslessAnnotation = "lazyconv.io/not-lossless"
+
 // LeaseConverting marks the leases lazyconv creates for conversions in flight
 // (value: what is being converted). A lease so marked that outlives its
 // process (a crash, kill -9) is deleted when the service starts again, so

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -72,15 +73,33 @@ func (c *prioritizedConverter) Keep(ctx context.Context, cs content.Store, desc 
 }
 
 // Convert builds the prioritized layer with estargz.Build (which stages the
-// decompressed layer in temporary files to reorder it).
+// decompressed layer in temporary files to reorder it). The layer is read
+// once through layerio first, so that it obeys the same rules and limits as
+// any conversion; a layer with sparse files is built from its rewritten tar
+// (staged in a temporary file), and its output names them as not lossless.
 func (c *prioritizedConverter) Convert(ctx context.Context, cs content.Store, desc ocispec.Descriptor, counters converter.Counters) (converter.Output, error) {
-	ra, err := layerio.OpenBlob(ctx, cs, desc)
+	sparse, err := checkLayer(ctx, cs, desc)
 	if err != nil {
 		return converter.Output{}, err
 	}
-	defer ra.Close()
+	var input *io.SectionReader
+	if len(sparse) > 0 {
+		staged, err := stageRewritten(ctx, cs, desc)
+		if err != nil {
+			return converter.Output{}, err
+		}
+		defer staged.Close()
+		input = staged.SectionReader
+	} else {
+		ra, err := layerio.OpenBlob(ctx, cs, desc)
+		if err != nil {
+			return converter.Output{}, err
+		}
+		defer ra.Close()
+		input = io.NewSectionReader(ra, 0, ra.Size())
+	}
 	var missed []string
-	blob, err := estargz.Build(io.NewSectionReader(ra, 0, ra.Size()), append(c.opts.buildOptions(),
+	blob, err := estargz.Build(input, append(c.opts.buildOptions(),
 		estargz.WithPrioritizedFiles(c.opts.Files), estargz.WithAllowPrioritizeNotFound(&missed), estargz.WithContext(ctx))...)
 	if err != nil {
 		if ctxErr := context.Cause(ctx); ctxErr != nil {
@@ -105,6 +124,9 @@ func (c *prioritizedConverter) Convert(ctx context.Context, cs content.Store, de
 			labels.TOCDigestAnnotation:        blob.TOCDigest().String(),
 			labels.UncompressedSizeAnnotation: strconv.FormatInt(uncompressed, 10),
 		}
+		if len(sparse) > 0 {
+			annotations[labels.NotLosslessAnnotation] = converter.NotLosslessText(sparse)
+		}
 		lbls := map[string]string{labels.Uncompressed: blob.DiffID().String(), labels.EStargz: labels.FormatBool(true)}
 		labels.AnnotationsToLabels(annotations, lbls)
 		return lbls, nil
@@ -113,5 +135,56 @@ func (c *prioritizedConverter) Convert(ctx context.Context, cs content.Store, de
 		return converter.Output{}, err
 	}
 	out := ocispec.Descriptor{MediaType: c.MediaType(desc.MediaType), Digest: written.Digest, Size: written.Size, Annotations: annotations}
-	return converter.Output{Desc: out, DiffID: blob.DiffID()}, nil
+	return converter.Output{Desc: out, DiffID: blob.DiffID(), NotLossless: sparse}, nil
+}
+
+// checkLayer reads the layer once through layerio: it returns the rule the
+// tar breaks, or its sparse entries.
+func checkLayer(ctx context.Context, cs content.Store, desc ocispec.Descriptor) ([]string, error) {
+	src, err := layerio.Open(ctx, cs, desc, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	if err := src.Drain(); err != nil {
+		return nil, src.InputError(err)
+	}
+	if err := src.Checked(); err != nil {
+		return nil, err
+	}
+	return src.Sparse(), nil
+}
+
+// stagedTar is a rewritten tar in a temporary file, removed on Close.
+type stagedTar struct {
+	*io.SectionReader
+	f *os.File
+}
+
+func (s stagedTar) Close() error {
+	s.f.Close()
+	return os.Remove(s.f.Name())
+}
+
+// stageRewritten writes the layer's rewritten tar (layerio.Rewrite) to a
+// temporary file, as estargz.Build needs random access to its input.
+func stageRewritten(ctx context.Context, cs content.Store, desc ocispec.Descriptor) (stagedTar, error) {
+	src, err := layerio.Open(ctx, cs, desc, nil)
+	if err != nil {
+		return stagedTar{}, err
+	}
+	defer src.Close()
+	f, err := os.CreateTemp("", "lazyconv-rewritten-*.tar")
+	if err != nil {
+		return stagedTar{}, err
+	}
+	rw := layerio.Rewrite(src)
+	defer rw.Close()
+	n, err := io.Copy(f, rw)
+	if err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return stagedTar{}, src.InputError(err)
+	}
+	return stagedTar{SectionReader: io.NewSectionReader(f, 0, n), f: f}, nil
 }

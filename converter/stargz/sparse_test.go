@@ -4,15 +4,26 @@ import (
 	"archive/tar"
 	"bytes"
 	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/pkg/archive/compression"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/converter/convertertest"
 	"github.com/lazyconv/lazyconv/converter/stargz"
 	"github.com/lazyconv/lazyconv/internal/imagegen"
+	"github.com/lazyconv/lazyconv/labels"
 )
 
 // gnuSparseTar returns a tar holding one old-GNU sparse file ('S'): 1 MiB
@@ -53,23 +64,157 @@ func gnuSparseTar(t *testing.T) []byte {
 	return raw
 }
 
-func TestSparseEntryIsRefusedNotRewritten(t *testing.T) {
-	f := convertertest.NewFixture(t)
-	conv, err := stargz.NewEStargz(stargz.DefaultEStargzOptions())
+// gnuTarSparse returns tars GNU tar writes with --sparse, by sparse format,
+// of a directory holding a 50 MiB file with data at 1 MiB and 30 MiB and holes
+// elsewhere, plus a regular file. It skips when tar or holes are missing.
+func gnuTarSparse(t *testing.T) map[string][]byte {
+	t.Helper()
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Skip("GNU tar is not installed: its sparse formats are not exercised")
+	}
+	dir := t.TempDir()
+	big, err := os.Create(filepath.Join(dir, "disk.img"))
 	require.NoError(t, err)
-	desc := putLayer(t, f, gnuSparseTar(t), "gzip")
+	require.NoError(t, big.Truncate(50<<20))
+	for _, off := range []int64{1 << 20, 30 << 20} {
+		_, err := big.WriteAt(bytes.Repeat([]byte("data"), 1024), off)
+		require.NoError(t, err)
+	}
+	require.NoError(t, big.Close())
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "plain.txt"), []byte("plain\n"), 0o644))
+	out := map[string][]byte{}
+	for name, args := range map[string][]string{
+		"old GNU": {"--format=gnu"},
+		"PAX 0.0": {"--format=posix", "--sparse-version=0.0"},
+		"PAX 0.1": {"--format=posix", "--sparse-version=0.1"},
+		"PAX 1.0": {"--format=posix", "--sparse-version=1.0"},
+	} {
+		cmd := exec.Command("tar", append(append([]string{"--sparse", "-C", dir, "-cf", "-"}, args...), "disk.img", "plain.txt")...)
+		b, err := cmd.Output()
+		require.NoError(t, err, name)
+		if len(b) > 40<<20 {
+			t.Skipf("the temporary file system keeps no holes (tar wrote %d bytes): sparse tars are not exercised", len(b))
+		}
+		out[name] = b
+	}
+	return out
+}
+
+// files reads every regular file of a tar (sparse files expanded), but
+// eStargz's own entries (TOC, landmarks).
+func files(t *testing.T, r io.Reader) map[string]digest.Digest {
+	t.Helper()
+	out := map[string]digest.Digest{}
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return out
+		}
+		require.NoError(t, err)
+		switch h.Name {
+		case estargz.TOCTarName, estargz.PrefetchLandmark, estargz.NoPrefetchLandmark:
+			continue
+		}
+		if h.Typeflag == tar.TypeReg || h.Typeflag == tar.TypeGNUSparse {
+			d, err := digest.FromReader(tr)
+			require.NoError(t, err)
+			out[h.Name] = d
+		}
+	}
+}
+
+// unpacked is the tar a converted layer decompresses to.
+func unpacked(t *testing.T, f *convertertest.Fixture, desc ocispec.Descriptor) io.Reader {
+	t.Helper()
+	blob, err := content.ReadBlob(f.Ctx, f.CS, desc)
+	require.NoError(t, err)
+	r, err := compression.DecompressStream(bytes.NewReader(blob))
+	require.NoError(t, err)
+	return r
+}
+
+func TestSparseLayersConvertNotLossless(t *testing.T) {
+	layers := gnuTarSparse(t)
+	layers["old GNU, hand-made"] = gnuSparseTar(t)
+	esgz, err := stargz.NewEStargz(stargz.DefaultEStargzOptions())
+	require.NoError(t, err)
+	zc, err := stargz.NewZstdChunked(stargz.DefaultZstdChunkedOptions())
+	require.NoError(t, err)
+	optimized, err := stargz.NewPrioritizedEStargz(stargz.PrioritizedOptions{
+		EStargzOptions: stargz.DefaultEStargzOptions(), Files: []string{"plain.txt"}})
+	require.NoError(t, err)
+	for name, tarball := range layers {
+		for format, lc := range map[string]converter.LayerConverter{"estargz": esgz, "zstdchunked": zc, "optimized": optimized} {
+			t.Run(name+"/"+format, func(t *testing.T) {
+				f := convertertest.NewFixture(t)
+				src := putLayer(t, f, tarball, "gzip")
+				res, err := f.Conv.ConvertLayer(f.Ctx, lc, src, nil)
+				require.NoError(t, err)
+				require.Len(t, res.NotLossless, 1)
+				sparseName := "disk.img"
+				if name == "old GNU, hand-made" {
+					sparseName = "sparse"
+				}
+				assert.Equal(t, sparseName, res.NotLossless[0])
+				assert.Contains(t, res.Desc.Annotations[labels.NotLosslessAnnotation], sparseName)
+				assert.NotEqual(t, digest.FromBytes(tarball), res.DiffID, "the rewritten layer has its own diffID")
+				want := files(t, bytes.NewReader(tarball))
+				assert.Equal(t, want, files(t, unpacked(t, f, res.Desc)), "every file reads back equal, holes as zeros")
+
+				// A cache hit says the same.
+				again, err := f.Conv.ConvertLayer(f.Ctx, lc, src, nil)
+				require.NoError(t, err)
+				if again.State == converter.StateCached {
+					assert.NotEmpty(t, again.NotLossless)
+				}
+			})
+		}
+	}
+}
+
+func TestRequireLosslessRefusesSparseLayers(t *testing.T) {
+	f := convertertest.NewFixture(t)
+	sparse := imagegen.Layer{MediaType: ocispec.MediaTypeImageLayerGzip, Blob: imagegen.Compress(gnuSparseTar(t), "gzip")}
+	plain := imagegen.Layer{MediaType: ocispec.MediaTypeImageLayerGzip,
+		Blob: imagegen.Compress(imagegen.TarBytes(convertertest.Cases()["regular files and dirs"]), "gzip")}
+	_, err := imagegen.Store(f.Ctx, f.CS, f.Store.ImageStore(), imagegen.Image{Name: "sparse:v1", Layers: []imagegen.Layer{plain, sparse}})
+	require.NoError(t, err)
+	lc, err := stargz.NewEStargz(stargz.DefaultEStargzOptions())
+	require.NoError(t, err)
+	f.GC(t)
 	before := f.ContentState(t)
-	_, err = f.Conv.ConvertLayer(f.Ctx, conv, desc, nil)
+	_, err = f.Conv.ConvertImage(f.Ctx, f.Store.ImageStore(), "sparse:v1", "sparse:esgz",
+		converter.ImageOptions{Layers: converter.Every(lc), RequireLossless: true})
 	require.Error(t, err)
 	assert.True(t, errdefs.IsInvalidArgument(err), "%v", err)
-	t.Log(err)
-	assert.Equal(t, before, f.ContentState(t))
+	assert.Contains(t, err.Error(), "sparse")
+	f.GC(t)
+	assert.Equal(t, before, f.ContentState(t), "nothing is left after GC")
 
-	// The same file, written out in full (as a sparse file on disk is), converts losslessly.
-	full := make([]byte, 1<<20)
-	copy(full[512<<10:], bytes.Repeat([]byte("x"), 512))
-	tarball := imagegen.TarBytes([]imagegen.Entry{convertertest.File("sparse", full)})
-	res, err := f.Conv.ConvertLayer(f.Ctx, conv, putLayer(t, f, tarball, "gzip"), nil)
+	// Without the requirement the image converts, both layers.
+	res, err := f.Conv.ConvertImage(f.Ctx, f.Store.ImageStore(), "sparse:v1", "sparse:esgz", converter.ImageOptions{Layers: converter.Every(lc)})
 	require.NoError(t, err)
-	assertEStargzOf(t, f.CS, res.Desc, tarball)
+	require.Len(t, res.Layers, 2)
+	assert.Empty(t, res.Layers[0].NotLossless)
+	assert.Equal(t, []string{"sparse"}, res.Layers[1].NotLossless)
+	// And a cached not-lossless layer is refused too when lossless is required.
+	_, err = f.Conv.ConvertImage(f.Ctx, f.Store.ImageStore(), "sparse:v1", "sparse:esgz2",
+		converter.ImageOptions{Layers: converter.Every(lc), RequireLossless: true})
+	assert.True(t, errdefs.IsInvalidArgument(err), "%v", err)
+}
+
+// A sparse file's logical size is bounded: beyond the limit, a clear error.
+func TestSparseExpansionIsBounded(t *testing.T) {
+	f := convertertest.NewFixture(t)
+	lc, err := stargz.NewEStargz(stargz.DefaultEStargzOptions())
+	require.NoError(t, err)
+	src := putLayer(t, f, gnuSparseTar(t), "gzip")
+	before := f.ContentState(t)
+	ctx := converter.WithLimits(f.Ctx, converter.Limits{MaxExpandedBytes: 512 << 10})
+	_, err = f.Conv.ConvertLayer(ctx, lc, src, nil)
+	require.Error(t, err)
+	assert.True(t, errdefs.IsInvalidArgument(err), "%v", err)
+	assert.Contains(t, err.Error(), "max_expanded_bytes")
+	assert.Equal(t, before, f.ContentState(t))
 }

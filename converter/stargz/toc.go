@@ -61,21 +61,56 @@ func (c *tocConverter) Keep(ctx context.Context, cs content.Store, desc ocispec.
 
 // Convert streams the layer through estargz's lossless writer, and proves
 // the result lossless: the payload it compressed must hash to the source's
-// diffID.
+// diffID. A layer holding entries no lossless writer can carry (sparse
+// files) is converted again from the rewritten tar (layerio.Rewrite): same
+// files, other bytes, and reported as not lossless, naming them.
 func (c *tocConverter) Convert(ctx context.Context, cs content.Store, desc ocispec.Descriptor, counters converter.Counters) (converter.Output, error) {
-	src, err := layerio.Open(ctx, cs, desc, counters.In)
+	out, sparse, err := c.convert(ctx, cs, desc, counters, false)
+	if err == nil || len(sparse) == 0 {
+		return out, err
+	}
+	if counters.In != nil {
+		counters.In.Store(0) // the source is read again
+	}
+	out, _, err = c.convert(ctx, cs, desc, counters, true)
 	if err != nil {
 		return converter.Output{}, err
 	}
+	out.NotLossless = sparse
+	out.Desc.Annotations[labels.NotLosslessAnnotation] = converter.NotLosslessText(sparse)
+	if err := labels.Set(ctx, cs, out.Desc.Digest, map[string]string{
+		labels.AnnotationPrefix + labels.NotLosslessAnnotation: out.Desc.Annotations[labels.NotLosslessAnnotation],
+	}); err != nil {
+		return converter.Output{}, err
+	}
+	return out, nil
+}
+
+// convert writes the layer from the source's tar (or, with rewrite, from
+// its rewritten tar). When the lossless pass fails it reads the rest of the
+// source, so that a rule the tar breaks is the error, and returns the
+// sparse entries that call for a rewrite.
+func (c *tocConverter) convert(ctx context.Context, cs content.Store, desc ocispec.Descriptor, counters converter.Counters, rewrite bool) (converter.Output, []string, error) {
+	src, err := layerio.Open(ctx, cs, desc, counters.In)
+	if err != nil {
+		return converter.Output{}, nil, err
+	}
 	defer src.Close()
 	var (
-		comp        tocCompressor
+		stream  io.Reader = src
+		payload           = src.DiffID
+	)
+	if rewrite {
+		rw := layerio.Rewrite(src)
+		defer rw.Close()
+		stream, payload = rw, rw.DiffID
+	}
+	var (
 		diffID      digest.Digest
 		annotations map[string]string
 	)
 	blob, err := layerio.WriteBlob(ctx, cs, layerio.IngestRef(c.variant, desc.Digest), counters.Out, func(w io.Writer) (_ map[string]string, retErr error) {
-		var layout io.Writer
-		comp, layout = c.newCompressor(c.level, w)
+		comp, layout := c.newCompressor(c.level, w)
 		if a, ok := comp.(interface{ abort() }); ok {
 			defer func() {
 				if retErr != nil {
@@ -85,21 +120,26 @@ func (c *tocConverter) Convert(ctx context.Context, cs content.Store, desc ocisp
 		}
 		ew := estargz.NewWriterWithCompressor(layout, comp)
 		c.configure(ew)
-		if err := ew.AppendTarLossLess(src); err != nil {
+		if err := ew.AppendTarLossLess(stream); err != nil {
+			return nil, src.InputError(err)
+		}
+		if _, err := io.Copy(io.Discard, stream); err != nil {
 			return nil, src.InputError(err)
 		}
 		if err := src.Drain(); err != nil {
 			return nil, src.InputError(err)
+		}
+		if err := src.Checked(); err != nil {
+			return nil, err
 		}
 		tocDigest, err := ew.Close()
 		if err != nil {
 			return nil, err
 		}
 		diffID = digest.Digest(ew.DiffID())
-		if comp.PayloadDigest() != src.DiffID() {
-			return nil, fmt.Errorf("cannot be converted to %s losslessly (an entry, such as a sparse file, "+
-				"would be rewritten: payload %s differs from source %s): %w",
-				c.format, comp.PayloadDigest(), src.DiffID(), errdefs.ErrInvalidArgument)
+		if comp.PayloadDigest() != payload() {
+			return nil, fmt.Errorf("cannot be converted to %s losslessly (an entry would be rewritten: "+
+				"payload %s differs from source %s): %w", c.format, comp.PayloadDigest(), payload(), errdefs.ErrInvalidArgument)
 		}
 		annotations = map[string]string{
 			labels.TOCDigestAnnotation:        tocDigest.String(),
@@ -114,10 +154,19 @@ func (c *tocConverter) Convert(ctx context.Context, cs content.Store, desc ocisp
 		return lbls, nil
 	})
 	if err != nil {
-		return converter.Output{}, err
+		if rewrite || context.Cause(ctx) != nil {
+			return converter.Output{}, nil, err
+		}
+		// Read the rest: a broken rule anywhere in the tar is the answer;
+		// else sparse entries call for the rewrite.
+		_ = src.Drain()
+		if verdict := src.Checked(); verdict != nil {
+			return converter.Output{}, nil, verdict
+		}
+		return converter.Output{}, src.Sparse(), err
 	}
 	out := ocispec.Descriptor{MediaType: c.MediaType(desc.MediaType), Digest: blob.Digest, Size: blob.Size, Annotations: annotations}
-	return converter.Output{Desc: out, DiffID: diffID, SourceDiffID: src.DiffID()}, nil
+	return converter.Output{Desc: out, DiffID: diffID, SourceDiffID: src.DiffID()}, nil, nil
 }
 
 // validChunkSize reports an ErrInvalidArgument error for a negative chunk size.

@@ -36,6 +36,9 @@ type Source struct {
 	tarBytes  int64
 	inputErr  error
 	closeOnce atomic.Bool
+	inspect   *inspector
+	verdict   error
+	ended     bool
 }
 
 // Open opens desc from cs for reading its uncompressed tar. bytesIn, if not
@@ -46,7 +49,7 @@ func Open(ctx context.Context, cs content.Provider, desc ocispec.Descriptor, byt
 	if err != nil {
 		return nil, err
 	}
-	s := &Source{ctx: ctx, ra: ra, diffHash: sha256.New()}
+	s := &Source{ctx: ctx, ra: ra, diffHash: sha256.New(), inspect: newInspector(converter.LimitsFrom(ctx))}
 	switch actual {
 	case converter.Gzip:
 		zr, err := gzip.NewReader(br)
@@ -68,20 +71,66 @@ func Open(ctx context.Context, cs content.Provider, desc ocispec.Descriptor, byt
 	return s, nil
 }
 
-// Read yields the uncompressed tar, and stops when the context is done.
+// Limits are the limits the Source enforces (from its context).
+func (s *Source) Limits() converter.Limits { return s.inspect.limits }
+
+// Read yields the uncompressed tar, and stops when the context is done or
+// the tar breaks a rule (see Checked); the error then is the rule's.
 func (s *Source) Read(p []byte) (int, error) {
 	if err := context.Cause(s.ctx); err != nil {
 		return 0, err
+	}
+	if err := s.inspect.failure(); err != nil {
+		s.setInputErr(err)
+		return 0, err
+	}
+	if s.ended {
+		return 0, io.EOF
 	}
 	n, err := s.decomp.Read(p)
 	if n > 0 {
 		s.diffHash.Write(p[:n])
 		s.tarBytes += int64(n)
+		s.inspect.write(p[:n])
 	}
-	if err != nil && err != io.EOF && s.inputErr == nil {
-		s.inputErr = err
+	if err == io.EOF {
+		s.ended = true
+		if verdict := s.inspect.finish(); verdict != nil {
+			s.setInputErr(verdict)
+			return n, verdict
+		}
+	}
+	if verdict := s.inspect.failure(); verdict != nil {
+		s.setInputErr(verdict)
+		return n, verdict
+	}
+	if err != nil && err != io.EOF {
+		s.setInputErr(err)
 	}
 	return n, err
+}
+
+func (s *Source) setInputErr(err error) {
+	if s.inputErr == nil {
+		s.inputErr = err
+	}
+}
+
+// Checked returns the verdict on the whole tar once it has been read to its
+// end: nil, or an ErrInvalidArgument error naming the entry or limit at fault.
+func (s *Source) Checked() error {
+	if !s.ended {
+		return fmt.Errorf("the layer was not read to its end: %w", errdefs.ErrInvalidArgument)
+	}
+	return s.inspect.failure()
+}
+
+// Sparse lists the entries no lossless format can carry byte for byte (sparse
+// files), once the tar has been read to its end.
+func (s *Source) Sparse() []string {
+	s.inspect.mu.Lock()
+	defer s.inspect.mu.Unlock()
+	return append([]string(nil), s.inspect.sparse...)
 }
 
 // Drain reads the rest of the stream, so that the diffID covers every byte
@@ -101,6 +150,9 @@ func (s *Source) Close() error {
 	if !s.closeOnce.CompareAndSwap(false, true) {
 		return nil
 	}
+	if !s.ended {
+		s.inspect.abort()
+	}
 	s.decomp.Close()
 	return s.ra.Close()
 }
@@ -115,7 +167,7 @@ func (s *Source) InputError(err error) error {
 	if s.inputErr != nil {
 		err = s.inputErr
 	}
-	if errdefs.IsNotFound(err) || errdefs.IsUnavailable(err) {
+	if errdefs.IsNotFound(err) || errdefs.IsUnavailable(err) || errdefs.IsInvalidArgument(err) {
 		return err
 	}
 	return fmt.Errorf("reading source: %v: %w", err, errdefs.ErrInvalidArgument)
