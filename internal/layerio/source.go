@@ -37,7 +37,6 @@ type Source struct {
 	inputErr  error
 	closeOnce atomic.Bool
 	inspect   *inspector
-	verdict   error
 	ended     bool
 }
 
