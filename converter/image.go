@@ -241,13 +241,22 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 		manifest.MediaType = ctdconverter.ConvertDockerMediaTypeToOCI(manifest.MediaType)
 		modified = true
 	}
+	if !isImageManifest(manifest, desc) {
+		// An artifact (or an attestation): its layers are no filesystem
+		// layers to convert; they pass through and are reported kept.
+		w.keepAll(manifest.Layers)
+		return w.retype(desc, nil), nil
+	}
 	results := make([]*LayerResult, len(manifest.Layers))
 	converters := make([]LayerConverter, len(manifest.Layers))
+	positions := make([]int, len(manifest.Layers))
 	pos := 0
 	for i, l := range manifest.Layers {
 		if !images.IsLayerType(l.MediaType) {
-			continue
+			return nil, fmt.Errorf("manifest %s: layer %d (%s) has media type %q, which is no layer type: %w",
+				desc.Digest, i, l.Digest, l.MediaType, errdefs.ErrInvalidArgument)
 		}
+		positions[i] = pos
 		if w.opts.Layers != nil {
 			lc, err := w.opts.Layers(desc, pos, l)
 			if err != nil {
@@ -258,11 +267,13 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 		pos++
 	}
 	if w.opts.Layers != nil {
+		configDiffIDs, err := w.diffIDs(ctx, manifest.Config, pos)
+		if err != nil {
+			return nil, err
+		}
 		p := w.opts.Progress
 		for _, l := range manifest.Layers {
-			if images.IsLayerType(l.MediaType) {
-				p.layer(l.Digest, l.Size) // queued, in manifest order
-			}
+			p.layer(l.Digest, l.Size) // queued, in manifest order
 		}
 		eg, egCtx := errgroup.WithContext(ctx)
 		for i, l := range manifest.Layers {
@@ -283,7 +294,13 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 				if err != nil {
 					return err
 				}
+				if want := configDiffIDs[positions[i]]; r.SourceDiffID != "" && r.SourceDiffID != want {
+					p.layer(l.Digest, l.Size).set(StateFailed)
+					return fmt.Errorf("layer %s is %s uncompressed, but config %s says diff_ids[%d] is %s: %w",
+						l.Digest, r.SourceDiffID, manifest.Config.Digest, positions[i], want, errdefs.ErrInvalidArgument)
+				}
 				if w.opts.RequireLossless && len(r.NotLossless) > 0 {
+					p.layer(l.Digest, l.Size).set(StateFailed)
 					return fmt.Errorf("layer %s cannot be converted losslessly (%s), and lossless conversion is required: %w",
 						l.Digest, strings.Join(r.NotLossless, "; "), errdefs.ErrInvalidArgument)
 				}
@@ -353,6 +370,48 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 	lbls = childLabels(lbls, "l", manifest.Layers)
 	lbls["containerd.io/gc.ref.content.config"] = manifest.Config.Digest.String()
 	return ctdconverter.WriteJSON(ctx, w.c.cs, &manifest, desc, lbls)
+}
+
+// isImageManifest tells a filesystem image from an artifact: its config is
+// an image config, and it is no attestation (BuildKit's attestation
+// manifests have an image config type but in-toto layers).
+func isImageManifest(m ocispec.Manifest, desc ocispec.Descriptor) bool {
+	if desc.Annotations["vnd.docker.reference.type"] == "attestation-manifest" {
+		return false
+	}
+	switch m.Config.MediaType {
+	case ocispec.MediaTypeImageConfig, images.MediaTypeDockerSchema2Config:
+		return true
+	}
+	return false
+}
+
+// keepAll reports layers that pass through unchanged.
+func (w *imageWalk) keepAll(layers []ocispec.Descriptor) {
+	for _, l := range layers {
+		w.opts.Progress.layer(l.Digest, l.Size).set(StateKept)
+		w.mu.Lock()
+		w.layers = append(w.layers, LayerResult{Source: l, Desc: l, State: StateKept})
+		w.mu.Unlock()
+	}
+}
+
+// diffIDs reads the config's diff_ids, which must number one per layer.
+func (w *imageWalk) diffIDs(ctx context.Context, desc ocispec.Descriptor, layerCount int) ([]digest.Digest, error) {
+	var cfg struct {
+		RootFS ocispec.RootFS `json:"rootfs"`
+	}
+	if _, err := ctdconverter.ReadJSON(ctx, w.c.cs, &cfg, desc); err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("reading config %s: %w", desc.Digest, err)
+		}
+		return nil, fmt.Errorf("reading config %s: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
+	}
+	if len(cfg.RootFS.DiffIDs) != layerCount {
+		return nil, fmt.Errorf("config %s lists %d diff_ids for %d layers: %w",
+			desc.Digest, len(cfg.RootFS.DiffIDs), layerCount, errdefs.ErrInvalidArgument)
+	}
+	return cfg.RootFS.DiffIDs, nil
 }
 
 // convertConfig writes the config with its diff_ids replaced at the given

@@ -34,6 +34,9 @@ type LayerResult struct {
 	// NotLossless names the entries Desc does not carry byte for byte
 	// (see Output.NotLossless).
 	NotLossless []string
+	// SourceDiffID is the source's uncompressed digest, when it was computed
+	// on the way or is cached as a label ("" otherwise).
+	SourceDiffID digest.Digest
 	// links are the labels to write once the whole conversion succeeded.
 	links []labelUpdate
 	// variant names the converter that produced Desc.
@@ -126,6 +129,9 @@ func (c *Converter) cachedOrConverted(ctx context.Context, lc LayerConverter, de
 	if err != nil {
 		return LayerResult{}, err
 	}
+	if info.Size != desc.Size {
+		return LayerResult{}, fmt.Errorf("its descriptor says %d bytes but the blob has %d: %w", desc.Size, info.Size, errdefs.ErrInvalidArgument)
+	}
 	if res, ok := c.cached(ctx, lc, desc, info); ok {
 		return res, nil
 	}
@@ -203,7 +209,8 @@ func (c *Converter) cached(ctx context.Context, lc LayerConverter, desc ocispec.
 		Platform:    desc.Platform,
 		URLs:        nil,
 	}
-	res := LayerResult{Source: desc, Desc: out, DiffID: diffID, State: StateCached}
+	srcDiffID, _ := labels.UncompressedDigest(info)
+	res := LayerResult{Source: desc, Desc: out, DiffID: diffID, State: StateCached, SourceDiffID: srcDiffID}
 	if text, ok := out.Annotations[labels.NotLosslessAnnotation]; ok {
 		res.NotLossless = []string{text}
 	}
@@ -249,9 +256,9 @@ func (c *Converter) keepOrConvert(ctx context.Context, lc LayerConverter, desc o
 	if len(learnt) > 0 {
 		links = append(links, labelUpdate{dgst: desc.Digest, labels: learnt})
 	}
+	srcDiffID, _ := labels.UncompressedDigest(info)
 	if keep != nil {
-		diffID, _ := labels.UncompressedDigest(info)
-		return LayerResult{Source: desc, Desc: *keep, DiffID: diffID, State: StateKept, links: links}, nil
+		return LayerResult{Source: desc, Desc: *keep, DiffID: srcDiffID, SourceDiffID: srcDiffID, State: StateKept, links: links}, nil
 	}
 	lp.set(StateConverting)
 	conv, err := lc.Convert(ctx, c.cs, desc, Counters{In: &lp.in, Out: &lp.out})
@@ -268,8 +275,11 @@ func (c *Converter) keepOrConvert(ctx context.Context, lc LayerConverter, desc o
 		labelUpdate{dgst: conv.Desc.Digest, labels: map[string]string{labels.VariantBackRefKey(lc.Variant()): desc.Digest.String()}},
 	)
 	conv.Desc.Platform = desc.Platform
+	if conv.SourceDiffID != "" {
+		srcDiffID = conv.SourceDiffID
+	}
 	return LayerResult{Source: desc, Desc: conv.Desc, DiffID: conv.DiffID, State: StateCommitted, NotLossless: conv.NotLossless,
-		links: links, variant: lc.Variant()}, nil
+		SourceDiffID: srcDiffID, links: links, variant: lc.Variant()}, nil
 }
 
 // adopt adds a flight's output blob to the caller's lease, if it has one.

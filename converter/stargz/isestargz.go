@@ -10,9 +10,11 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/labels"
 )
 
@@ -44,28 +46,73 @@ func detectEStargz(ctx context.Context, cs content.Provider, dgst digest.Digest)
 		return false, err
 	}
 	defer ra.Close()
+	size, err := gzipTOCSize(ctx, ra)
+	if err != nil || size < 0 {
+		return false, err
+	}
+	return true, nil
+}
+
+// gzipTOCSize returns the size of the TOC of an eStargz (gzip) blob, or -1
+// when the blob is no eStargz: it has no footer, or its footer points at no
+// TOC that is the last entry. A TOC beyond the MaxTOCBytes limit of ctx is
+// ErrInvalidArgument; it is never read, only skipped past once.
+func gzipTOCSize(ctx context.Context, ra content.ReaderAt) (int64, error) {
 	sr := io.NewSectionReader(ra, 0, ra.Size())
 	tocOffset, _, err := estargz.OpenFooter(sr)
-	if err != nil {
-		return false, nil
-	}
-	if tocOffset < 0 || tocOffset >= ra.Size() {
-		return false, nil
+	if err != nil || tocOffset < 0 || tocOffset >= ra.Size() {
+		return -1, nil
 	}
 	zr, err := new(estargz.GzipDecompressor).Reader(io.NewSectionReader(ra, tocOffset, ra.Size()-tocOffset))
 	if err != nil {
-		return false, nil
+		return -1, nil
 	}
 	defer zr.Close()
 	tr := tar.NewReader(zr)
 	h, err := tr.Next()
 	if err != nil || h.Name != estargz.TOCTarName {
-		return false, nil
+		return -1, nil
+	}
+	if limit := converter.LimitsFrom(ctx).MaxTOCBytes; converter.Exceeds(h.Size, limit) {
+		return -1, fmt.Errorf("its eStargz TOC is %d bytes, beyond the limit of %d (raise max_toc_bytes to read it): %w",
+			h.Size, limit, errdefs.ErrInvalidArgument)
 	}
 	if _, err := tr.Next(); !errors.Is(err, io.EOF) {
-		return false, nil
+		return -1, nil
 	}
-	return true, nil
+	return h.Size, nil
+}
+
+// zstdTOCSize bounds a zstd:chunked blob's TOC: it decompresses it (up to
+// the MaxTOCBytes limit of ctx, never holding it) and refuses a larger one.
+// A blob with no zstd:chunked footer passes: estargz.Open will say so.
+func zstdTOCSize(ctx context.Context, ra content.ReaderAt) error {
+	d := new(zstdchunked.Decompressor)
+	if ra.Size() < d.FooterSize() {
+		return nil
+	}
+	footer := make([]byte, d.FooterSize())
+	if _, err := ra.ReadAt(footer, ra.Size()-d.FooterSize()); err != nil {
+		return nil
+	}
+	_, off, size, err := d.ParseFooter(footer)
+	if err != nil || off < 0 || size < 0 || off+size > ra.Size() {
+		return nil
+	}
+	zr, err := d.Reader(io.NewSectionReader(ra, off, size))
+	if err != nil {
+		return nil
+	}
+	defer zr.Close()
+	limit := converter.LimitsFrom(ctx).MaxTOCBytes
+	if limit < 0 {
+		return nil
+	}
+	if n, _ := io.CopyN(io.Discard, zr, limit+1); n > limit {
+		return fmt.Errorf("its zstd:chunked TOC is more than %d bytes (the limit; raise max_toc_bytes to read it): %w",
+			limit, errdefs.ErrInvalidArgument)
+	}
+	return nil
 }
 
 // readTOCDigest returns the digest of an eStargz layer's TOC JSON.
@@ -75,6 +122,9 @@ func readTOCDigest(ctx context.Context, cs content.Provider, desc ocispec.Descri
 		return "", err
 	}
 	defer ra.Close()
+	if _, err := gzipTOCSize(ctx, ra); err != nil {
+		return "", err
+	}
 	r, err := estargz.Open(io.NewSectionReader(ra, 0, ra.Size()))
 	if err != nil {
 		return "", fmt.Errorf("reading eStargz TOC: %v: %w", err, errdefs.ErrInvalidArgument)

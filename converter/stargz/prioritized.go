@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lazyconv/lazyconv/converter"
@@ -78,7 +79,7 @@ func (c *prioritizedConverter) Keep(ctx context.Context, cs content.Store, desc 
 // any conversion; a layer with sparse files is built from its rewritten tar
 // (staged in a temporary file), and its output names them as not lossless.
 func (c *prioritizedConverter) Convert(ctx context.Context, cs content.Store, desc ocispec.Descriptor, counters converter.Counters) (converter.Output, error) {
-	sparse, err := checkLayer(ctx, cs, desc)
+	sparse, srcDiffID, err := checkLayer(ctx, cs, desc)
 	if err != nil {
 		return converter.Output{}, err
 	}
@@ -135,24 +136,25 @@ func (c *prioritizedConverter) Convert(ctx context.Context, cs content.Store, de
 		return converter.Output{}, err
 	}
 	out := ocispec.Descriptor{MediaType: c.MediaType(desc.MediaType), Digest: written.Digest, Size: written.Size, Annotations: annotations}
-	return converter.Output{Desc: out, DiffID: blob.DiffID(), NotLossless: sparse}, nil
+	return converter.Output{Desc: out, DiffID: blob.DiffID(), SourceDiffID: srcDiffID, NotLossless: sparse}, nil
 }
 
 // checkLayer reads the layer once through layerio: it returns the rule the
-// tar breaks, or its sparse entries.
-func checkLayer(ctx context.Context, cs content.Store, desc ocispec.Descriptor) ([]string, error) {
+// tar breaks, or its sparse entries and diffID.
+func checkLayer(ctx context.Context, cs content.Store, desc ocispec.Descriptor) ([]string, digest.Digest, error) {
 	src, err := layerio.Open(ctx, cs, desc, nil)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer src.Close()
+	src.Reserve(estargz.TOCTarName, estargz.PrefetchLandmark, estargz.NoPrefetchLandmark)
 	if err := src.Drain(); err != nil {
-		return nil, src.InputError(err)
+		return nil, "", src.InputError(err)
 	}
 	if err := src.Checked(); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return src.Sparse(), nil
+	return src.Sparse(), src.DiffID(), nil
 }
 
 // stagedTar is a rewritten tar in a temporary file, removed on Close.

@@ -36,6 +36,13 @@ func Verify(ctx context.Context, cs content.Provider, desc ocispec.Descriptor) (
 		return Report{}, err
 	}
 	defer ra.Close()
+	// Bound the TOC before estargz reads it whole.
+	if _, err := gzipTOCSize(ctx, ra); err != nil {
+		return Report{}, fmt.Errorf("layer %s: %w", desc.Digest, err)
+	}
+	if err := zstdTOCSize(ctx, ra); err != nil {
+		return Report{}, fmt.Errorf("layer %s: %w", desc.Digest, err)
+	}
 	r, err := estargz.Open(io.NewSectionReader(&blockReaderAt{ra: ra, size: ra.Size()}, 0, ra.Size()),
 		estargz.WithDecompressors(new(zstdchunked.Decompressor)))
 	if err != nil {

@@ -200,6 +200,13 @@ type Image struct {
 	Platform *ocispec.Platform
 	// Config is the runtime configuration (default: Cmd /bin/sh).
 	Config *ocispec.ImageConfig
+	// EditConfig and EditManifest, if set, change the config and the
+	// manifest before they are written (hostile images for tests).
+	EditConfig   func(*ocispec.Image)
+	EditManifest func(*ocispec.Manifest)
+	// RawConfig, if set, is written as the config instead (a config that is
+	// no JSON, say).
+	RawConfig []byte
 }
 
 // Store writes the image's blobs into cs with containerd's GC labels and
@@ -337,7 +344,13 @@ func build(img Image, put putFunc) ([]ocispec.Descriptor, ocispec.Descriptor, er
 		Config:   runConfig,
 		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: diffIDs},
 	}
+	if img.EditConfig != nil {
+		img.EditConfig(&cfg)
+	}
 	cfgBytes, _ := json.Marshal(cfg)
+	if img.RawConfig != nil {
+		cfgBytes = img.RawConfig
+	}
 	cfgType, mType := ocispec.MediaTypeImageConfig, ocispec.MediaTypeImageManifest
 	if img.Docker {
 		cfgType, mType = images.MediaTypeDockerSchema2Config, images.MediaTypeDockerSchema2Manifest
@@ -348,6 +361,10 @@ func build(img Image, put putFunc) ([]ocispec.Descriptor, ocispec.Descriptor, er
 	}
 	mlabels["containerd.io/gc.ref.content.config"] = cdesc.Digest.String()
 	m := ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: mType, Config: cdesc, Layers: layers}
+	if img.EditManifest != nil {
+		m.Layers = append([]ocispec.Descriptor(nil), layers...)
+		img.EditManifest(&m)
+	}
 	mBytes, _ := json.Marshal(m)
 	mdesc := ocispec.Descriptor{MediaType: mType, Digest: digest.FromBytes(mBytes), Size: int64(len(mBytes)), Platform: &platform}
 	if err := put(mdesc, bytes.NewReader(mBytes), mlabels); err != nil {

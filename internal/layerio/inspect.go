@@ -28,6 +28,7 @@ type inspector struct {
 	limits converter.Limits
 
 	mu       sync.Mutex
+	reserved map[string]bool // paths the output format keeps for itself
 	err      error
 	sparse   []string
 	expanded int64 // logical bytes of sparse files
@@ -108,6 +109,9 @@ func (in *inspector) entry(h *tar.Header) error {
 	}
 	if err := SafeName(h.Name); err != nil {
 		return fmt.Errorf("entry %q: %w", h.Name, err)
+	}
+	if in.reserved[path.Clean(h.Name)] {
+		return fmt.Errorf("entry %q has a name the output format keeps for its own metadata: %w", h.Name, errdefs.ErrInvalidArgument)
 	}
 	if h.Typeflag == tar.TypeLink {
 		if err := SafeName(h.Linkname); err != nil {

@@ -70,6 +70,19 @@ func Open(ctx context.Context, cs content.Provider, desc ocispec.Descriptor, byt
 	return s, nil
 }
 
+// Reserve refuses entries at these paths (the output format's own metadata);
+// call it before the first Read.
+func (s *Source) Reserve(paths ...string) {
+	s.inspect.mu.Lock()
+	defer s.inspect.mu.Unlock()
+	if s.inspect.reserved == nil {
+		s.inspect.reserved = map[string]bool{}
+	}
+	for _, p := range paths {
+		s.inspect.reserved[p] = true
+	}
+}
+
 // Limits are the limits the Source enforces (from its context).
 func (s *Source) Limits() converter.Limits { return s.inspect.limits }
 
