@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/converter/options"
 )
 
@@ -23,6 +24,12 @@ type Config struct {
 	Workers int
 	// DefaultFormat is the layer format of requests that name none.
 	DefaultFormat string
+	// RequireLossless refuses layers that cannot be converted byte for byte
+	// (sparse files) in every request.
+	RequireLossless bool
+	// Limits bound what a layer may make a conversion hold (zero fields:
+	// converter.DefaultLimits; negative: none).
+	Limits converter.Limits
 	// FormatOptions holds every format option's configured value as text,
 	// by configuration key ("estargz_compression_level": "9"). Keys not
 	// present keep the format's default.
@@ -55,7 +62,7 @@ func configKeys() map[string]configKey {
 
 // DefaultConfig is the configuration with every option at its default.
 func DefaultConfig() Config {
-	cfg := Config{DefaultFormat: FormatEStargz, FormatOptions: map[string]string{}}
+	cfg := Config{DefaultFormat: FormatEStargz, Limits: converter.DefaultLimits(), FormatOptions: map[string]string{}}
 	for k, ck := range configKeys() {
 		cfg.FormatOptions[k] = ck.field.Value
 	}
@@ -77,6 +84,12 @@ func ParseConfig(raw map[string]any) (Config, error) {
 				return cfg, fmt.Errorf("workers takes a whole number, not %v: %w", v, errdefs.ErrInvalidArgument)
 			}
 			cfg.Workers = n
+		case "require_lossless":
+			b, ok := v.(bool)
+			if !ok {
+				return cfg, fmt.Errorf("require_lossless takes true or false, not %v: %w", v, errdefs.ErrInvalidArgument)
+			}
+			cfg.RequireLossless = b
 		case "default_format":
 			s, ok := v.(string)
 			if !ok {
@@ -84,9 +97,17 @@ func ParseConfig(raw map[string]any) (Config, error) {
 			}
 			cfg.DefaultFormat = s
 		default:
+			if limit, ok := limitFields(&cfg.Limits)[k]; ok {
+				n, ok := v.(int64)
+				if !ok {
+					return cfg, fmt.Errorf("%s takes a whole number, not %v: %w", k, v, errdefs.ErrInvalidArgument)
+				}
+				*limit = n
+				continue
+			}
 			ck, known := keys[k]
 			if !known {
-				return cfg, fmt.Errorf("unknown configuration key %q (known: workers, default_format, %s): %w",
+				return cfg, fmt.Errorf("unknown configuration key %q (known: workers, default_format, require_lossless, max_*, %s): %w",
 					k, strings.Join(slices.Sorted(maps.Keys(keys)), ", "), errdefs.ErrInvalidArgument)
 			}
 			text, ok := scalar(v, ck.field.Kind)
@@ -102,7 +123,11 @@ func ParseConfig(raw map[string]any) (Config, error) {
 // TOML is the configuration as a TOML table, typed as TOML decodes it: what
 // ParseConfig reads back, and what containerd's `config dump` prints.
 func (c Config) TOML() map[string]any {
-	out := map[string]any{"workers": int64(c.Workers), "default_format": c.DefaultFormat}
+	out := map[string]any{"workers": int64(c.Workers), "default_format": c.DefaultFormat, "require_lossless": c.RequireLossless}
+	limits := c.Limits.WithDefaults()
+	for k, v := range limitFields(&limits) {
+		out[k] = *v
+	}
 	for k, ck := range configKeys() {
 		v, ok := c.FormatOptions[k]
 		if !ok {
@@ -120,6 +145,14 @@ func (c Config) TOML() map[string]any {
 		}
 	}
 	return out
+}
+
+// limitFields are the configuration keys of the limits.
+func limitFields(l *converter.Limits) map[string]*int64 {
+	return map[string]*int64{
+		"max_entries": &l.MaxEntries, "max_trailing_bytes": &l.MaxTrailingBytes,
+		"max_expanded_bytes": &l.MaxExpandedBytes, "max_toc_bytes": &l.MaxTOCBytes,
+	}
 }
 
 func asInt(v any) (int, bool) {

@@ -16,6 +16,7 @@ import (
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/labels"
 )
 
 // Convert is the gRPC handler.
@@ -30,6 +31,7 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	if err != nil {
 		return err
 	}
+	ctx = converter.WithLimits(ctx, s.cfg.Limits)
 	if req.GetSource() == "" || req.GetTarget() == "" {
 		return fmt.Errorf("source and target are required: %w", errdefs.ErrInvalidArgument)
 	}
@@ -55,7 +57,7 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	go func() {
 		res, err := s.conv.ConvertImage(ctx, s.is, req.GetSource(), req.GetTarget(), converter.ImageOptions{
 			Layers: p.layers, AppendLayer: p.appendLayer, DockerToOCI: req.GetOci() || oci, Platforms: pm, Progress: progress,
-			EnsureLayer: ensure,
+			EnsureLayer: ensure, RequireLossless: s.cfg.RequireLossless || req.GetRequireLossless(), Limits: s.cfg.Limits,
 		})
 		done <- outcome{res, err}
 	}()
@@ -88,11 +90,20 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 				return out.err
 			}
 			t := out.res.Image.Target
-			return send(&api.ConvertEvent{Event: &api.ConvertEvent_Result{Result: &api.ConvertResult{
+			result := &api.ConvertResult{
 				Name:      out.res.Image.Name,
 				Target:    descriptor(t.MediaType, t.Digest.String(), t.Size, t.Annotations),
 				Converted: s.conv.Conversions() - before,
-			}}})
+			}
+			for _, l := range out.res.Layers {
+				if text := l.Desc.Annotations[labels.NotLosslessAnnotation]; text != "" {
+					if result.NotLossless == nil {
+						result.NotLossless = map[string]string{}
+					}
+					result.NotLossless[l.Source.Digest.String()] = text
+				}
+			}
+			return send(&api.ConvertEvent{Event: &api.ConvertEvent_Result{Result: result}})
 		}
 	}
 }

@@ -6,11 +6,14 @@ import (
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/converter/convertertest"
+	"github.com/lazyconv/lazyconv/internal/imagegen"
 	"github.com/lazyconv/lazyconv/labels"
 	"github.com/lazyconv/lazyconv/service"
 )
@@ -191,4 +194,34 @@ func assertVariantLinked(t *testing.T, f *fixture, variant string) {
 		return nil
 	}))
 	assert.True(t, found, "a layer links variant %s", variant)
+}
+
+func TestNotLosslessIsReportedOnTheWire(t *testing.T) {
+	for _, required := range []bool{false, true} {
+		cfg := service.DefaultConfig()
+		cfg.RequireLossless = required
+		f := newFixture(t, cfg)
+		img := imagegen.Image{Name: "sparse:v1", Layers: []imagegen.Layer{{MediaType: ocispec.MediaTypeImageLayerGzip,
+			Blob: imagegen.Compress(convertertest.SparseTar(1<<20), "gzip")}}}
+		_, err := imagegen.Store(f.ctx, f.store.ContentStore(), f.store.ImageStore(), img)
+		require.NoError(t, err)
+		var events []*api.ConvertEvent
+		err = f.svc.ConvertImage(f.ctx, &api.ConvertRequest{Source: "sparse:v1", Target: "sparse:esgz", AllPlatforms: true},
+			func(ev *api.ConvertEvent) error { events = append(events, ev); return nil })
+		if required {
+			assert.True(t, errdefs.IsInvalidArgument(err), "require_lossless in the config refuses it: %v", err)
+			continue
+		}
+		require.NoError(t, err)
+		result := events[len(events)-1].GetResult()
+		require.Len(t, result.GetNotLossless(), 1)
+		for _, text := range result.GetNotLossless() {
+			assert.Contains(t, text, "sparse")
+		}
+		var noted bool
+		for _, ev := range events {
+			noted = noted || ev.GetLayer().GetNotLossless() != ""
+		}
+		assert.True(t, noted, "a layer event says it too")
+	}
 }

@@ -30,6 +30,7 @@ crosses the socket.`,
 		Flags: append(append([]cli.Flag{
 			&cli.BoolFlag{Name: "oci", Usage: "convert Docker media types to OCI ones (eStargz annotations need it)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the new image's digest"},
+			requireLosslessFlag,
 		}, formatFlags()...), append(append([]cli.Flag{}, registryFlags...), platformFlags...)...),
 		DisableSliceFlagSeparator: true,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
@@ -105,6 +106,7 @@ func convertRequest(cmd *cli.Command) (*api.ConvertRequest, error) {
 	req := &api.ConvertRequest{
 		Source: cmd.Args().Get(0), Target: cmd.Args().Get(1), Oci: cmd.Bool("oci"),
 		Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
+		RequireLossless: cmd.Bool("require-lossless"),
 	}
 	// Layers of a lazily pulled image are fetched from their registry on first use.
 	opts := registryOptions(cmd)
@@ -126,3 +128,6 @@ func convertRequest(cmd *cli.Command) (*api.ConvertRequest, error) {
 	}
 	return req, nil
 }
+
+var requireLosslessFlag = &cli.BoolFlag{Name: "require-lossless",
+	Usage: "refuse layers that cannot be converted byte for byte (sparse files) instead of rewriting those entries"}

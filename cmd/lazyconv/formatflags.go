@@ -8,6 +8,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/urfave/cli/v3"
 
+	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/service"
 )
 
@@ -100,6 +101,12 @@ func flagOptions(cmd *cli.Command, f service.Format) (map[string]string, error) 
 // user's flags.
 func embeddedConfig(cmd *cli.Command) service.Config {
 	cfg := service.DefaultConfig()
+	root := cmd.Root()
+	for _, l := range limits(&cfg.Limits) {
+		if root.IsSet(l.name) {
+			*l.value = root.Int64(l.name)
+		}
+	}
 	for _, f := range service.Formats() {
 		for _, o := range f.Options() {
 			if o.ServiceOnly && cmd.IsSet(o.FlagName(f.OptionPrefix)) {
@@ -108,4 +115,32 @@ func embeddedConfig(cmd *cli.Command) service.Config {
 		}
 	}
 	return cfg
+}
+
+type limitFlag struct {
+	name, usage string
+	value       *int64
+}
+
+// limits are the conversion limits as CLI flags (the daemon's are its
+// configuration's max_* keys).
+func limits(l *converter.Limits) []limitFlag {
+	return []limitFlag{
+		{"max-entries", "tar entries per layer", &l.MaxEntries},
+		{"max-trailing-bytes", "bytes after a tar's end-of-archive marker", &l.MaxTrailingBytes},
+		{"max-expanded-bytes", "logical bytes of a layer's sparse files once expanded", &l.MaxExpandedBytes},
+		{"max-toc-bytes", "bytes of a table of contents read from a layer", &l.MaxTOCBytes},
+	}
+}
+
+// limitFlags are the limit flags, with their defaults. They set the embedded
+// service's limits; a daemon enforces its own configuration.
+func limitFlags() []cli.Flag {
+	defaults := converter.DefaultLimits()
+	var flags []cli.Flag
+	for _, l := range limits(&defaults) {
+		flags = append(flags, &cli.Int64Flag{Name: l.name, Value: *l.value,
+			Usage: "embedded mode: refuse layers beyond this many " + l.usage + " (-1: no limit; a daemon uses its max_* configuration)"})
+	}
+	return flags
 }

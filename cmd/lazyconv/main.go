@@ -35,13 +35,13 @@ func app() *cli.Command {
 		Name:    "lazyconv",
 		Usage:   "convert container images to lazy-pull formats (eStargz) inside containerd's stores",
 		Version: version,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "root", Usage: "embedded store directory (containerd metadata DB + content store, no daemon); chosen when set, or when no containerd socket exists", Value: localstore.DefaultRoot(), Sources: cli.EnvVars("LAZYCONV_ROOT")},
 			&cli.StringFlag{Name: "address", Aliases: []string{"a"}, Usage: "containerd's socket (daemon mode)", Value: defaultAddress, Sources: cli.EnvVars("CONTAINERD_ADDRESS")},
 			&cli.StringFlag{Name: "converter-address", Usage: "lazyconvd sidecar socket serving the conversion API (daemon mode)", Sources: cli.EnvVars("LAZYCONV_CONVERTER_ADDRESS")},
 			&cli.StringFlag{Name: "namespace", Aliases: []string{"n"}, Usage: "containerd namespace", Value: namespaces.Default, Sources: cli.EnvVars("CONTAINERD_NAMESPACE")},
 			&cli.BoolFlag{Name: "debug", Usage: "debug logging"},
-		},
+		}, limitFlags()...),
 		Before: func(ctx context.Context, cmd *cli.Command) (context.Context, error) {
 			level := "error"
 			if cmd.Bool("debug") {

@@ -39,6 +39,7 @@ is honoured; entries without one go to the topmost layer holding the file.`,
 			&cli.BoolFlag{Name: "reuse", Usage: "keep layers that already are eStargz"},
 			&cli.BoolFlag{Name: "oci", Usage: "convert Docker media types to OCI ones"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the new image's digest"},
+			requireLosslessFlag,
 		}, append(append(optimizedFlags(), registryFlags...), platformFlags...)...),
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if cmd.Args().Len() != 2 {
@@ -113,6 +114,7 @@ is honoured; entries without one go to the topmost layer holding the file.`,
 				Source: src, Target: dst, Format: service.FormatEStargzOptimized, Oci: cmd.Bool("oci"),
 				Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
 				Options: opts, PrioritizedManifest: ix.Manifest().String(), Reuse: cmd.Bool("reuse"),
+				RequireLossless: cmd.Bool("require-lossless"),
 			}
 			for layer, paths := range perLayer {
 				req.Prioritized = append(req.Prioritized, &api.LayerFiles{LayerIndex: int32(layer), Paths: paths})

@@ -106,6 +106,9 @@ func layerLine(s converter.LayerStatus) string {
 	if s.Elapsed > 0 {
 		line += fmt.Sprintf("  %6.2fs", s.Elapsed.Seconds())
 	}
+	if s.NotLossless != "" {
+		line += "  not lossless: " + s.NotLossless
+	}
 	return line
 }
 
@@ -129,4 +132,9 @@ func printSummary(out io.Writer, layers []converter.LayerStatus, elapsed time.Du
 	}
 	fmt.Fprintf(tw, "total\t\t%s\t\t%s\t%.2fs\t\n", humanSize(inTotal), humanSize(outTotal), elapsed.Seconds())
 	tw.Flush()
+	for _, l := range layers {
+		if l.NotLossless != "" {
+			fmt.Fprintf(out, "%s is not lossless: %s\n", shortDigest(l.Digest.String()), l.NotLossless)
+		}
+	}
 }

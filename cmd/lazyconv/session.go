@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/localstore"
 	"github.com/lazyconv/lazyconv/service"
 )
@@ -64,6 +65,12 @@ func openSession(ctx context.Context, cmd *cli.Command) (*session, error) {
 		}
 	}
 	if daemon && !root.IsSet("root") {
+		for _, l := range limits(&converter.Limits{}) {
+			if root.IsSet(l.name) {
+				return nil, fmt.Errorf("--%s sets the embedded service's limit; a daemon enforces the max_* keys of its own configuration: %w",
+					l.name, errdefs.ErrInvalidArgument)
+			}
+		}
 		return openDaemon(ctx, root)
 	}
 	return openEmbedded(ctx, cmd)

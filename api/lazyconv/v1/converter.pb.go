@@ -448,9 +448,13 @@ type ConvertRequest struct {
 	// service's format table lists them; they override the service's
 	// configured values and the typed option messages above, which remain
 	// for older clients.
-	Options       map[string]string `protobuf:"bytes,14,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Options map[string]string `protobuf:"bytes,14,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Refuse layers that cannot be converted byte for byte (sparse files)
+	// instead of converting them with those entries rewritten. The service's
+	// require_lossless configuration can only make this stricter.
+	RequireLossless bool `protobuf:"varint,15,opt,name=require_lossless,json=requireLossless,proto3" json:"require_lossless,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ConvertRequest) Reset() {
@@ -579,6 +583,13 @@ func (x *ConvertRequest) GetOptions() map[string]string {
 		return x.Options
 	}
 	return nil
+}
+
+func (x *ConvertRequest) GetRequireLossless() bool {
+	if x != nil {
+		return x.RequireLossless
+	}
+	return false
 }
 
 type LayerFiles struct {
@@ -883,15 +894,18 @@ func (x *EStargzOptions) GetChunkSize() int64 {
 }
 
 type LayerProgress struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Digest        string                 `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
-	Size          int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
-	State         LayerState             `protobuf:"varint,3,opt,name=state,proto3,enum=lazyconv.v1.LayerState" json:"state,omitempty"`
-	BytesIn       int64                  `protobuf:"varint,4,opt,name=bytes_in,json=bytesIn,proto3" json:"bytes_in,omitempty"`
-	BytesOut      int64                  `protobuf:"varint,5,opt,name=bytes_out,json=bytesOut,proto3" json:"bytes_out,omitempty"`
-	OutputDigest  string                 `protobuf:"bytes,6,opt,name=output_digest,json=outputDigest,proto3" json:"output_digest,omitempty"`
-	OutputSize    int64                  `protobuf:"varint,7,opt,name=output_size,json=outputSize,proto3" json:"output_size,omitempty"`
-	ElapsedNs     int64                  `protobuf:"varint,8,opt,name=elapsed_ns,json=elapsedNs,proto3" json:"elapsed_ns,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Digest       string                 `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	Size         int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	State        LayerState             `protobuf:"varint,3,opt,name=state,proto3,enum=lazyconv.v1.LayerState" json:"state,omitempty"`
+	BytesIn      int64                  `protobuf:"varint,4,opt,name=bytes_in,json=bytesIn,proto3" json:"bytes_in,omitempty"`
+	BytesOut     int64                  `protobuf:"varint,5,opt,name=bytes_out,json=bytesOut,proto3" json:"bytes_out,omitempty"`
+	OutputDigest string                 `protobuf:"bytes,6,opt,name=output_digest,json=outputDigest,proto3" json:"output_digest,omitempty"`
+	OutputSize   int64                  `protobuf:"varint,7,opt,name=output_size,json=outputSize,proto3" json:"output_size,omitempty"`
+	ElapsedNs    int64                  `protobuf:"varint,8,opt,name=elapsed_ns,json=elapsedNs,proto3" json:"elapsed_ns,omitempty"`
+	// What the output does not carry byte for byte ("" for a lossless layer),
+	// e.g. "sparse files written as regular files: var/log/lastlog".
+	NotLossless   string `protobuf:"bytes,9,opt,name=not_lossless,json=notLossless,proto3" json:"not_lossless,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -982,6 +996,13 @@ func (x *LayerProgress) GetElapsedNs() int64 {
 	return 0
 }
 
+func (x *LayerProgress) GetNotLossless() string {
+	if x != nil {
+		return x.NotLossless
+	}
+	return ""
+}
+
 type Descriptor struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	MediaType     string                 `protobuf:"bytes,1,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
@@ -1055,7 +1076,9 @@ type ConvertResult struct {
 	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Target *Descriptor            `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"`
 	// Layers actually converted by this request (not cached, not kept).
-	Converted     int64 `protobuf:"varint,3,opt,name=converted,proto3" json:"converted,omitempty"`
+	Converted int64 `protobuf:"varint,3,opt,name=converted,proto3" json:"converted,omitempty"`
+	// Layers (by source digest) whose output is not lossless, and why.
+	NotLossless   map[string]string `protobuf:"bytes,4,rep,name=not_lossless,json=notLossless,proto3" json:"not_lossless,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1109,6 +1132,13 @@ func (x *ConvertResult) GetConverted() int64 {
 		return x.Converted
 	}
 	return 0
+}
+
+func (x *ConvertResult) GetNotLossless() map[string]string {
+	if x != nil {
+		return x.NotLossless
+	}
+	return nil
 }
 
 type ConvertEvent struct {
@@ -1558,7 +1588,7 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\rall_platforms\x18\x05 \x01(\bR\fallPlatforms\x128\n" +
 	"\bregistry\x18\x06 \x01(\v2\x1c.lazyconv.v1.RegistryOptionsR\bregistry\"?\n" +
 	"\fPushResponse\x12/\n" +
-	"\x06target\x18\x01 \x01(\v2\x17.lazyconv.v1.DescriptorR\x06target\"\x96\x05\n" +
+	"\x06target\x18\x01 \x01(\v2\x17.lazyconv.v1.DescriptorR\x06target\"\xc1\x05\n" +
 	"\x0eConvertRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x16\n" +
@@ -1574,7 +1604,8 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\vprioritized\x18\v \x03(\v2\x17.lazyconv.v1.LayerFilesR\vprioritized\x121\n" +
 	"\x14prioritized_manifest\x18\f \x01(\tR\x13prioritizedManifest\x12\x14\n" +
 	"\x05reuse\x18\r \x01(\bR\x05reuse\x12B\n" +
-	"\aoptions\x18\x0e \x03(\v2(.lazyconv.v1.ConvertRequest.OptionsEntryR\aoptions\x1a:\n" +
+	"\aoptions\x18\x0e \x03(\v2(.lazyconv.v1.ConvertRequest.OptionsEntryR\aoptions\x12)\n" +
+	"\x10require_lossless\x18\x0f \x01(\bR\x0frequireLossless\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"C\n" +
@@ -1608,7 +1639,7 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\n" +
 	"chunk_size\x18\x02 \x01(\x03H\x01R\tchunkSize\x88\x01\x01B\x14\n" +
 	"\x12_compression_levelB\r\n" +
-	"\v_chunk_size\"\x87\x02\n" +
+	"\v_chunk_size\"\xaa\x02\n" +
 	"\rLayerProgress\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12-\n" +
@@ -1619,7 +1650,8 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\voutput_size\x18\a \x01(\x03R\n" +
 	"outputSize\x12\x1d\n" +
 	"\n" +
-	"elapsed_ns\x18\b \x01(\x03R\telapsedNs\"\xe3\x01\n" +
+	"elapsed_ns\x18\b \x01(\x03R\telapsedNs\x12!\n" +
+	"\fnot_lossless\x18\t \x01(\tR\vnotLossless\"\xe3\x01\n" +
 	"\n" +
 	"Descriptor\x12\x1d\n" +
 	"\n" +
@@ -1629,11 +1661,15 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\vannotations\x18\x04 \x03(\v2(.lazyconv.v1.Descriptor.AnnotationsEntryR\vannotations\x1a>\n" +
 	"\x10AnnotationsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"r\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x02\n" +
 	"\rConvertResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
 	"\x06target\x18\x02 \x01(\v2\x17.lazyconv.v1.DescriptorR\x06target\x12\x1c\n" +
-	"\tconverted\x18\x03 \x01(\x03R\tconverted\"\x81\x01\n" +
+	"\tconverted\x18\x03 \x01(\x03R\tconverted\x12N\n" +
+	"\fnot_lossless\x18\x04 \x03(\v2+.lazyconv.v1.ConvertResult.NotLosslessEntryR\vnotLossless\x1a>\n" +
+	"\x10NotLosslessEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x81\x01\n" +
 	"\fConvertEvent\x122\n" +
 	"\x05layer\x18\x01 \x01(\v2\x1a.lazyconv.v1.LayerProgressH\x00R\x05layer\x124\n" +
 	"\x06result\x18\x02 \x01(\v2\x1a.lazyconv.v1.ConvertResultH\x00R\x06resultB\a\n" +
@@ -1689,7 +1725,7 @@ func file_lazyconv_v1_converter_proto_rawDescGZIP() []byte {
 }
 
 var file_lazyconv_v1_converter_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_lazyconv_v1_converter_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_lazyconv_v1_converter_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_lazyconv_v1_converter_proto_goTypes = []any{
 	(LayerState)(0),              // 0: lazyconv.v1.LayerState
 	(*VerifyRequest)(nil),        // 1: lazyconv.v1.VerifyRequest
@@ -1715,6 +1751,7 @@ var file_lazyconv_v1_converter_proto_goTypes = []any{
 	(*CapabilitiesResponse)(nil), // 21: lazyconv.v1.CapabilitiesResponse
 	nil,                          // 22: lazyconv.v1.ConvertRequest.OptionsEntry
 	nil,                          // 23: lazyconv.v1.Descriptor.AnnotationsEntry
+	nil,                          // 24: lazyconv.v1.ConvertResult.NotLosslessEntry
 }
 var file_lazyconv_v1_converter_proto_depIdxs = []int32{
 	2,  // 0: lazyconv.v1.VerifyResponse.layers:type_name -> lazyconv.v1.LayerVerification
@@ -1729,25 +1766,26 @@ var file_lazyconv_v1_converter_proto_depIdxs = []int32{
 	0,  // 9: lazyconv.v1.LayerProgress.state:type_name -> lazyconv.v1.LayerState
 	23, // 10: lazyconv.v1.Descriptor.annotations:type_name -> lazyconv.v1.Descriptor.AnnotationsEntry
 	13, // 11: lazyconv.v1.ConvertResult.target:type_name -> lazyconv.v1.Descriptor
-	12, // 12: lazyconv.v1.ConvertEvent.layer:type_name -> lazyconv.v1.LayerProgress
-	14, // 13: lazyconv.v1.ConvertEvent.result:type_name -> lazyconv.v1.ConvertResult
-	19, // 14: lazyconv.v1.CapabilitiesResponse.formats:type_name -> lazyconv.v1.Format
-	20, // 15: lazyconv.v1.CapabilitiesResponse.builders:type_name -> lazyconv.v1.Builder
-	6,  // 16: lazyconv.v1.Converter.Convert:input_type -> lazyconv.v1.ConvertRequest
-	16, // 17: lazyconv.v1.Converter.CheckEStargz:input_type -> lazyconv.v1.CheckEStargzRequest
-	18, // 18: lazyconv.v1.Converter.Capabilities:input_type -> lazyconv.v1.CapabilitiesRequest
-	4,  // 19: lazyconv.v1.Converter.Push:input_type -> lazyconv.v1.PushRequest
-	1,  // 20: lazyconv.v1.Converter.Verify:input_type -> lazyconv.v1.VerifyRequest
-	15, // 21: lazyconv.v1.Converter.Convert:output_type -> lazyconv.v1.ConvertEvent
-	17, // 22: lazyconv.v1.Converter.CheckEStargz:output_type -> lazyconv.v1.CheckEStargzResponse
-	21, // 23: lazyconv.v1.Converter.Capabilities:output_type -> lazyconv.v1.CapabilitiesResponse
-	5,  // 24: lazyconv.v1.Converter.Push:output_type -> lazyconv.v1.PushResponse
-	3,  // 25: lazyconv.v1.Converter.Verify:output_type -> lazyconv.v1.VerifyResponse
-	21, // [21:26] is the sub-list for method output_type
-	16, // [16:21] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	24, // 12: lazyconv.v1.ConvertResult.not_lossless:type_name -> lazyconv.v1.ConvertResult.NotLosslessEntry
+	12, // 13: lazyconv.v1.ConvertEvent.layer:type_name -> lazyconv.v1.LayerProgress
+	14, // 14: lazyconv.v1.ConvertEvent.result:type_name -> lazyconv.v1.ConvertResult
+	19, // 15: lazyconv.v1.CapabilitiesResponse.formats:type_name -> lazyconv.v1.Format
+	20, // 16: lazyconv.v1.CapabilitiesResponse.builders:type_name -> lazyconv.v1.Builder
+	6,  // 17: lazyconv.v1.Converter.Convert:input_type -> lazyconv.v1.ConvertRequest
+	16, // 18: lazyconv.v1.Converter.CheckEStargz:input_type -> lazyconv.v1.CheckEStargzRequest
+	18, // 19: lazyconv.v1.Converter.Capabilities:input_type -> lazyconv.v1.CapabilitiesRequest
+	4,  // 20: lazyconv.v1.Converter.Push:input_type -> lazyconv.v1.PushRequest
+	1,  // 21: lazyconv.v1.Converter.Verify:input_type -> lazyconv.v1.VerifyRequest
+	15, // 22: lazyconv.v1.Converter.Convert:output_type -> lazyconv.v1.ConvertEvent
+	17, // 23: lazyconv.v1.Converter.CheckEStargz:output_type -> lazyconv.v1.CheckEStargzResponse
+	21, // 24: lazyconv.v1.Converter.Capabilities:output_type -> lazyconv.v1.CapabilitiesResponse
+	5,  // 25: lazyconv.v1.Converter.Push:output_type -> lazyconv.v1.PushResponse
+	3,  // 26: lazyconv.v1.Converter.Verify:output_type -> lazyconv.v1.VerifyResponse
+	22, // [22:27] is the sub-list for method output_type
+	17, // [17:22] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_lazyconv_v1_converter_proto_init() }
@@ -1767,7 +1805,7 @@ func file_lazyconv_v1_converter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lazyconv_v1_converter_proto_rawDesc), len(file_lazyconv_v1_converter_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
