@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/stretchr/testify/require"
@@ -262,10 +264,29 @@ type registry struct {
 	logPath string
 }
 
-func startRegistry(t *testing.T) *registry {
+func startRegistry(t *testing.T) *registry { return startRegistryWith(t, "", "") }
+
+// startAuthRegistry starts a registry that lets only user in (htpasswd), on
+// addr ("": a free port of 127.0.0.1).
+func startAuthRegistry(t *testing.T, addr, user, password string) *registry {
+	t.Helper()
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	require.NoError(t, err)
+	htpasswd := filepath.Join(shortTempDir(t), "htpasswd")
+	require.NoError(t, os.WriteFile(htpasswd, []byte(user+":"+string(hash)+"\n"), 0o600))
+	return startRegistryWith(t, addr, fmt.Sprintf("auth:\n  htpasswd:\n    realm: lazyconv-test\n    path: %s\n", htpasswd))
+}
+
+func startRegistryWith(t *testing.T, addr, extra string) *registry {
 	t.Helper()
 	dir := shortTempDir(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil && addr != "127.0.0.1:0" {
+		t.Skipf("cannot listen on %s for a registry: %v", addr, err)
+	}
 	require.NoError(t, err)
 	host := l.Addr().String()
 	l.Close()
@@ -281,7 +302,7 @@ storage:
     enabled: true
 http:
   addr: %s
-`, filepath.Join(dir, "data"), host)
+%s`, filepath.Join(dir, "data"), host, extra)
 	cfgPath := filepath.Join(dir, "config.yml")
 	require.NoError(t, os.WriteFile(cfgPath, []byte(cfg), 0o644))
 	r := &registry{host: host, logPath: filepath.Join(dir, "registry.log")}
@@ -300,7 +321,7 @@ http:
 		resp, err := http.Get("http://" + host + "/v2/")
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if resp.StatusCode == http.StatusOK || (extra != "" && resp.StatusCode == http.StatusUnauthorized) {
 				return r
 			}
 		}

@@ -2,6 +2,7 @@ package remote
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync/atomic"
@@ -63,7 +64,7 @@ func (f *Fetcher) Ensure(ctx context.Context, resolver remotes.Resolver, desc, p
 		if _, err := f.cs.Info(ctx, desc.Digest); err == nil {
 			return nil, nil
 		}
-		return nil, f.fetch(ctx, resolver, desc, sources[0], bytesIn)
+		return nil, f.fetchFirst(ctx, resolver, desc, sources, bytesIn)
 	})
 	if err != nil {
 		return err
@@ -75,6 +76,34 @@ func (f *Fetcher) Ensure(ctx context.Context, resolver remotes.Resolver, desc, p
 		}
 	}
 	return nil
+}
+
+// fetchFirst fetches the blob from the first source that serves it, in
+// order; when none does, the error names each one tried and why it failed.
+func (f *Fetcher) fetchFirst(ctx context.Context, resolver remotes.Resolver, desc ocispec.Descriptor, sources []Source, bytesIn *atomic.Int64) error {
+	var errs []error
+	for _, src := range sources {
+		if bytesIn != nil {
+			bytesIn.Store(0)
+		}
+		err := f.fetch(ctx, resolver, desc, src, bytesIn)
+		if err == nil {
+			return nil
+		}
+		if ctxErr := context.Cause(ctx); ctxErr != nil {
+			return ctxErr
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	err := errors.Join(errs...)
+	var class error = errdefs.ErrUnavailable
+	if errdefs.IsNotFound(errs[len(errs)-1]) {
+		class = errdefs.ErrNotFound
+	}
+	return fmt.Errorf("blob %s could be fetched from none of the %d registries it is known in: %v: %w", desc.Digest, len(errs), err, class)
 }
 
 // fetch streams one blob from src into the store; on any failure the ingest

@@ -20,29 +20,50 @@ import (
 	"github.com/lazyconv/lazyconv/labels"
 )
 
-// RegistryOptions says how to reach registries.
+// RegistryOptions says how to reach the registry of the reference a user
+// named. They are the user's for that host only: another registry reached
+// through distribution-source labels or a redirect gets neither the
+// credentials nor plain HTTP.
 type RegistryOptions struct {
-	// PlainHTTP talks HTTP, not HTTPS (localhost always does).
+	// PlainHTTP talks HTTP, not HTTPS, to the named host (localhost always does).
 	PlainHTTP bool
-	// Username and Password are basic credentials, if any.
+	// Username and Password are basic credentials for the named host, if any.
 	Username, Password string
 }
 
-// Resolver returns containerd's docker resolver configured by o.
-func (o RegistryOptions) Resolver() remotes.Resolver {
-	var authOpts []docker.AuthorizerOpt
-	if o.Username != "" {
-		authOpts = append(authOpts, docker.WithAuthCreds(func(string) (string, string, error) { return o.Username, o.Password, nil }))
-	}
-	plain := docker.MatchLocalhost
-	if o.PlainHTTP {
-		plain = docker.MatchAllHosts
+// ResolverFor returns containerd's docker resolver for ref: o applies to
+// ref's registry host and no other.
+func (o RegistryOptions) ResolverFor(ref string) remotes.Resolver {
+	host := ""
+	if src, err := SourceOf(ref); err == nil {
+		host = src.Host
 	}
 	hosts := docker.ConfigureDefaultRegistries(
-		docker.WithAuthorizer(docker.NewDockerAuthorizer(authOpts...)),
-		docker.WithPlainHTTP(plain),
+		docker.WithAuthorizer(docker.NewDockerAuthorizer(docker.WithAuthCreds(o.credentialsFor(host)))),
+		docker.WithPlainHTTP(o.plainHTTPFor(host)),
 	)
 	return docker.NewResolver(docker.ResolverOptions{Hosts: hosts})
+}
+
+// credentialsFor answers a registry's challenge with the credentials only
+// when the challenging host is the named one.
+func (o RegistryOptions) credentialsFor(named string) func(string) (string, string, error) {
+	return func(host string) (string, string, error) {
+		if o.Username == "" || named == "" || host != named {
+			return "", "", nil
+		}
+		return o.Username, o.Password, nil
+	}
+}
+
+// plainHTTPFor allows plain HTTP to localhost, and to the named host when asked.
+func (o RegistryOptions) plainHTTPFor(named string) func(string) (bool, error) {
+	return func(host string) (bool, error) {
+		if o.PlainHTTP && named != "" && host == named {
+			return true, nil
+		}
+		return docker.MatchLocalhost(host)
+	}
 }
 
 // Source is a repository a blob can be fetched from.

@@ -43,7 +43,7 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	if err != nil {
 		return err
 	}
-	resolver := registryOptions(req.GetRegistry()).Resolver()
+	resolver := registryOptions(req.GetRegistry()).ResolverFor(req.GetSource())
 	ensure := func(ctx context.Context, layer, manifest ocispec.Descriptor, bytesIn *atomic.Int64) error {
 		return s.fetcher.Ensure(ctx, resolver, layer, manifest, req.GetSource(), bytesIn)
 	}

@@ -54,7 +54,7 @@ func (s *Service) PushImage(ctx context.Context, req *api.PushRequest) (*api.Pus
 	if err != nil {
 		return nil, err
 	}
-	resolver := registryOptions(req.GetRegistry()).Resolver()
+	resolver := registryOptions(req.GetRegistry()).ResolverFor(req.GetRef())
 	ref := req.GetRef()
 	if !strings.Contains(ref, "@") {
 		ref += "@" + img.Target.Digest.String()

@@ -48,7 +48,7 @@ fetched from the same registry the first time a conversion needs it.`,
 				return err
 			}
 			defer s.Close()
-			resolver := registryOptions(cmd).Resolver()
+			resolver := registryOptions(cmd).ResolverFor(cmd.Args().First())
 			var img images.Image
 			if cmd.Bool("lazy") {
 				img, err = remote.PullLazy(s.ctx, s.client.ContentStore(), s.client.ImageService(), s.client.LeasesService(), resolver, cmd.Args().First(), pm)
