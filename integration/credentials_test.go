@@ -46,7 +46,7 @@ func TestCredentialsStayWithTheNamedRegistry(t *testing.T) {
 	require.Error(t, err, "the layers could only come from the other registry with the named one's credentials:\n%s", out)
 	log, offset := other.logSince(t, offset)
 	blobs := func(status string) int {
-		return len(regexp.MustCompile(`"GET /v2/creds/app/blobs/sha256:[0-9a-f]+ HTTP/1.1" ` + status).FindAllString(log, -1))
+		return len(regexp.MustCompile(`"GET /v2/creds/app/blobs/sha256:[0-9a-f]+ HTTP/1.1" `+status).FindAllString(log, -1))
 	}
 	assert.Positive(t, blobs("401"), "the other registry was asked, and challenged:\n%s", log)
 	assert.Zero(t, blobs("200"), "the other registry never saw the credentials:\n%s", log)
