@@ -20,7 +20,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	"github.com/containerd/stargz-snapshotter/estargz"
-	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
+	"github.com/lazyconv/lazyconv/converter/stargz"
+	"github.com/lazyconv/lazyconv/internal/layerio"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -99,8 +100,7 @@ func indexLayer(ctx context.Context, cs content.Store, desc ocispec.Descriptor) 
 		return lf, err
 	}
 	defer ra.Close()
-	sr := io.NewSectionReader(ra, 0, ra.Size())
-	if r, err := estargz.Open(sr, estargz.WithDecompressors(new(zstdchunked.Decompressor))); err == nil {
+	if r, err := stargz.OpenTOC(ctx, ra); err == nil {
 		root, ok := r.Lookup("")
 		if ok {
 			walkTOC(root, "", &lf)
@@ -120,6 +120,9 @@ func indexLayer(ctx context.Context, cs content.Store, desc ocispec.Descriptor) 
 		}
 		if err != nil {
 			return lf, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
+		}
+		if err := layerio.SafeName(h.Name); err != nil {
+			return lf, fmt.Errorf("layer %s: entry %q: %w", desc.Digest, h.Name, err)
 		}
 		lf.add(h.Name)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/converter/convertertest"
 	"github.com/lazyconv/lazyconv/converter/stargz"
 	"github.com/lazyconv/lazyconv/internal/imagegen"
 	"github.com/lazyconv/lazyconv/localstore"
@@ -217,5 +218,21 @@ func tocOrder(t *testing.T, blob []byte) []string {
 		if h.Typeflag == tar.TypeReg {
 			out = append(out, strings.TrimPrefix(h.Name, "./"))
 		}
+	}
+}
+
+// The index refuses layer entries that escape the root, as conversion does.
+func TestIndexRefusesEntriesEscapingTheRoot(t *testing.T) {
+	for _, name := range []string{"../../escape.txt", "/etc/passwd-evil", "a/../../b"} {
+		t.Run(name, func(t *testing.T) {
+			f := convertertest.NewFixture(t)
+			tarball := imagegen.TarBytes([]imagegen.Entry{convertertest.File(name, []byte("x"))})
+			desc, err := imagegen.Store(f.Ctx, f.CS, f.Store.ImageStore(), imagegen.Image{Name: "bad:v1", Layers: []imagegen.Layer{
+				{MediaType: ocispec.MediaTypeImageLayerGzip, Blob: imagegen.Compress(tarball, "gzip")}}})
+			require.NoError(t, err)
+			_, err = recorder.BuildIndex(f.Ctx, f.CS, desc, platforms.All)
+			require.Error(t, err)
+			assert.True(t, errdefs.IsInvalidArgument(err), "%v", err)
+		})
 	}
 }

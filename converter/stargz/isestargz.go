@@ -57,7 +57,7 @@ func detectEStargz(ctx context.Context, cs content.Provider, dgst digest.Digest)
 // when the blob is no eStargz: it has no footer, or its footer points at no
 // TOC that is the last entry. A TOC beyond the MaxTOCBytes limit of ctx is
 // ErrInvalidArgument; it is never read, only skipped past once.
-func gzipTOCSize(ctx context.Context, ra content.ReaderAt) (int64, error) {
+func gzipTOCSize(ctx context.Context, ra SizedReaderAt) (int64, error) {
 	sr := io.NewSectionReader(ra, 0, ra.Size())
 	tocOffset, _, err := estargz.OpenFooter(sr)
 	if err != nil || tocOffset < 0 || tocOffset >= ra.Size() {
@@ -86,7 +86,7 @@ func gzipTOCSize(ctx context.Context, ra content.ReaderAt) (int64, error) {
 // zstdTOCSize bounds a zstd:chunked blob's TOC: it decompresses it (up to
 // the MaxTOCBytes limit of ctx, never holding it) and refuses a larger one.
 // A blob with no zstd:chunked footer passes: estargz.Open will say so.
-func zstdTOCSize(ctx context.Context, ra content.ReaderAt) error {
+func zstdTOCSize(ctx context.Context, ra SizedReaderAt) error {
 	d := new(zstdchunked.Decompressor)
 	if ra.Size() < d.FooterSize() {
 		return nil
@@ -115,6 +115,29 @@ func zstdTOCSize(ctx context.Context, ra content.ReaderAt) error {
 	return nil
 }
 
+// SizedReaderAt is a blob to read at offsets (content.ReaderAt is one).
+type SizedReaderAt interface {
+	io.ReaderAt
+	Size() int64
+}
+
+// OpenTOC opens an eStargz or zstd:chunked blob's TOC with estargz, which
+// reads it whole, after checking it is within the MaxTOCBytes limit of ctx
+// (ErrInvalidArgument beyond it).
+func OpenTOC(ctx context.Context, ra SizedReaderAt) (*estargz.Reader, error) {
+	if _, err := gzipTOCSize(ctx, ra); err != nil {
+		return nil, err
+	}
+	if err := zstdTOCSize(ctx, ra); err != nil {
+		return nil, err
+	}
+	r, err := estargz.Open(io.NewSectionReader(ra, 0, ra.Size()), estargz.WithDecompressors(new(zstdchunked.Decompressor)))
+	if err != nil {
+		return nil, fmt.Errorf("no eStargz or zstd:chunked TOC: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return r, nil
+}
+
 // readTOCDigest returns the digest of an eStargz layer's TOC JSON.
 func readTOCDigest(ctx context.Context, cs content.Provider, desc ocispec.Descriptor) (digest.Digest, error) {
 	ra, err := cs.ReaderAt(ctx, desc)
@@ -122,12 +145,9 @@ func readTOCDigest(ctx context.Context, cs content.Provider, desc ocispec.Descri
 		return "", err
 	}
 	defer ra.Close()
-	if _, err := gzipTOCSize(ctx, ra); err != nil {
-		return "", err
-	}
-	r, err := estargz.Open(io.NewSectionReader(ra, 0, ra.Size()))
+	r, err := OpenTOC(ctx, ra)
 	if err != nil {
-		return "", fmt.Errorf("reading eStargz TOC: %v: %w", err, errdefs.ErrInvalidArgument)
+		return "", fmt.Errorf("reading eStargz TOC: %w", err)
 	}
 	return r.TOCDigest(), nil
 }

@@ -8,7 +8,6 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/stargz-snapshotter/estargz"
-	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -36,17 +35,9 @@ func Verify(ctx context.Context, cs content.Provider, desc ocispec.Descriptor) (
 		return Report{}, err
 	}
 	defer ra.Close()
-	// Bound the TOC before estargz reads it whole.
-	if _, err := gzipTOCSize(ctx, ra); err != nil {
-		return Report{}, fmt.Errorf("layer %s: %w", desc.Digest, err)
-	}
-	if err := zstdTOCSize(ctx, ra); err != nil {
-		return Report{}, fmt.Errorf("layer %s: %w", desc.Digest, err)
-	}
-	r, err := estargz.Open(io.NewSectionReader(&blockReaderAt{ra: ra, size: ra.Size()}, 0, ra.Size()),
-		estargz.WithDecompressors(new(zstdchunked.Decompressor)))
+	r, err := OpenTOC(ctx, &blockReaderAt{ra: ra, size: ra.Size()})
 	if err != nil {
-		return Report{}, fmt.Errorf("layer %s is not eStargz: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
+		return Report{}, fmt.Errorf("layer %s is not eStargz: %w", desc.Digest, err)
 	}
 	if _, err := r.VerifyTOC(want); err != nil {
 		return Report{}, fmt.Errorf("layer %s: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
@@ -116,6 +107,9 @@ type blockReaderAt struct {
 }
 
 const verifyBlockSize = 4 << 20
+
+// Size is the blob's size.
+func (b *blockReaderAt) Size() int64 { return b.size }
 
 func (b *blockReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	if len(p) > verifyBlockSize/2 {
