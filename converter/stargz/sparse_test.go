@@ -3,7 +3,6 @@ package stargz_test
 import (
 	"archive/tar"
 	"bytes"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -26,39 +25,12 @@ import (
 	"github.com/lazyconv/lazyconv/labels"
 )
 
-// gnuSparseTar returns a tar holding one old-GNU sparse file ('S'): 1 MiB
-// long, with 512 bytes of data at 512 KiB and holes elsewhere. Go's tar writer
-// cannot write sparse files, so the header is patched by hand.
+// gnuSparseTar is a hand-made old-GNU sparse file ('S') of 1 MiB, to which
+// Go's reader gives its logical size.
 func gnuSparseTar(t *testing.T) []byte {
 	t.Helper()
-	var b bytes.Buffer
-	tw := tar.NewWriter(&b)
-	data := bytes.Repeat([]byte("x"), 512)
-	require.NoError(t, tw.WriteHeader(&tar.Header{Name: "sparse", Typeflag: tar.TypeReg, Mode: 0o644, Size: 512, Format: tar.FormatGNU, ModTime: convertertest.Epoch}))
-	_, err := tw.Write(data)
-	require.NoError(t, err)
-	require.NoError(t, tw.Close())
-	raw := b.Bytes()
-	h := raw[:512]
-	h[156] = 'S'
-	octal := func(off, size int, v int64) { copy(h[off:off+size], fmt.Sprintf("%0*o\x00", size-1, v)) }
-	octal(386, 12, 512<<10) // sparse[0].offset
-	octal(398, 12, 512)     // sparse[0].numbytes
-	octal(410, 12, 1<<20)   // sparse[1].offset: the end
-	octal(422, 12, 0)       // sparse[1].numbytes
-	h[482] = 0              // not extended
-	octal(483, 12, 1<<20)   // realsize
-	for i := 148; i < 156; i++ {
-		h[i] = ' '
-	}
-	var sum int64
-	for _, c := range h {
-		sum += int64(c)
-	}
-	copy(h[148:156], fmt.Sprintf("%06o\x00 ", sum))
-	// The stdlib reader sees a 1 MiB sparse file.
-	tr := tar.NewReader(bytes.NewReader(raw))
-	hdr, err := tr.Next()
+	raw := convertertest.SparseTar(1 << 20)
+	hdr, err := tar.NewReader(bytes.NewReader(raw)).Next()
 	require.NoError(t, err)
 	require.Equal(t, int64(1<<20), hdr.Size)
 	return raw
