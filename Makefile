@@ -5,7 +5,7 @@ DEMO_DIR ?= $(CURDIR)/.cache/demo
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build daemons demo test lint bench clean protos
+.PHONY: all build daemons demo test lint bench fuzz clean protos
 
 all: build
 
@@ -27,6 +27,16 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+# Fuzzing: each target for FUZZTIME (FUZZTIME=10m for a long run). The
+# targets' seed corpora also run as plain tests in make test.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := FuzzOpenTOC:./converter/stargz FuzzIsEStargz:./converter/stargz FuzzConvertLayer:./converter/stargz FuzzRead:./recorder
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "== $${t%%:*} for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) $${t#*:} || exit 1; \
+	done
 
 # Go benchmarks, then the side-by-side report against stargz-snapshotter's
 # nativeconverter (ratios, medians), cached re-convert and peak RSS.

@@ -59,7 +59,8 @@ func detectEStargz(ctx context.Context, cs content.Provider, dgst digest.Digest)
 // ErrInvalidArgument; it is never read, only skipped past once.
 func gzipTOCSize(ctx context.Context, ra SizedReaderAt) (int64, error) {
 	sr := io.NewSectionReader(ra, 0, ra.Size())
-	tocOffset, _, err := estargz.OpenFooter(sr)
+	var tocOffset int64
+	err := contained(func() (err error) { tocOffset, _, err = estargz.OpenFooter(sr); return err })
 	if err != nil || tocOffset < 0 || tocOffset >= ra.Size() {
 		return -1, nil
 	}
@@ -131,11 +132,28 @@ func OpenTOC(ctx context.Context, ra SizedReaderAt) (*estargz.Reader, error) {
 	if err := zstdTOCSize(ctx, ra); err != nil {
 		return nil, err
 	}
-	r, err := estargz.Open(io.NewSectionReader(ra, 0, ra.Size()), estargz.WithDecompressors(new(zstdchunked.Decompressor)))
+	var r *estargz.Reader
+	err := contained(func() (err error) {
+		r, err = estargz.Open(io.NewSectionReader(ra, 0, ra.Size()), estargz.WithDecompressors(new(zstdchunked.Decompressor)))
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("no eStargz or zstd:chunked TOC: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	return r, nil
+}
+
+// contained runs estargz's parsing of untrusted bytes, turning a panic into
+// ErrInvalidArgument: estargz v0.19.1's footer parsing panics on some
+// crafted footers (found by FuzzOpenTOC), and lazyconv runs inside
+// containerd, which such a layer must not take down.
+func contained(parse func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("estargz panicked parsing the blob (%v): %w", p, errdefs.ErrInvalidArgument)
+		}
+	}()
+	return parse()
 }
 
 // readTOCDigest returns the digest of an eStargz layer's TOC JSON.
