@@ -46,11 +46,29 @@ type ImageOptions struct {
 	// returns a layer to append to it, with its diffID (nydus's merged
 	// bootstrap).
 	AppendLayer AppendLayerFunc
-	// EnsureLayer, if set, makes a layer local before it is converted
-	// (fetching it from its registry when it is missing); manifest is the
-	// manifest listing it, bytesIn counts what is fetched.
-	EnsureLayer func(ctx context.Context, layer, manifest ocispec.Descriptor, bytesIn *atomic.Int64) error
+	// EnsureLayer, if set, makes a layer local before it is converted: it
+	// returns the blob to convert in its place, which is the layer itself
+	// unless the layer is missing and was rebuilt (from a snapshot).
+	// manifest lists the layer at index; bytesIn counts what is fetched.
+	EnsureLayer func(ctx context.Context, layer, manifest ocispec.Descriptor, index int, bytesIn *atomic.Int64) (Ensured, error)
 }
+
+// Ensured is where a layer to convert comes from.
+type Ensured struct {
+	// Desc is the blob to convert: the layer, or the blob rebuilt for it.
+	Desc ocispec.Descriptor
+	// Origin is "" for the content store, else OriginSnapshot or OriginRegistry.
+	Origin string
+}
+
+// Origins of a layer that was not in the content store.
+const (
+	// OriginSnapshot: rebuilt from the snapshot containerd unpacked it into
+	// (the same files, not the original tar bytes).
+	OriginSnapshot = "snapshot"
+	// OriginRegistry: fetched from the image's registry.
+	OriginRegistry = "registry"
+)
 
 // AppendLayerFunc returns a layer to append to a manifest whose (converted)
 // layers are given, written to cs under ctx's lease, and its diffID.
@@ -281,20 +299,26 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 				continue
 			}
 			eg.Go(func() error {
+				lp := p.layer(l.Digest, l.Size)
+				src := Ensured{Desc: l}
 				if w.opts.EnsureLayer != nil {
-					lp := p.layer(l.Digest, l.Size)
 					lp.set(StateFetching)
-					if err := w.opts.EnsureLayer(egCtx, l, desc, &lp.in); err != nil {
+					var err error
+					if src, err = w.opts.EnsureLayer(egCtx, l, desc, positions[i], &lp.in); err != nil {
 						lp.set(StateFailed)
 						return err
 					}
 					lp.in.Store(0)
+					lp.setOrigin(src.Origin)
 				}
-				r, err := w.c.ConvertLayer(egCtx, converters[i], l, p)
+				r, err := w.c.convertTracked(egCtx, converters[i], src.Desc, lp)
 				if err != nil {
 					return err
 				}
-				if want := configDiffIDs[positions[i]]; r.SourceDiffID != "" && r.SourceDiffID != want {
+				r.Origin = src.Origin
+				// A rebuilt layer has its own bytes; containerd checked the
+				// snapshot it comes from against the config when it unpacked.
+				if want := configDiffIDs[positions[i]]; src.Origin != OriginSnapshot && r.SourceDiffID != "" && r.SourceDiffID != want {
 					p.layer(l.Digest, l.Size).set(StateFailed)
 					return fmt.Errorf("layer %s is %s uncompressed, but config %s says diff_ids[%d] is %s: %w",
 						l.Digest, r.SourceDiffID, manifest.Config.Digest, positions[i], want, errdefs.ErrInvalidArgument)

@@ -37,6 +37,9 @@ type LayerResult struct {
 	// SourceDiffID is the source's uncompressed digest, when it was computed
 	// on the way or is cached as a label ("" otherwise).
 	SourceDiffID digest.Digest
+	// Origin is where the source came from when it was not in the content
+	// store (OriginSnapshot, OriginRegistry), else "".
+	Origin string
 	// links are the labels to write once the whole conversion succeeded.
 	links []labelUpdate
 	// variant names the converter that produced Desc.
@@ -108,7 +111,12 @@ func (c *Converter) Conversions() int64 { return c.conversions.Load() }
 // The caller's lease (from ctx) gains the result; the variant is linked to its
 // source only by Link, once the caller's whole conversion succeeded.
 func (c *Converter) ConvertLayer(ctx context.Context, lc LayerConverter, desc ocispec.Descriptor, p *Progress) (LayerResult, error) {
-	lp := p.layer(desc.Digest, desc.Size)
+	return c.convertTracked(ctx, lc, desc, p.layer(desc.Digest, desc.Size))
+}
+
+// convertTracked is ConvertLayer reporting to lp (the manifest's layer,
+// which desc may have been rebuilt for).
+func (c *Converter) convertTracked(ctx context.Context, lc LayerConverter, desc ocispec.Descriptor, lp *layerProgress) (LayerResult, error) {
 	res, err := c.cachedOrConverted(ctx, lc, desc, lp)
 	if err != nil {
 		lp.set(StateFailed)

@@ -67,6 +67,9 @@ type LayerStatus struct {
 	OutSize  int64
 	// NotLossless says what the output does not carry byte for byte ("" for a lossless layer).
 	NotLossless string
+	// Origin is where the layer came from when it was not in the content
+	// store: OriginSnapshot or OriginRegistry ("" otherwise).
+	Origin string
 	Elapsed     time.Duration // since the layer left the queue
 }
 
@@ -81,6 +84,7 @@ type layerProgress struct {
 	output   digest.Digest
 	outSize  int64
 	note     string
+	origin   string
 }
 
 // layer returns the tracker of a source layer, creating it on first use. A nil
@@ -132,13 +136,19 @@ func (l *layerProgress) setOutput(d digest.Digest, size int64, notLossless strin
 	l.mu.Unlock()
 }
 
+func (l *layerProgress) setOrigin(origin string) {
+	l.mu.Lock()
+	l.origin = origin
+	l.mu.Unlock()
+}
+
 func (l *layerProgress) status() LayerStatus {
 	s := LayerStatus{
 		Digest: l.digest, Size: l.size, State: LayerState(l.state.Load()),
 		BytesIn: l.in.Load(), BytesOut: l.out.Load(),
 	}
 	l.mu.Lock()
-	s.Output, s.OutSize, s.NotLossless = l.output, l.outSize, l.note
+	s.Output, s.OutSize, s.NotLossless, s.Origin = l.output, l.outSize, l.note, l.origin
 	l.mu.Unlock()
 	if start := l.started.Load(); start != 0 {
 		end := l.finished.Load()

@@ -28,11 +28,14 @@ import (
 const (
 	registryModule   = "github.com/distribution/distribution/v3/cmd/registry@v3.1.2"
 	containerdModule = "github.com/containerd/containerd/v2/cmd/containerd@v2.4.2"
+	ctrModule        = "github.com/containerd/containerd/v2/cmd/ctr@v2.4.2"
 )
 
 // bins holds the paths of the binaries TestMain built.
 var bins struct {
 	dir, lazyconv, lazyconvd, containerdLazyconv, stockContainerd, registry string
+	// upstreamCtr is containerd v2.4's own ctr.
+	upstreamCtr string
 }
 
 var skipReason string
@@ -67,6 +70,7 @@ func buildBinaries() error {
 	bins.containerdLazyconv = filepath.Join(bins.dir, "containerd-lazyconv")
 	bins.stockContainerd = filepath.Join(bins.dir, "stock", "containerd")
 	bins.registry = filepath.Join(bins.dir, "registry")
+	bins.upstreamCtr = filepath.Join(bins.dir, "upstream", "ctr")
 	for _, b := range []struct{ out, pkg string }{
 		{bins.lazyconv, "./cmd/lazyconv"},
 		{bins.lazyconvd, "./cmd/lazyconvd"},
@@ -79,6 +83,7 @@ func buildBinaries() error {
 	for _, b := range []struct{ out, module string }{
 		{bins.registry, registryModule},
 		{bins.stockContainerd, containerdModule},
+		{bins.upstreamCtr, ctrModule},
 	} {
 		if _, err := os.Stat(b.out); err == nil {
 			continue

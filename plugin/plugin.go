@@ -8,11 +8,13 @@ import (
 	"context"
 	"fmt"
 
+	diffapi "github.com/containerd/containerd/api/services/diff/v1"
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/metadata"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/plugins"
 	srv "github.com/containerd/containerd/v2/plugins/services"
 	"github.com/containerd/errdefs"
@@ -74,7 +76,21 @@ func initService(ic *plugin.InitContext) (any, error) {
 	if !ok {
 		return nil, fmt.Errorf("images service not available: %w", plugin.ErrSkipPlugin)
 	}
-	svc, err := service.New(cs, containerd.NewImageStoreFromClient(ic2), lm, cfg, Version)
+	var opts []service.Option
+	sns, snOK := svcs[srv.SnapshotsService].(map[string]snapshots.Snapshotter)
+	diffClient, diffOK := svcs[srv.DiffService].(diffapi.DiffClient)
+	if snOK && diffOK {
+		differ := containerd.NewDiffServiceFromClient(diffClient)
+		opts = append(opts, service.WithSnapshots(func(name string) (snapshots.Snapshotter, error) {
+			if sn, ok := sns[name]; ok {
+				return sn, nil
+			}
+			return nil, fmt.Errorf("snapshotter %q is not loaded: %w", name, errdefs.ErrNotFound)
+		}, differ))
+	} else {
+		log.G(ic.Context).Warn("lazyconv: no snapshots or diff service: layers whose blobs are gone cannot be rebuilt")
+	}
+	svc, err := service.New(cs, containerd.NewImageStoreFromClient(ic2), lm, cfg, Version, opts...)
 	if err != nil {
 		return nil, err
 	}

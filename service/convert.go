@@ -4,14 +4,12 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
@@ -43,10 +41,7 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	if err != nil {
 		return err
 	}
-	resolver := registryOptions(req.GetRegistry()).ResolverFor(req.GetSource())
-	ensure := func(ctx context.Context, layer, manifest ocispec.Descriptor, bytesIn *atomic.Int64) error {
-		return s.fetcher.Ensure(ctx, resolver, layer, manifest, req.GetSource(), bytesIn)
-	}
+	ensure := s.layerSource(registryOptions(req.GetRegistry()).ResolverFor(req.GetSource()), req.GetSource())
 	progress := converter.NewProgress()
 	before := s.conv.Conversions()
 	type outcome struct {
@@ -96,6 +91,12 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 				Converted: s.conv.Conversions() - before,
 			}
 			for _, l := range out.res.Layers {
+				if l.Origin != "" {
+					if result.Origins == nil {
+						result.Origins = map[string]string{}
+					}
+					result.Origins[l.Source.Digest.String()] = l.Origin
+				}
 				if text := l.Desc.Annotations[labels.NotLosslessAnnotation]; text != "" {
 					if result.NotLossless == nil {
 						result.NotLossless = map[string]string{}

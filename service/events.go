@@ -43,6 +43,7 @@ func LayerEvent(st converter.LayerStatus) *api.LayerProgress {
 		Digest: st.Digest.String(), Size: st.Size, State: wireState(st.State),
 		BytesIn: st.BytesIn, BytesOut: st.BytesOut,
 		OutputDigest: st.Output.String(), OutputSize: st.OutSize, ElapsedNs: int64(st.Elapsed), NotLossless: st.NotLossless,
+		Origin: st.Origin,
 	}
 }
 
@@ -52,6 +53,6 @@ func LayerStatus(p *api.LayerProgress) converter.LayerStatus {
 		Digest: digest.Digest(p.GetDigest()), Size: p.GetSize(), State: localState(p.GetState()),
 		BytesIn: p.GetBytesIn(), BytesOut: p.GetBytesOut(),
 		Output: digest.Digest(p.GetOutputDigest()), OutSize: p.GetOutputSize(), Elapsed: time.Duration(p.GetElapsedNs()),
-		NotLossless: p.GetNotLossless(),
+		NotLossless: p.GetNotLossless(), Origin: p.GetOrigin(),
 	}
 }

@@ -12,8 +12,10 @@ import (
 	"fmt"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/diff"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
@@ -21,6 +23,7 @@ import (
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/rebuild"
 	"github.com/lazyconv/lazyconv/remote"
 )
 
@@ -34,24 +37,40 @@ type Service struct {
 	cs      content.Store
 	is      images.Store
 	lm      leases.Manager
+	// rebuilder rebuilds missing layers from snapshots (nil: no snapshotter here).
+	rebuilder *rebuild.Rebuilder
+}
+
+// Option configures a Service.
+type Option func(*Service)
+
+// WithSnapshots lets the service rebuild layers whose blobs are gone from
+// the snapshots containerd unpacked them into, through its differ (the
+// daemon and the sidecar have them; the embedded store has none).
+func WithSnapshots(snapshotter func(name string) (snapshots.Snapshotter, error), differ diff.Comparer) Option {
+	return func(s *Service) { s.rebuilder = rebuild.New(s.cs, snapshotter, differ) }
 }
 
 // New returns a Service over the given stores. It validates the
 // configuration and does nothing else: external builders are probed when a
 // format needs them.
-func New(cs content.Store, is images.Store, lm leases.Manager, cfg Config, version string) (*Service, error) {
+func New(cs content.Store, is images.Store, lm leases.Manager, cfg Config, version string, opts ...Option) (*Service, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	var opts []converter.Option
+	var convOpts []converter.Option
 	if cfg.Workers > 0 {
-		opts = append(opts, converter.WithWorkers(cfg.Workers))
+		convOpts = append(convOpts, converter.WithWorkers(cfg.Workers))
 	}
-	conv, err := converter.New(cs, lm, opts...)
+	conv, err := converter.New(cs, lm, convOpts...)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, version: version, conv: conv, fetcher: remote.NewFetcher(cs, lm), cs: cs, is: is, lm: lm}, nil
+	s := &Service{cfg: cfg, version: version, conv: conv, fetcher: remote.NewFetcher(cs, lm), cs: cs, is: is, lm: lm}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
 }
 
 // Register serves the API on a gRPC server.

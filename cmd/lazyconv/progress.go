@@ -106,6 +106,9 @@ func layerLine(s converter.LayerStatus) string {
 	if s.Elapsed > 0 {
 		line += fmt.Sprintf("  %6.2fs", s.Elapsed.Seconds())
 	}
+	if s.Origin != "" {
+		line += "  from " + s.Origin
+	}
 	if s.NotLossless != "" {
 		line += "  not lossless: " + s.NotLossless
 	}
@@ -133,6 +136,9 @@ func printSummary(out io.Writer, layers []converter.LayerStatus, elapsed time.Du
 	fmt.Fprintf(tw, "total\t\t%s\t\t%s\t%.2fs\t\n", humanSize(inTotal), humanSize(outTotal), elapsed.Seconds())
 	tw.Flush()
 	for _, l := range layers {
+		if l.Origin == converter.OriginSnapshot {
+			fmt.Fprintf(out, "%s came from its snapshot: the same files, rebuilt as a new tar\n", shortDigest(l.Digest.String()))
+		}
 		if l.NotLossless != "" {
 			fmt.Fprintf(out, "%s is not lossless: %s\n", shortDigest(l.Digest.String()), l.NotLossless)
 		}

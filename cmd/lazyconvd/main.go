@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
 
@@ -54,7 +55,8 @@ func run(ctx context.Context, configPath, address, containerdAddress string) err
 		return fmt.Errorf("connecting to containerd at %s: %w", cfg.ContainerdAddress, err)
 	}
 	defer client.Close()
-	svc, err := service.New(client.ContentStore(), client.ImageService(), client.LeasesService(), cfg.Converter, version)
+	svc, err := service.New(client.ContentStore(), client.ImageService(), client.LeasesService(), cfg.Converter, version,
+		service.WithSnapshots(func(name string) (snapshots.Snapshotter, error) { return client.SnapshotService(name), nil }, client.DiffService()))
 	if err != nil {
 		return err
 	}

@@ -905,7 +905,11 @@ type LayerProgress struct {
 	ElapsedNs    int64                  `protobuf:"varint,8,opt,name=elapsed_ns,json=elapsedNs,proto3" json:"elapsed_ns,omitempty"`
 	// What the output does not carry byte for byte ("" for a lossless layer),
 	// e.g. "sparse files written as regular files: var/log/lastlog".
-	NotLossless   string `protobuf:"bytes,9,opt,name=not_lossless,json=notLossless,proto3" json:"not_lossless,omitempty"`
+	NotLossless string `protobuf:"bytes,9,opt,name=not_lossless,json=notLossless,proto3" json:"not_lossless,omitempty"`
+	// Where the layer came from when its blob was not in the content store:
+	// "snapshot" (rebuilt from the unpacked snapshot: the same files, other
+	// tar bytes) or "registry" (fetched); "" otherwise.
+	Origin        string `protobuf:"bytes,10,opt,name=origin,proto3" json:"origin,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1003,6 +1007,13 @@ func (x *LayerProgress) GetNotLossless() string {
 	return ""
 }
 
+func (x *LayerProgress) GetOrigin() string {
+	if x != nil {
+		return x.Origin
+	}
+	return ""
+}
+
 type Descriptor struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	MediaType     string                 `protobuf:"bytes,1,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
@@ -1078,7 +1089,10 @@ type ConvertResult struct {
 	// Layers actually converted by this request (not cached, not kept).
 	Converted int64 `protobuf:"varint,3,opt,name=converted,proto3" json:"converted,omitempty"`
 	// Layers (by source digest) whose output is not lossless, and why.
-	NotLossless   map[string]string `protobuf:"bytes,4,rep,name=not_lossless,json=notLossless,proto3" json:"not_lossless,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	NotLossless map[string]string `protobuf:"bytes,4,rep,name=not_lossless,json=notLossless,proto3" json:"not_lossless,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Layers (by source digest) that were not in the content store, and
+	// where they came from ("snapshot" or "registry").
+	Origins       map[string]string `protobuf:"bytes,5,rep,name=origins,proto3" json:"origins,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1137,6 +1151,13 @@ func (x *ConvertResult) GetConverted() int64 {
 func (x *ConvertResult) GetNotLossless() map[string]string {
 	if x != nil {
 		return x.NotLossless
+	}
+	return nil
+}
+
+func (x *ConvertResult) GetOrigins() map[string]string {
+	if x != nil {
+		return x.Origins
 	}
 	return nil
 }
@@ -1639,7 +1660,7 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\n" +
 	"chunk_size\x18\x02 \x01(\x03H\x01R\tchunkSize\x88\x01\x01B\x14\n" +
 	"\x12_compression_levelB\r\n" +
-	"\v_chunk_size\"\xaa\x02\n" +
+	"\v_chunk_size\"\xc2\x02\n" +
 	"\rLayerProgress\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12-\n" +
@@ -1651,7 +1672,9 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"outputSize\x12\x1d\n" +
 	"\n" +
 	"elapsed_ns\x18\b \x01(\x03R\telapsedNs\x12!\n" +
-	"\fnot_lossless\x18\t \x01(\tR\vnotLossless\"\xe3\x01\n" +
+	"\fnot_lossless\x18\t \x01(\tR\vnotLossless\x12\x16\n" +
+	"\x06origin\x18\n" +
+	" \x01(\tR\x06origin\"\xe3\x01\n" +
 	"\n" +
 	"Descriptor\x12\x1d\n" +
 	"\n" +
@@ -1661,13 +1684,17 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\vannotations\x18\x04 \x03(\v2(.lazyconv.v1.Descriptor.AnnotationsEntryR\vannotations\x1a>\n" +
 	"\x10AnnotationsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x81\x03\n" +
 	"\rConvertResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
 	"\x06target\x18\x02 \x01(\v2\x17.lazyconv.v1.DescriptorR\x06target\x12\x1c\n" +
 	"\tconverted\x18\x03 \x01(\x03R\tconverted\x12N\n" +
-	"\fnot_lossless\x18\x04 \x03(\v2+.lazyconv.v1.ConvertResult.NotLosslessEntryR\vnotLossless\x1a>\n" +
+	"\fnot_lossless\x18\x04 \x03(\v2+.lazyconv.v1.ConvertResult.NotLosslessEntryR\vnotLossless\x12A\n" +
+	"\aorigins\x18\x05 \x03(\v2'.lazyconv.v1.ConvertResult.OriginsEntryR\aorigins\x1a>\n" +
 	"\x10NotLosslessEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
+	"\fOriginsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x81\x01\n" +
 	"\fConvertEvent\x122\n" +
@@ -1725,7 +1752,7 @@ func file_lazyconv_v1_converter_proto_rawDescGZIP() []byte {
 }
 
 var file_lazyconv_v1_converter_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_lazyconv_v1_converter_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_lazyconv_v1_converter_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_lazyconv_v1_converter_proto_goTypes = []any{
 	(LayerState)(0),              // 0: lazyconv.v1.LayerState
 	(*VerifyRequest)(nil),        // 1: lazyconv.v1.VerifyRequest
@@ -1752,6 +1779,7 @@ var file_lazyconv_v1_converter_proto_goTypes = []any{
 	nil,                          // 22: lazyconv.v1.ConvertRequest.OptionsEntry
 	nil,                          // 23: lazyconv.v1.Descriptor.AnnotationsEntry
 	nil,                          // 24: lazyconv.v1.ConvertResult.NotLosslessEntry
+	nil,                          // 25: lazyconv.v1.ConvertResult.OriginsEntry
 }
 var file_lazyconv_v1_converter_proto_depIdxs = []int32{
 	2,  // 0: lazyconv.v1.VerifyResponse.layers:type_name -> lazyconv.v1.LayerVerification
@@ -1767,25 +1795,26 @@ var file_lazyconv_v1_converter_proto_depIdxs = []int32{
 	23, // 10: lazyconv.v1.Descriptor.annotations:type_name -> lazyconv.v1.Descriptor.AnnotationsEntry
 	13, // 11: lazyconv.v1.ConvertResult.target:type_name -> lazyconv.v1.Descriptor
 	24, // 12: lazyconv.v1.ConvertResult.not_lossless:type_name -> lazyconv.v1.ConvertResult.NotLosslessEntry
-	12, // 13: lazyconv.v1.ConvertEvent.layer:type_name -> lazyconv.v1.LayerProgress
-	14, // 14: lazyconv.v1.ConvertEvent.result:type_name -> lazyconv.v1.ConvertResult
-	19, // 15: lazyconv.v1.CapabilitiesResponse.formats:type_name -> lazyconv.v1.Format
-	20, // 16: lazyconv.v1.CapabilitiesResponse.builders:type_name -> lazyconv.v1.Builder
-	6,  // 17: lazyconv.v1.Converter.Convert:input_type -> lazyconv.v1.ConvertRequest
-	16, // 18: lazyconv.v1.Converter.CheckEStargz:input_type -> lazyconv.v1.CheckEStargzRequest
-	18, // 19: lazyconv.v1.Converter.Capabilities:input_type -> lazyconv.v1.CapabilitiesRequest
-	4,  // 20: lazyconv.v1.Converter.Push:input_type -> lazyconv.v1.PushRequest
-	1,  // 21: lazyconv.v1.Converter.Verify:input_type -> lazyconv.v1.VerifyRequest
-	15, // 22: lazyconv.v1.Converter.Convert:output_type -> lazyconv.v1.ConvertEvent
-	17, // 23: lazyconv.v1.Converter.CheckEStargz:output_type -> lazyconv.v1.CheckEStargzResponse
-	21, // 24: lazyconv.v1.Converter.Capabilities:output_type -> lazyconv.v1.CapabilitiesResponse
-	5,  // 25: lazyconv.v1.Converter.Push:output_type -> lazyconv.v1.PushResponse
-	3,  // 26: lazyconv.v1.Converter.Verify:output_type -> lazyconv.v1.VerifyResponse
-	22, // [22:27] is the sub-list for method output_type
-	17, // [17:22] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	25, // 13: lazyconv.v1.ConvertResult.origins:type_name -> lazyconv.v1.ConvertResult.OriginsEntry
+	12, // 14: lazyconv.v1.ConvertEvent.layer:type_name -> lazyconv.v1.LayerProgress
+	14, // 15: lazyconv.v1.ConvertEvent.result:type_name -> lazyconv.v1.ConvertResult
+	19, // 16: lazyconv.v1.CapabilitiesResponse.formats:type_name -> lazyconv.v1.Format
+	20, // 17: lazyconv.v1.CapabilitiesResponse.builders:type_name -> lazyconv.v1.Builder
+	6,  // 18: lazyconv.v1.Converter.Convert:input_type -> lazyconv.v1.ConvertRequest
+	16, // 19: lazyconv.v1.Converter.CheckEStargz:input_type -> lazyconv.v1.CheckEStargzRequest
+	18, // 20: lazyconv.v1.Converter.Capabilities:input_type -> lazyconv.v1.CapabilitiesRequest
+	4,  // 21: lazyconv.v1.Converter.Push:input_type -> lazyconv.v1.PushRequest
+	1,  // 22: lazyconv.v1.Converter.Verify:input_type -> lazyconv.v1.VerifyRequest
+	15, // 23: lazyconv.v1.Converter.Convert:output_type -> lazyconv.v1.ConvertEvent
+	17, // 24: lazyconv.v1.Converter.CheckEStargz:output_type -> lazyconv.v1.CheckEStargzResponse
+	21, // 25: lazyconv.v1.Converter.Capabilities:output_type -> lazyconv.v1.CapabilitiesResponse
+	5,  // 26: lazyconv.v1.Converter.Push:output_type -> lazyconv.v1.PushResponse
+	3,  // 27: lazyconv.v1.Converter.Verify:output_type -> lazyconv.v1.VerifyResponse
+	23, // [23:28] is the sub-list for method output_type
+	18, // [18:23] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_lazyconv_v1_converter_proto_init() }
@@ -1805,7 +1834,7 @@ func file_lazyconv_v1_converter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lazyconv_v1_converter_proto_rawDesc), len(file_lazyconv_v1_converter_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
