@@ -69,8 +69,8 @@ type LayerStatus struct {
 	NotLossless string
 	// Origin is where the layer came from when it was not in the content
 	// store: OriginSnapshot or OriginRegistry ("" otherwise).
-	Origin string
-	Elapsed     time.Duration // since the layer left the queue
+	Origin  string
+	Elapsed time.Duration // since the layer left the queue
 }
 
 type layerProgress struct {
