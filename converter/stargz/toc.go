@@ -157,9 +157,11 @@ func (c *tocConverter) convert(ctx context.Context, cs content.Store, desc ocisp
 		if rewrite || context.Cause(ctx) != nil {
 			return converter.Output{}, nil, err
 		}
-		// Read the rest: a broken rule anywhere in the tar is the answer;
-		// else sparse entries call for the rewrite.
-		_ = src.Drain()
+		// Read the rest: a broken source or rule anywhere in the tar is the
+		// answer; else sparse entries call for the rewrite.
+		if drainErr := src.Drain(); drainErr != nil {
+			return converter.Output{}, nil, src.InputError(drainErr)
+		}
 		if verdict := src.Checked(); verdict != nil {
 			return converter.Output{}, nil, verdict
 		}
