@@ -44,11 +44,26 @@ func main() {
 	rssMiB := flag.Int("rss-layer-mib", 1024, "layer size for the peak RSS measurement (0 skips it)")
 	binDir := flag.String("bin", "bin", "directory of lazyconv, lazyconvd, containerd-lazyconv and stock/containerd")
 	modeMiB := flag.Int("modes-layer-mib", 32, "layer size for the in-daemon/sidecar/embedded comparison (0 skips it)")
+	hostileMiB := flag.Int("hostile-mib", 256, "payload of the decompression bombs in the hostile-input section (0 skips it)")
+	hostileOnly := flag.Bool("hostile-only", false, "run only the hostile-input section")
 	flag.Parse()
+	if *hostileOnly {
+		if err := hostileSection(filepath.Join(*binDir, "lazyconv"), int64(*hostileMiB)<<20); err != nil {
+			fmt.Fprintln(os.Stderr, "benchreport:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	_ = log.SetLevel("error")
 	if err := run(*runs, *layerMiB, *multi, *multiMiB, *rssMiB, *modeMiB, *binDir); err != nil {
 		fmt.Fprintln(os.Stderr, "benchreport:", err)
 		os.Exit(1)
+	}
+	if *hostileMiB > 0 {
+		if err := hostileSection(filepath.Join(*binDir, "lazyconv"), int64(*hostileMiB)<<20); err != nil {
+			fmt.Fprintln(os.Stderr, "benchreport:", err)
+			os.Exit(1)
+		}
 	}
 }
 
