@@ -35,7 +35,7 @@ FUZZ_TARGETS := FuzzOpenTOC:./converter/stargz FuzzIsEStargz:./converter/stargz 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 	  echo "== $${t%%:*} for $(FUZZTIME)"; \
-	  $(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) $${t#*:} || exit 1; \
+	  $(GO) test -run '^$$' -timeout 0 -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) $${t#*:} || exit 1; \
 	done
 
 # Go benchmarks, then the side-by-side report against stargz-snapshotter's
