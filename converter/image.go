@@ -49,9 +49,23 @@ type ImageOptions struct {
 	// EnsureLayer, if set, makes a layer local before it is converted: it
 	// returns the blob to convert in its place, which is the layer itself
 	// unless the layer is missing and was rebuilt (from a snapshot).
-	// manifest lists the layer at index; bytesIn counts what is fetched.
-	EnsureLayer func(ctx context.Context, layer, manifest ocispec.Descriptor, index int, bytesIn *atomic.Int64) (Ensured, error)
+	// manifest lists the layer at index; report tells the layer's progress
+	// when it is fetched or rebuilt (it stays queued otherwise).
+	EnsureLayer func(ctx context.Context, layer, manifest ocispec.Descriptor, index int, report LayerReport) (Ensured, error)
 }
+
+// LayerReport lets an EnsureLayer hook say what it does for a layer.
+type LayerReport struct{ lp *layerProgress }
+
+// Fetching marks the layer as coming from its registry, and returns the
+// counter of the bytes fetched.
+func (r LayerReport) Fetching() *atomic.Int64 {
+	r.lp.set(StateFetching)
+	return &r.lp.in
+}
+
+// Rebuilding marks the layer as being rebuilt from its snapshot.
+func (r LayerReport) Rebuilding() { r.lp.set(StateRebuilding) }
 
 // Ensured is where a layer to convert comes from.
 type Ensured struct {
@@ -302,14 +316,16 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 				lp := p.layer(l.Digest, l.Size)
 				src := Ensured{Desc: l}
 				if w.opts.EnsureLayer != nil {
-					lp.set(StateFetching)
 					var err error
-					if src, err = w.opts.EnsureLayer(egCtx, l, desc, positions[i], &lp.in); err != nil {
+					if src, err = w.opts.EnsureLayer(egCtx, l, desc, positions[i], LayerReport{lp: lp}); err != nil {
 						lp.set(StateFailed)
 						return err
 					}
-					lp.in.Store(0)
-					lp.setOrigin(src.Origin)
+					if src.Origin != "" {
+						lp.in.Store(0)
+						lp.set(StateQueued) // until a worker takes it
+						lp.setOrigin(src.Origin)
+					}
 				}
 				r, err := w.c.convertTracked(egCtx, converters[i], src.Desc, lp)
 				if err != nil {

@@ -288,3 +288,52 @@ func TestAppendedLayerRewritesManifestAndConfig(t *testing.T) {
 	_, err = f.CS.Info(f.Ctx, extra.Digest)
 	require.NoError(t, err)
 }
+
+// A layer in the store is queued until a worker takes it, never "fetching";
+// a layer the hook fetches is "fetching" while it does.
+func TestProgressSaysFetchingOnlyWhileFetching(t *testing.T) {
+	for _, fetch := range []bool{false, true} {
+		f := convertertest.NewFixture(t)
+		f.TestImage(t, "example.com/app:v1", false)
+		lc, err := stargz.NewEStargz(stargz.DefaultEStargzOptions())
+		require.NoError(t, err)
+		progress := converter.NewProgress()
+		seen := map[converter.LayerState]bool{}
+		stop := make(chan struct{})
+		polled := make(chan struct{})
+		go func() {
+			defer close(polled)
+			for {
+				for _, s := range progress.Snapshot() {
+					seen[s.State] = true
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Millisecond):
+				}
+			}
+		}()
+		_, err = f.Conv.ConvertImage(f.Ctx, f.Store.ImageStore(), "example.com/app:v1", "example.com/app:esgz", converter.ImageOptions{
+			Layers: converter.Every(lc), Progress: progress,
+			EnsureLayer: func(_ context.Context, layer, _ ocispec.Descriptor, _ int, report converter.LayerReport) (converter.Ensured, error) {
+				if fetch {
+					report.Fetching().Add(layer.Size)
+					time.Sleep(50 * time.Millisecond)
+					return converter.Ensured{Desc: layer, Origin: converter.OriginRegistry}, nil
+				}
+				return converter.Ensured{Desc: layer}, nil
+			},
+		})
+		close(stop)
+		<-polled
+		require.NoError(t, err)
+		assert.Equal(t, fetch, seen[converter.StateFetching], "fetching seen: %v", seen)
+		for _, s := range progress.Snapshot() {
+			assert.Equal(t, converter.StateCommitted, s.State)
+			if fetch {
+				assert.Equal(t, converter.OriginRegistry, s.Origin)
+			}
+		}
+	}
+}

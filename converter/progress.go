@@ -28,9 +28,11 @@ const (
 	StateFailed
 	// StateFetching: the source layer is being fetched from its registry.
 	StateFetching
+	// StateRebuilding: the source layer is being rebuilt from its snapshot.
+	StateRebuilding
 )
 
-var stateNames = [...]string{"queued", "reading", "converting", "committed", "cached", "kept", "failed", "fetching"}
+var stateNames = [...]string{"queued", "reading", "converting", "committed", "cached", "kept", "failed", "fetching", "rebuilding"}
 
 // String names the state as progress output shows it.
 func (s LayerState) String() string {
@@ -121,6 +123,9 @@ func (p *Progress) Snapshot() []LayerStatus {
 
 func (l *layerProgress) set(s LayerState) {
 	now := time.Now().UnixNano()
+	if s == StateQueued {
+		l.started.Store(0) // back in the queue (after a fetch): time the conversion alone
+	}
 	if s > StateQueued {
 		l.started.CompareAndSwap(0, now)
 	}

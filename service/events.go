@@ -20,6 +20,7 @@ var wireStates = map[converter.LayerState]api.LayerState{
 	converter.StateKept:       api.LayerState_LAYER_STATE_KEPT,
 	converter.StateFailed:     api.LayerState_LAYER_STATE_FAILED,
 	converter.StateFetching:   api.LayerState_LAYER_STATE_FETCHING,
+	converter.StateRebuilding: api.LayerState_LAYER_STATE_REBUILDING,
 }
 
 var localStates = func() map[api.LayerState]converter.LayerState {

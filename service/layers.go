@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync/atomic"
 
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/errdefs"
@@ -16,8 +15,8 @@ import (
 // layerSource is where a conversion finds a layer: the content store, else
 // the snapshot containerd unpacked it into (rebuilt), else the image's
 // registry (fetched). When none has it, the error says what each answered.
-func (s *Service) layerSource(resolver remotes.Resolver, imageRef string) func(context.Context, ocispec.Descriptor, ocispec.Descriptor, int, *atomic.Int64) (converter.Ensured, error) {
-	return func(ctx context.Context, layer, manifest ocispec.Descriptor, index int, bytesIn *atomic.Int64) (converter.Ensured, error) {
+func (s *Service) layerSource(resolver remotes.Resolver, imageRef string) func(context.Context, ocispec.Descriptor, ocispec.Descriptor, int, converter.LayerReport) (converter.Ensured, error) {
+	return func(ctx context.Context, layer, manifest ocispec.Descriptor, index int, report converter.LayerReport) (converter.Ensured, error) {
 		if _, err := s.cs.Info(ctx, layer.Digest); err == nil {
 			return converter.Ensured{Desc: layer}, nil
 		} else if !errdefs.IsNotFound(err) {
@@ -25,6 +24,7 @@ func (s *Service) layerSource(resolver remotes.Resolver, imageRef string) func(c
 		}
 		tried := []string{"content store: no such blob"}
 		if s.rebuilder != nil {
+			report.Rebuilding()
 			rebuilt, err := s.rebuilder.Layer(ctx, manifest, index)
 			if err == nil {
 				return converter.Ensured{Desc: rebuilt, Origin: converter.OriginSnapshot}, nil
@@ -36,7 +36,7 @@ func (s *Service) layerSource(resolver remotes.Resolver, imageRef string) func(c
 		} else {
 			tried = append(tried, "snapshots: none here (embedded store)")
 		}
-		err := s.fetcher.Ensure(ctx, resolver, layer, manifest, imageRef, bytesIn)
+		err := s.fetcher.Ensure(ctx, resolver, layer, manifest, imageRef, report.Fetching())
 		if err == nil {
 			return converter.Ensured{Desc: layer, Origin: converter.OriginRegistry}, nil
 		}

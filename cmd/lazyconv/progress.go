@@ -106,6 +106,14 @@ func layerLine(s converter.LayerStatus) string {
 	if s.Elapsed > 0 {
 		line += fmt.Sprintf("  %6.2fs", s.Elapsed.Seconds())
 	}
+	if live := s.State == converter.StateConverting || s.State == converter.StateFetching; live && s.Size > 0 && s.BytesIn > 0 {
+		done := min(float64(s.BytesIn)/float64(s.Size), 1)
+		line += fmt.Sprintf("  %3.0f%%", done*100)
+		if s.Elapsed > 0 && done < 1 {
+			eta := time.Duration(float64(s.Elapsed) * (1 - done) / done).Round(time.Second)
+			line += fmt.Sprintf("  eta %s", eta)
+		}
+	}
 	if s.Origin != "" {
 		line += "  from " + s.Origin
 	}

@@ -37,6 +37,7 @@ const (
 	LayerState_LAYER_STATE_KEPT       LayerState = 5
 	LayerState_LAYER_STATE_FAILED     LayerState = 6
 	LayerState_LAYER_STATE_FETCHING   LayerState = 7
+	LayerState_LAYER_STATE_REBUILDING LayerState = 8
 )
 
 // Enum value maps for LayerState.
@@ -50,6 +51,7 @@ var (
 		5: "LAYER_STATE_KEPT",
 		6: "LAYER_STATE_FAILED",
 		7: "LAYER_STATE_FETCHING",
+		8: "LAYER_STATE_REBUILDING",
 	}
 	LayerState_value = map[string]int32{
 		"LAYER_STATE_QUEUED":     0,
@@ -60,6 +62,7 @@ var (
 		"LAYER_STATE_KEPT":       5,
 		"LAYER_STATE_FAILED":     6,
 		"LAYER_STATE_FETCHING":   7,
+		"LAYER_STATE_REBUILDING": 8,
 	}
 )
 
@@ -1721,7 +1724,7 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\aformats\x18\x02 \x03(\v2\x13.lazyconv.v1.FormatR\aformats\x120\n" +
 	"\bbuilders\x18\x03 \x03(\v2\x14.lazyconv.v1.BuilderR\bbuilders\x12%\n" +
 	"\x0edefault_format\x18\x04 \x01(\tR\rdefaultFormat\x12\x18\n" +
-	"\aworkers\x18\x05 \x01(\x05R\aworkers*\xd4\x01\n" +
+	"\aworkers\x18\x05 \x01(\x05R\aworkers*\xf0\x01\n" +
 	"\n" +
 	"LayerState\x12\x16\n" +
 	"\x12LAYER_STATE_QUEUED\x10\x00\x12\x17\n" +
@@ -1731,7 +1734,8 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\x12LAYER_STATE_CACHED\x10\x04\x12\x14\n" +
 	"\x10LAYER_STATE_KEPT\x10\x05\x12\x16\n" +
 	"\x12LAYER_STATE_FAILED\x10\x06\x12\x18\n" +
-	"\x14LAYER_STATE_FETCHING\x10\a2\xfa\x02\n" +
+	"\x14LAYER_STATE_FETCHING\x10\a\x12\x1a\n" +
+	"\x16LAYER_STATE_REBUILDING\x10\b2\xfa\x02\n" +
 	"\tConverter\x12C\n" +
 	"\aConvert\x12\x1b.lazyconv.v1.ConvertRequest\x1a\x19.lazyconv.v1.ConvertEvent0\x01\x12S\n" +
 	"\fCheckEStargz\x12 .lazyconv.v1.CheckEStargzRequest\x1a!.lazyconv.v1.CheckEStargzResponse\x12S\n" +
