@@ -34,8 +34,8 @@ const (
 // bins holds the paths of the binaries TestMain built.
 var bins struct {
 	dir, lazyconv, lazyconvd, containerdLazyconv, stockContainerd, registry string
-	// upstreamCtr is containerd v2.4's own ctr.
-	upstreamCtr string
+	// upstreamCtr is containerd v2.4's own ctr; ctr is lazyconv's.
+	upstreamCtr, ctr string
 }
 
 var skipReason string
@@ -71,10 +71,12 @@ func buildBinaries() error {
 	bins.stockContainerd = filepath.Join(bins.dir, "stock", "containerd")
 	bins.registry = filepath.Join(bins.dir, "registry")
 	bins.upstreamCtr = filepath.Join(bins.dir, "upstream", "ctr")
+	bins.ctr = filepath.Join(bins.dir, "ctr")
 	for _, b := range []struct{ out, pkg string }{
 		{bins.lazyconv, "./cmd/lazyconv"},
 		{bins.lazyconvd, "./cmd/lazyconvd"},
 		{bins.containerdLazyconv, "./cmd/containerd-lazyconv"},
+		{bins.ctr, "./cmd/ctr"},
 	} {
 		if err := goCmd(repo, nil, "build", "-tags", "no_btrfs", "-o", b.out, b.pkg); err != nil {
 			return err

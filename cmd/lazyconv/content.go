@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v3"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/internal/convertcmd"
 )
 
 func contentCommand() *cli.Command {
@@ -30,7 +31,7 @@ func contentCommand() *cli.Command {
 					tw := tabwriter.NewWriter(s.out, 1, 8, 2, ' ', 0)
 					fmt.Fprintln(tw, "DIGEST\tSIZE\tLABELS")
 					err = s.client.ContentStore().Walk(s.ctx, func(info content.Info) error {
-						fmt.Fprintf(tw, "%s\t%s\t%s\n", info.Digest, humanSize(info.Size), formatLabels(info.Labels))
+						fmt.Fprintf(tw, "%s\t%s\t%s\n", info.Digest, convertcmd.HumanSize(info.Size), formatLabels(info.Labels))
 						return nil
 					})
 					tw.Flush()

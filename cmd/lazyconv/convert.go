@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v3"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/internal/convertcmd"
 	"github.com/lazyconv/lazyconv/service"
 )
 
@@ -30,8 +31,8 @@ crosses the socket.`,
 		Flags: append(append([]cli.Flag{
 			&cli.BoolFlag{Name: "oci", Usage: "convert Docker media types to OCI ones (eStargz annotations need it)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the new image's digest"},
-			requireLosslessFlag,
-		}, formatFlags()...), append(append([]cli.Flag{}, registryFlags...), platformFlags...)...),
+			convertcmd.RequireLosslessFlag,
+		}, convertcmd.FormatFlags()...), append(append([]cli.Flag{}, registryFlags...), platformFlags...)...),
 		DisableSliceFlagSeparator: true,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if cmd.Args().Len() != 2 {
@@ -57,27 +58,9 @@ crosses the socket.`,
 // runConvert runs a conversion request with live progress, then prints the
 // summary (or, with --quiet, the new image's digest).
 func runConvert(s *session, cmd *cli.Command, req *api.ConvertRequest, start time.Time) error {
-	display := newProgressDisplay(s.out)
-	displayCtx, stopDisplay := context.WithCancel(s.ctx)
-	displayDone := make(chan struct{})
-	go func() {
-		if !cmd.Bool("quiet") {
-			display.run(displayCtx)
-		}
-		close(displayDone)
-	}()
-	var result *api.ConvertResult
-	err := s.api.Convert(s.ctx, req, func(ev *api.ConvertEvent) error {
-		if l := ev.GetLayer(); l != nil {
-			display.update(service.LayerStatus(l))
-		}
-		if r := ev.GetResult(); r != nil {
-			result = r
-		}
-		return nil
+	result, layers, err := convertcmd.Run(s.ctx, s.out, cmd.Bool("quiet"), func(ctx context.Context, onEvent func(*api.ConvertEvent) error) error {
+		return s.api.Convert(ctx, req, onEvent)
 	})
-	stopDisplay()
-	<-displayDone
 	if s.embedded() {
 		// As containerd's GC scheduler does after a lease is dropped.
 		if _, gcErr := s.store.GarbageCollect(s.ctx); gcErr != nil && err == nil {
@@ -87,15 +70,12 @@ func runConvert(s *session, cmd *cli.Command, req *api.ConvertRequest, start tim
 	if err != nil {
 		return err
 	}
-	if result == nil {
-		return fmt.Errorf("the conversion service sent no result: %w", errdefs.ErrUnknown)
-	}
 	if cmd.Bool("quiet") {
 		fmt.Fprintln(s.out, result.GetTarget().GetDigest())
 		return nil
 	}
 	fmt.Fprintln(s.out)
-	printSummary(s.out, display.snapshot(), time.Since(start))
+	convertcmd.PrintSummary(s.out, layers, time.Since(start))
 	fmt.Fprintf(s.out, "%s %s\n", result.GetName(), result.GetTarget().GetDigest())
 	return nil
 }
@@ -111,7 +91,7 @@ func convertRequest(cmd *cli.Command) (*api.ConvertRequest, error) {
 	// Layers of a lazily pulled image are fetched from their registry on first use.
 	opts := registryOptions(cmd)
 	req.Registry = &api.RegistryOptions{PlainHttp: opts.PlainHTTP, Username: opts.Username, Password: opts.Password}
-	f, err := chosenFormat(cmd)
+	f, err := convertcmd.ChosenFormat(cmd)
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +100,7 @@ func convertRequest(cmd *cli.Command) (*api.ConvertRequest, error) {
 		return req, nil
 	}
 	// Validate here, so that bad options fail before any connection.
-	if req.Options, err = flagOptions(cmd, f); err != nil {
+	if req.Options, err = convertcmd.FlagOptions(cmd, f); err != nil {
 		return nil, err
 	}
 	if f.Name == service.FormatEStargz && !cmd.Bool("oci") {
@@ -128,6 +108,3 @@ func convertRequest(cmd *cli.Command) (*api.ConvertRequest, error) {
 	}
 	return req, nil
 }
-
-var requireLosslessFlag = &cli.BoolFlag{Name: "require-lossless",
-	Usage: "refuse layers that cannot be converted byte for byte (sparse files) instead of rewriting those entries"}

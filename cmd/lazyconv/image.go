@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/internal/convertcmd"
 	"github.com/urfave/cli/v3"
 )
 
@@ -160,7 +161,7 @@ func imageListCommand() *cli.Command {
 			fmt.Fprintln(tw, "REF\tTYPE\tDIGEST\tSIZE\tPLATFORMS")
 			for _, img := range imgs {
 				size, err := img.Size(s.ctx, cs, platforms.All)
-				sizeText := humanSize(size)
+				sizeText := convertcmd.HumanSize(size)
 				if err != nil {
 					sizeText = "-"
 				}
@@ -239,10 +240,10 @@ sidecar): no blob crosses the socket.`,
 			for _, l := range resp.GetLayers() {
 				if l.GetError() != "" {
 					bad++
-					fmt.Fprintf(tw, "%s\tFAILED: %s\t\t\t\n", shortDigest(l.GetDigest()), l.GetError())
+					fmt.Fprintf(tw, "%s\tFAILED: %s\t\t\t\n", convertcmd.ShortDigest(l.GetDigest()), l.GetError())
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", shortDigest(l.GetDigest()), shortDigest(l.GetTocDigest()), l.GetEntries(), l.GetFiles(), humanSize(l.GetBytes()))
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", convertcmd.ShortDigest(l.GetDigest()), convertcmd.ShortDigest(l.GetTocDigest()), l.GetEntries(), l.GetFiles(), convertcmd.HumanSize(l.GetBytes()))
 			}
 			tw.Flush()
 			if bad > 0 {
@@ -252,19 +253,6 @@ sidecar): no blob crosses the socket.`,
 			return nil
 		},
 	}
-}
-
-func humanSize(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 func formatLabels(l map[string]string) string {

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/urfave/cli/v3"
 
+	"github.com/lazyconv/lazyconv/internal/convertcmd"
 	"github.com/lazyconv/lazyconv/localstore"
 )
 
@@ -41,7 +42,7 @@ func app() *cli.Command {
 			&cli.StringFlag{Name: "converter-address", Usage: "lazyconvd sidecar socket serving the conversion API (daemon mode)", Sources: cli.EnvVars("LAZYCONV_CONVERTER_ADDRESS")},
 			&cli.StringFlag{Name: "namespace", Aliases: []string{"n"}, Usage: "containerd namespace", Value: namespaces.Default, Sources: cli.EnvVars("CONTAINERD_NAMESPACE")},
 			&cli.BoolFlag{Name: "debug", Usage: "debug logging"},
-		}, limitFlags()...),
+		}, convertcmd.LimitFlags()...),
 		Before: func(ctx context.Context, cmd *cli.Command) (context.Context, error) {
 			level := "error"
 			if cmd.Bool("debug") {

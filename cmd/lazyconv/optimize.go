@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v3"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/internal/convertcmd"
 	"github.com/lazyconv/lazyconv/recorder"
 	"github.com/lazyconv/lazyconv/service"
 )
@@ -39,7 +40,7 @@ is honoured; entries without one go to the topmost layer holding the file.`,
 			&cli.BoolFlag{Name: "reuse", Usage: "keep layers that already are eStargz"},
 			&cli.BoolFlag{Name: "oci", Usage: "convert Docker media types to OCI ones"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the new image's digest"},
-			requireLosslessFlag,
+			convertcmd.RequireLosslessFlag,
 		}, append(append(optimizedFlags(), registryFlags...), platformFlags...)...),
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if cmd.Args().Len() != 2 {
@@ -50,7 +51,7 @@ is honoured; entries without one go to the topmost layer holding the file.`,
 			if err != nil {
 				return err
 			}
-			opts, err := flagOptions(cmd, optimized)
+			opts, err := convertcmd.FlagOptions(cmd, optimized)
 			if err != nil {
 				return err
 			}
@@ -153,5 +154,5 @@ func optimizedFlags() []cli.Flag {
 	if err != nil {
 		panic(err) // the table always has it
 	}
-	return optionFlags(f)
+	return convertcmd.OptionFlags(f)
 }

@@ -18,6 +18,7 @@ import (
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/internal/convertcmd"
 	"github.com/lazyconv/lazyconv/localstore"
 	"github.com/lazyconv/lazyconv/service"
 )
@@ -65,10 +66,10 @@ func openSession(ctx context.Context, cmd *cli.Command) (*session, error) {
 		}
 	}
 	if daemon && !root.IsSet("root") {
-		for _, l := range limits(&converter.Limits{}) {
-			if root.IsSet(l.name) {
+		for _, l := range convertcmd.LimitsOf(&converter.Limits{}) {
+			if root.IsSet(l.Name) {
 				return nil, fmt.Errorf("--%s sets the embedded service's limit; a daemon enforces the max_* keys of its own configuration: %w",
-					l.name, errdefs.ErrInvalidArgument)
+					l.Name, errdefs.ErrInvalidArgument)
 			}
 		}
 		return openDaemon(ctx, root)
@@ -82,7 +83,7 @@ func openEmbedded(ctx context.Context, cmd *cli.Command) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	svc, err := service.New(st.ContentStore(), st.ImageStore(), st.LeaseManager(), embeddedConfig(cmd), version)
+	svc, err := service.New(st.ContentStore(), st.ImageStore(), st.LeaseManager(), convertcmd.EmbeddedConfig(cmd), version)
 	if err != nil {
 		st.Close()
 		return nil, err

@@ -1,4 +1,8 @@
-package main
+// Package convertcmd is the command line of lazyconv's conversions, shared
+// by the lazyconv CLI and lazyconv's ctr: the format and option flags, made
+// from the service's format table; the limit flags of the embedded store;
+// and the live progress display and summary of a conversion.
+package convertcmd
 
 import (
 	"fmt"
@@ -17,8 +21,8 @@ import (
 // --<prefix>-<option> for each of its options, with the option's default and
 // help. A new option or format needs no change here.
 
-// formatFlags are --<format> and every option flag of the formats with a flag.
-func formatFlags() []cli.Flag {
+// FormatFlags are --<format> and every option flag of the formats with a flag.
+func FormatFlags() []cli.Flag {
 	var flags []cli.Flag
 	prefixes := map[string]bool{}
 	for _, f := range service.Formats() {
@@ -28,14 +32,14 @@ func formatFlags() []cli.Flag {
 		flags = append(flags, &cli.BoolFlag{Name: f.Name, Usage: f.Usage})
 		if f.OptionPrefix != "" && !prefixes[f.OptionPrefix] {
 			prefixes[f.OptionPrefix] = true
-			flags = append(flags, optionFlags(f)...)
+			flags = append(flags, OptionFlags(f)...)
 		}
 	}
 	return flags
 }
 
-// optionFlags are the flags of one format's options.
-func optionFlags(f service.Format) []cli.Flag {
+// OptionFlags are the flags of one format's options.
+func OptionFlags(f service.Format) []cli.Flag {
 	var flags []cli.Flag
 	for _, o := range f.Options() {
 		name := o.FlagName(f.OptionPrefix)
@@ -53,8 +57,8 @@ func optionFlags(f service.Format) []cli.Flag {
 	return flags
 }
 
-// chosenFormat is the format whose flag is set (FormatNone when none is).
-func chosenFormat(cmd *cli.Command) (service.Format, error) {
+// ChosenFormat is the format whose flag is set (FormatNone when none is).
+func ChosenFormat(cmd *cli.Command) (service.Format, error) {
 	var chosen []service.Format
 	for _, f := range service.Formats() {
 		if f.Flag && cmd.Bool(f.Name) {
@@ -71,10 +75,10 @@ func chosenFormat(cmd *cli.Command) (service.Format, error) {
 	}
 }
 
-// flagOptions are the format's options the user set on the command line, by
+// FlagOptions are the format's options the user set on the command line, by
 // option name, checked against the format (service-only options aside, which
 // only the service that runs them judges).
-func flagOptions(cmd *cli.Command, f service.Format) (map[string]string, error) {
+func FlagOptions(cmd *cli.Command, f service.Format) (map[string]string, error) {
 	out := map[string]string{}
 	for _, o := range f.Options() {
 		name := o.FlagName(f.OptionPrefix)
@@ -96,15 +100,15 @@ func flagOptions(cmd *cli.Command, f service.Format) (map[string]string, error) 
 	return out, nil
 }
 
-// embeddedConfig is the service configuration of embedded mode: the CLI is
+// EmbeddedConfig is the service configuration of embedded mode: the CLI is
 // the service, so options only a service sets (the nydus builder) are the
 // user's flags.
-func embeddedConfig(cmd *cli.Command) service.Config {
+func EmbeddedConfig(cmd *cli.Command) service.Config {
 	cfg := service.DefaultConfig()
 	root := cmd.Root()
-	for _, l := range limits(&cfg.Limits) {
-		if root.IsSet(l.name) {
-			*l.value = root.Int64(l.name)
+	for _, l := range LimitsOf(&cfg.Limits) {
+		if root.IsSet(l.Name) {
+			*l.Value = root.Int64(l.Name)
 		}
 	}
 	for _, f := range service.Formats() {
@@ -117,15 +121,18 @@ func embeddedConfig(cmd *cli.Command) service.Config {
 	return cfg
 }
 
-type limitFlag struct {
-	name, usage string
-	value       *int64
+// LimitFlag is one limit as a CLI flag.
+type LimitFlag struct {
+	// Name is the flag's name; Usage ends its help.
+	Name, Usage string
+	// Value is the limit the flag sets.
+	Value *int64
 }
 
-// limits are the conversion limits as CLI flags (the daemon's are its
+// LimitsOf are the conversion LimitsOf as CLI flags (the daemon's are its
 // configuration's max_* keys).
-func limits(l *converter.Limits) []limitFlag {
-	return []limitFlag{
+func LimitsOf(l *converter.Limits) []LimitFlag {
+	return []LimitFlag{
 		{"max-entries", "tar entries per layer", &l.MaxEntries},
 		{"max-trailing-bytes", "bytes after a tar's end-of-archive marker", &l.MaxTrailingBytes},
 		{"max-expanded-bytes", "logical bytes of a layer's sparse files once expanded", &l.MaxExpandedBytes},
@@ -133,14 +140,18 @@ func limits(l *converter.Limits) []limitFlag {
 	}
 }
 
-// limitFlags are the limit flags, with their defaults. They set the embedded
-// service's limits; a daemon enforces its own configuration.
-func limitFlags() []cli.Flag {
+// LimitFlags are the limit flags, with their defaults. They set the embedded
+// service's LimitsOf; a daemon enforces its own configuration.
+func LimitFlags() []cli.Flag {
 	defaults := converter.DefaultLimits()
 	var flags []cli.Flag
-	for _, l := range limits(&defaults) {
-		flags = append(flags, &cli.Int64Flag{Name: l.name, Value: *l.value,
-			Usage: "embedded mode: refuse layers beyond this many " + l.usage + " (-1: no limit; a daemon uses its max_* configuration)"})
+	for _, l := range LimitsOf(&defaults) {
+		flags = append(flags, &cli.Int64Flag{Name: l.Name, Value: *l.Value,
+			Usage: "embedded mode: refuse layers beyond this many " + l.Usage + " (-1: no limit; a daemon uses its max_* configuration)"})
 	}
 	return flags
 }
+
+// RequireLosslessFlag refuses layers that cannot be converted byte for byte.
+var RequireLosslessFlag = &cli.BoolFlag{Name: "require-lossless",
+	Usage: "refuse layers that cannot be converted byte for byte (sparse files) instead of rewriting those entries"}

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/containerd/containerd/v2/cmd/ctr/commands"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/urfave/cli/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/internal/convertcmd"
+	"github.com/lazyconv/lazyconv/service"
+)
+
+// extendConvert adds lazyconv's format flags to `ctr images convert`; a
+// conversion that names one runs in the plugin, any other is upstream's.
+func extendConvert(ctr *cli.Command) error {
+	images := subcommand(ctr, "images")
+	if images == nil {
+		return errors.New("upstream ctr has no images command")
+	}
+	convert := subcommand(images, "convert")
+	if convert == nil {
+		return errors.New("upstream ctr has no images convert command")
+	}
+	var upstreamFlags []string
+	for _, f := range convert.Flags {
+		upstreamFlags = append(upstreamFlags, f.Names()...)
+	}
+	// Upstream's flags keep their meaning (its --uncompress is its own).
+	for _, f := range append(convertcmd.FormatFlags(), convertcmd.RequireLosslessFlag) {
+		if !slices.ContainsFunc(f.Names(), func(n string) bool { return slices.Contains(upstreamFlags, n) }) {
+			convert.Flags = append(convert.Flags, f)
+		}
+	}
+	convert.Usage += " (lazyconv: --estargz, --zstdchunked, --nydus run in the daemon)"
+	upstream := convert.Action
+	convert.Action = func(ctx context.Context, cmd *cli.Command) error {
+		f, err := lazyconvFormat(cmd)
+		if err != nil {
+			return err
+		}
+		if f.Name == service.FormatNone {
+			return upstream(ctx, cmd)
+		}
+		return convertInDaemon(ctx, cmd, f)
+	}
+	return nil
+}
+
+// lazyconvFormat is the lazyconv format the flags name (FormatNone for
+// none), refusing a mix with upstream's own layer conversions.
+func lazyconvFormat(cmd *cli.Command) (service.Format, error) {
+	var chosen []service.Format
+	for _, f := range service.Formats() {
+		if f.Flag && f.Name != service.FormatUncompress && cmd.Bool(f.Name) {
+			chosen = append(chosen, f)
+		}
+	}
+	switch {
+	case len(chosen) == 0:
+		return service.Format{Name: service.FormatNone}, nil
+	case len(chosen) > 1:
+		return service.Format{}, fmt.Errorf("%s: %w", service.ExclusiveFlagsMessage(), errdefs.ErrInvalidArgument)
+	case cmd.Bool("uncompress") || cmd.IsSet("erofs"):
+		return service.Format{}, fmt.Errorf("--%s is lazyconv's and --uncompress/--erofs are upstream's: convert with one of them: %w",
+			chosen[0].Name, errdefs.ErrInvalidArgument)
+	}
+	return chosen[0], nil
+}
+
+// convertInDaemon asks the lazyconv plugin on containerd's socket for the
+// conversion, showing its progress, and prints the new image's digest as
+// upstream's convert does.
+func convertInDaemon(ctx context.Context, cmd *cli.Command, f service.Format) error {
+	src, dst := cmd.Args().Get(0), cmd.Args().Get(1)
+	if src == "" || dst == "" {
+		return errors.New("src and target image need to be specified")
+	}
+	opts, err := convertcmd.FlagOptions(cmd, f)
+	if err != nil {
+		return err
+	}
+	client, ctx, cancel, err := commands.NewClient(ctx, cmd)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	defer client.Close()
+	conn, ok := client.Conn().(*grpc.ClientConn)
+	if !ok {
+		return fmt.Errorf("containerd's connection is no gRPC connection: %w", errdefs.ErrNotImplemented)
+	}
+	converter := api.NewConverterClient(conn)
+	req := &api.ConvertRequest{
+		Source: src, Target: dst, Format: f.Name, Oci: cmd.Bool("oci"), Options: opts,
+		Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
+		RequireLossless: cmd.Bool("require-lossless"),
+	}
+	result, _, err := convertcmd.Run(ctx, cmd.Root().ErrWriter, false, func(ctx context.Context, onEvent func(*api.ConvertEvent) error) error {
+		stream, err := converter.Convert(ctx, req)
+		if err == nil {
+			_, err = api.ReceiveConvert(stream, onEvent)
+		}
+		return native(err, cmd.Root().String("address"))
+	})
+	if err != nil {
+		return err
+	}
+	_, _ = fmt.Fprintln(cmd.Writer, result.GetTarget().GetDigest())
+	return nil
+}
+
+// native turns a gRPC error into an errdefs one, and a containerd without
+// the plugin into one clear line.
+func native(err error, address string) error {
+	if err == nil {
+		return nil
+	}
+	if status.Code(err) == codes.Unimplemented {
+		return fmt.Errorf("containerd at %s has no lazyconv plugin (io.containerd.grpc.v1.lazyconv): run containerd-lazyconv: %w",
+			address, errdefs.ErrNotImplemented)
+	}
+	return errgrpc.ToNative(err)
+}
