@@ -33,7 +33,7 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	if req.GetSource() == "" || req.GetTarget() == "" {
 		return fmt.Errorf("source and target are required: %w", errdefs.ErrInvalidArgument)
 	}
-	p, oci, err := s.planRequest(ctx, req)
+	p, format, oci, err := s.planRequest(ctx, req)
 	if err != nil {
 		return err
 	}
@@ -44,6 +44,10 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	ensure := s.layerSource(registryOptions(req.GetRegistry()).ResolverFor(req.GetSource()), req.GetSource())
 	progress := converter.NewProgress()
 	before := s.conv.Conversions()
+	m := serviceMetrics()
+	m.inFlight.Inc()
+	defer m.inFlight.Dec()
+	start := time.Now()
 	type outcome struct {
 		res *converter.ImageResult
 		err error
@@ -78,6 +82,7 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 				log.G(ctx).WithError(err).Debug("progress not delivered")
 			}
 		case out := <-done:
+			m.record(ctx, req.GetSource(), req.GetTarget(), format, progress.Snapshot(), out.err, time.Since(start))
 			if err := flush(); err != nil && out.err == nil {
 				return err
 			}
@@ -111,30 +116,31 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 
 // planRequest looks the request's format up in the table, resolves its
 // options (defaults, configuration, request), checks the format can run
-// here, and builds its plan. It returns whether the format implies OCI.
-func (s *Service) planRequest(ctx context.Context, req *api.ConvertRequest) (plan, bool, error) {
+// here, and builds its plan. It returns the format's name and whether it
+// implies OCI.
+func (s *Service) planRequest(ctx context.Context, req *api.ConvertRequest) (plan, string, bool, error) {
 	name := req.GetFormat()
 	if name == "" {
 		name = s.cfg.DefaultFormat
 	}
 	if name == FormatNone {
-		return plan{}, false, nil
+		return plan{}, name, false, nil
 	}
 	f, err := LookupFormat(name)
 	if err != nil {
-		return plan{}, false, err
+		return plan{}, name, false, err
 	}
 	opts, err := f.resolveOptions(s.cfg.FormatOptions, RequestOptions(name, req))
 	if err != nil {
-		return plan{}, false, err
+		return plan{}, name, false, err
 	}
 	if f.available != nil {
 		if err := f.available(ctx, opts); err != nil {
-			return plan{}, false, err
+			return plan{}, name, false, err
 		}
 	}
 	p, err := f.plan(opts, req)
-	return p, f.OCI, err
+	return p, name, f.OCI, err
 }
 
 // RequestOptions are a request's options for format (the request's, or the
