@@ -14,12 +14,22 @@ import (
 
 // startSidecar runs lazyconvd next to the containerd at containerdAddress.
 func startSidecar(t *testing.T, containerdAddress string) string {
+	return startSidecarWith(t, containerdAddress, "")
+}
+
+// startSidecarWith runs lazyconvd with a config file holding config.
+func startSidecarWith(t *testing.T, containerdAddress, config string) string {
 	t.Helper()
 	dir := shortTempDir(t)
 	sock := filepath.Join(dir, "lazyconvd.sock")
 	logf, err := os.Create(filepath.Join(dir, "lazyconvd.log"))
 	require.NoError(t, err)
-	cmd := exec.Command(bins.lazyconvd, "--config", filepath.Join(dir, "absent.toml"), "--address", sock, "--containerd-address", containerdAddress)
+	cfgPath := filepath.Join(dir, "absent.toml")
+	if config != "" {
+		cfgPath = filepath.Join(dir, "lazyconvd.toml")
+		require.NoError(t, os.WriteFile(cfgPath, []byte(config), 0o644))
+	}
+	cmd := exec.Command(bins.lazyconvd, "--config", cfgPath, "--address", sock, "--containerd-address", containerdAddress)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() {

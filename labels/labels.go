@@ -171,6 +171,10 @@ func AnnotationsFromLabels(info content.Info) map[string]string {
 // regular files); its value says what was rewritten.
 const NotLosslessAnnotation = "lazyconv.io/not-lossless"
 
+// RuleFailed is on a source image whose last rule conversion failed; its
+// value says to what and why. A later successful conversion removes it.
+const RuleFailed = "lazyconv.io/rule-failed"
+
 // LeaseConverting marks the leases lazyconv creates for conversions in flight
 // (value: what is being converted). A lease so marked that outlives its
 // process (a crash, kill -9) is deleted when the service starts again, so

@@ -12,6 +12,7 @@ import (
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/metadata"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -39,7 +40,7 @@ func init() {
 	registry.Register(&plugin.Registration{
 		Type:     plugins.GRPCPlugin,
 		ID:       "lazyconv",
-		Requires: []plugin.Type{plugins.MetadataPlugin, plugins.LeasePlugin, plugins.ServicePlugin},
+		Requires: []plugin.Type{plugins.MetadataPlugin, plugins.LeasePlugin, plugins.ServicePlugin, plugins.EventPlugin},
 		Config:   &defaults,
 		InitFn:   initService,
 	})
@@ -104,6 +105,22 @@ func initService(ic *plugin.InitContext) (any, error) {
 	}
 	if n > 0 {
 		log.G(ic.Context).Infof("lazyconv: dropped %d leases of conversions interrupted by a previous exit", n)
+	}
+	if len(cfg.Rules) > 0 {
+		ev, err := ic.GetSingle(plugins.EventPlugin)
+		if err != nil {
+			return nil, err
+		}
+		exchange, ok := ev.(interface {
+			events.Subscriber
+			events.Publisher
+		})
+		if !ok {
+			return nil, fmt.Errorf("lazyconv: containerd's event plugin cannot be subscribed to: %w", errdefs.ErrNotImplemented)
+		}
+		// The rules watch for the life of the daemon, with its logger.
+		go svc.WatchImages(log.WithLogger(context.Background(), log.G(ic.Context)), exchange, exchange)
+		log.G(ic.Context).Infof("lazyconv: %d conversion rules watch image events", len(cfg.Rules))
 	}
 	return svc, nil
 }

@@ -30,6 +30,12 @@ type Config struct {
 	// Limits bound what a layer may make a conversion hold (zero fields:
 	// converter.DefaultLimits; negative: none).
 	Limits converter.Limits
+	// Rules convert matching images as soon as containerd creates or updates
+	// them (see Rule).
+	Rules []Rule
+	// RuleQueueLength bounds the rule conversions waiting; when it is full
+	// the oldest is dropped, with a warning.
+	RuleQueueLength int
 	// FormatOptions holds every format option's configured value as text,
 	// by configuration key ("estargz_compression_level": "9"). Keys not
 	// present keep the format's default.
@@ -62,7 +68,8 @@ func configKeys() map[string]configKey {
 
 // DefaultConfig is the configuration with every option at its default.
 func DefaultConfig() Config {
-	cfg := Config{DefaultFormat: FormatEStargz, Limits: converter.DefaultLimits(), FormatOptions: map[string]string{}}
+	cfg := Config{DefaultFormat: FormatEStargz, Limits: converter.DefaultLimits(), RuleQueueLength: DefaultRuleQueueLength,
+		FormatOptions: map[string]string{}}
 	for k, ck := range configKeys() {
 		cfg.FormatOptions[k] = ck.field.Value
 	}
@@ -84,6 +91,18 @@ func ParseConfig(raw map[string]any) (Config, error) {
 				return cfg, fmt.Errorf("workers takes a whole number, not %v: %w", v, errdefs.ErrInvalidArgument)
 			}
 			cfg.Workers = n
+		case "rules":
+			rules, err := parseRules(v)
+			if err != nil {
+				return cfg, err
+			}
+			cfg.Rules = rules
+		case "rule_queue_length":
+			n, ok := asInt(v)
+			if !ok || n < 1 {
+				return cfg, fmt.Errorf("rule_queue_length takes a whole number of at least 1, not %v: %w", v, errdefs.ErrInvalidArgument)
+			}
+			cfg.RuleQueueLength = n
 		case "require_lossless":
 			b, ok := v.(bool)
 			if !ok {
@@ -107,7 +126,7 @@ func ParseConfig(raw map[string]any) (Config, error) {
 			}
 			ck, known := keys[k]
 			if !known {
-				return cfg, fmt.Errorf("unknown configuration key %q (known: workers, default_format, require_lossless, max_*, %s): %w",
+				return cfg, fmt.Errorf("unknown configuration key %q (known: workers, default_format, require_lossless, max_*, rules, rule_queue_length, %s): %w",
 					k, strings.Join(slices.Sorted(maps.Keys(keys)), ", "), errdefs.ErrInvalidArgument)
 			}
 			text, ok := scalar(v, ck.field.Kind)
@@ -123,7 +142,15 @@ func ParseConfig(raw map[string]any) (Config, error) {
 // TOML is the configuration as a TOML table, typed as TOML decodes it: what
 // ParseConfig reads back, and what containerd's `config dump` prints.
 func (c Config) TOML() map[string]any {
-	out := map[string]any{"workers": int64(c.Workers), "default_format": c.DefaultFormat, "require_lossless": c.RequireLossless}
+	out := map[string]any{"workers": int64(c.Workers), "default_format": c.DefaultFormat, "require_lossless": c.RequireLossless,
+		"rule_queue_length": int64(c.RuleQueueLength)}
+	if len(c.Rules) > 0 {
+		var rules []any
+		for _, r := range c.Rules {
+			rules = append(rules, r.toml())
+		}
+		out["rules"] = rules
+	}
 	limits := c.Limits.WithDefaults()
 	for k, v := range limitFields(&limits) {
 		out[k] = *v
@@ -182,6 +209,11 @@ func scalar(v any, kind reflect.Kind) (string, bool) {
 // validate checks the configuration, with ErrInvalidArgument on a bad
 // value. It checks every format's options but probes for no builder.
 func (c Config) validate() error {
+	for i, r := range c.Rules {
+		if err := r.validate(); err != nil {
+			return fmt.Errorf("rules[%d]: %w", i, err)
+		}
+	}
 	if c.Workers < 0 {
 		return fmt.Errorf("workers must not be negative, got %d: %w", c.Workers, errdefs.ErrInvalidArgument)
 	}

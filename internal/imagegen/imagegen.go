@@ -209,6 +209,12 @@ type Image struct {
 	RawConfig []byte
 }
 
+// WithName returns the image under another name.
+func (img Image) WithName(name string) Image {
+	img.Name = name
+	return img
+}
+
 // Store writes the image's blobs into cs with containerd's GC labels and
 // creates (or replaces) its record in is. It returns the manifest descriptor.
 func Store(ctx context.Context, cs content.Ingester, is images.Store, img Image) (ocispec.Descriptor, error) {

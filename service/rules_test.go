@@ -1,0 +1,111 @@
+package service_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	"github.com/containerd/containerd/v2/core/events/exchange"
+	"github.com/containerd/typeurl/v2"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lazyconv/lazyconv/converter/convertertest"
+	"github.com/lazyconv/lazyconv/internal/imagegen"
+	"github.com/lazyconv/lazyconv/labels"
+	"github.com/lazyconv/lazyconv/service"
+)
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		require.True(t, time.Now().Before(deadline), "timed out waiting: %s", what)
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Rules convert what containerd's image events announce, on containerd's
+// own event exchange (here the test publishes what its images service would).
+func TestRulesConvertAnnouncedImages(t *testing.T) {
+	cfg := service.DefaultConfig()
+	cfg.Rules = []service.Rule{{Match: "example.com/team/*", Format: "estargz", TagSuffix: "-esgz"}}
+	f := newFixture(t, cfg)
+	ex := exchange.NewExchange()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go f.svc.WatchImages(ctx, ex, ex)
+	failures, _ := ex.Subscribe(ctx, `topic=="`+service.RuleFailedTopic+`"`)
+	time.Sleep(100 * time.Millisecond) // let the watcher subscribe
+
+	store := func(name string, layer []byte) {
+		_, err := imagegen.Store(f.ctx, f.store.ContentStore(), f.store.ImageStore(), imagegen.Image{Name: name,
+			Layers: []imagegen.Layer{{MediaType: ocispec.MediaTypeImageLayerGzip, Blob: imagegen.Compress(layer, "gzip")}}})
+		require.NoError(t, err)
+		require.NoError(t, ex.Publish(f.ctx, "/images/create", &eventstypes.ImageCreate{Name: name}))
+	}
+	images := func() map[string]bool {
+		imgs, err := f.store.ImageStore().List(f.ctx)
+		require.NoError(t, err)
+		out := map[string]bool{}
+		for _, img := range imgs {
+			out[img.Name] = true
+		}
+		return out
+	}
+	good := imagegen.TarBytes(convertertest.Cases()["symlinks"])
+	store("example.com/other/app:v1", good)
+	store("example.com/team/app:v1", good)
+	eventually(t, "the matching image is converted", func() bool { return images()["example.com/team/app:v1-esgz"] })
+	assert.False(t, images()["example.com/other/app:v1-esgz"], "a name no rule matches is left alone")
+	time.Sleep(200 * time.Millisecond)
+	assert.False(t, images()["example.com/team/app:v1-esgz-esgz"], "a conversion's output is never converted again")
+
+	// A failure: logged, published, and labelled on the source.
+	store("example.com/team/bad:v1", imagegen.TarBytes([]imagegen.Entry{convertertest.File("../../escape", []byte("x"))}))
+	select {
+	case ev := <-failures:
+		v, err := typeurl.UnmarshalAny(ev.Event)
+		require.NoError(t, err)
+		failed := v.(*service.RuleFailedEvent)
+		assert.Equal(t, "example.com/team/bad:v1", failed.Image)
+		assert.Contains(t, failed.Error, "climbs out")
+	case <-time.After(30 * time.Second):
+		t.Fatal("no failure event")
+	}
+	eventually(t, "the failure is labelled on the source", func() bool {
+		img, err := f.store.ImageStore().Get(f.ctx, "example.com/team/bad:v1")
+		return err == nil && img.Labels[labels.RuleFailed] != ""
+	})
+	// Fixed (same name, another target): converted, and the label goes.
+	store("example.com/team/bad:v1", good)
+	eventually(t, "the fixed image converts and loses its failure label", func() bool {
+		img, err := f.store.ImageStore().Get(f.ctx, "example.com/team/bad:v1")
+		return err == nil && img.Labels[labels.RuleFailed] == "" && images()["example.com/team/bad:v1-esgz"]
+	})
+}
+
+func TestRulesAreValidated(t *testing.T) {
+	for _, raw := range []map[string]any{
+		{"rules": []any{map[string]any{"match": "x/*", "format": "estargz"}}},                             // no suffix
+		{"rules": []any{map[string]any{"match": "[", "format": "estargz", "tag_suffix": "-e"}}},           // bad glob
+		{"rules": []any{map[string]any{"match": "x/*", "format": "squashfs", "tag_suffix": "-e"}}},        // unknown format
+		{"rules": []any{map[string]any{"match": "x/*", "format": "estargz", "tag_suffix": "-e", "x": 1}}}, // unknown key
+		{"rules": []any{map[string]any{"match": "x/*", "format": "estargz", "tag_suffix": "-e",
+			"options": map[string]any{"compression-level": int64(42)}}}}, // bad option
+		{"rule_queue_length": int64(0)},
+	} {
+		_, err := service.ParseConfig(raw)
+		assert.Error(t, err, "%v", raw)
+	}
+	cfg, err := service.ParseConfig(map[string]any{"rules": []any{map[string]any{"match": "x/*", "format": "zstdchunked", "tag_suffix": "-zc",
+		"namespaces": []any{"builds"}, "options": map[string]any{"compression-level": int64(9)}}}})
+	require.NoError(t, err)
+	require.Len(t, cfg.Rules, 1)
+	assert.Equal(t, map[string]string{"compression-level": "9"}, cfg.Rules[0].Options)
+	back, err := service.ParseConfig(cfg.TOML())
+	require.NoError(t, err)
+	assert.Equal(t, cfg, back, "TOML() reads back as itself")
+}
