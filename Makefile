@@ -20,7 +20,7 @@ demo: build
 
 # Everything CI runs: formatting, vet, staticcheck, and the tests under -race.
 test: lint
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 25m ./...
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
