@@ -32,6 +32,7 @@ type Display struct {
 	shown  map[string]converter.LayerState
 }
 
+// NewDisplay returns a display writing to out (a live table when out is a terminal).
 func NewDisplay(out io.Writer) *Display {
 	tty := false
 	if f, ok := out.(*os.File); ok {
@@ -51,6 +52,7 @@ func (d *Display) Update(s converter.LayerStatus) {
 	d.layers[key] = s
 }
 
+// Snapshot returns every layer's latest status, in the order first seen.
 func (d *Display) Snapshot() []converter.LayerStatus {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -102,6 +104,8 @@ func (d *Display) draw() {
 	io.WriteString(d.out, b.String())
 }
 
+// LayerLine is one layer's live line: state, bytes in and out, rate, time,
+// percent and ETA while it is read, and where it came from.
 func LayerLine(s converter.LayerStatus) string {
 	line := fmt.Sprintf("%s  %-10s  in %9s  out %9s", ShortDigest(s.Digest.String()), s.State, HumanSize(s.BytesIn), HumanSize(s.BytesOut))
 	if s.Elapsed > 0 && s.BytesIn > 0 {
@@ -127,6 +131,7 @@ func LayerLine(s converter.LayerStatus) string {
 	return line
 }
 
+// ShortDigest shortens a digest for display ("sha256:" and 12 hex digits).
 func ShortDigest(d string) string {
 	if len(d) > 19 {
 		return d[:19]
