@@ -46,7 +46,20 @@ func main() {
 	modeMiB := flag.Int("modes-layer-mib", 32, "layer size for the in-daemon/sidecar/embedded comparison (0 skips it)")
 	hostileMiB := flag.Int("hostile-mib", 256, "payload of the decompression bombs in the hostile-input section (0 skips it)")
 	hostileOnly := flag.Bool("hostile-only", false, "run only the hostile-input section")
+	rssOnly := flag.Bool("rss-only", false, "run only the peak-RSS measurement of one large layer")
 	flag.Parse()
+	if *rssOnly {
+		work, err := os.MkdirTemp("", "lazyconv-bench-")
+		if err == nil {
+			defer os.RemoveAll(work)
+			err = peakRSS(work, filepath.Join(*binDir, "lazyconv"), *rssMiB)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "benchreport:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *hostileOnly {
 		if err := hostileSection(filepath.Join(*binDir, "lazyconv"), int64(*hostileMiB)<<20); err != nil {
 			fmt.Fprintln(os.Stderr, "benchreport:", err)
