@@ -47,6 +47,8 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	m := serviceMetrics()
 	m.inFlight.Inc()
 	defer m.inFlight.Dec()
+	s.idle.begin()
+	defer s.idle.end()
 	start := time.Now()
 	type outcome struct {
 		res *converter.ImageResult

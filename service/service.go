@@ -39,6 +39,8 @@ type Service struct {
 	lm      leases.Manager
 	// rebuilder rebuilds missing layers from snapshots (nil: no snapshotter here).
 	rebuilder *rebuild.Rebuilder
+	// idle gives memory back once no conversion runs.
+	idle *idleReleaser
 }
 
 // Option configures a Service.
@@ -66,7 +68,8 @@ func New(cs content.Store, is images.Store, lm leases.Manager, cfg Config, versi
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, version: version, conv: conv, fetcher: remote.NewFetcher(cs, lm), cs: cs, is: is, lm: lm}
+	s := &Service{cfg: cfg, version: version, conv: conv, fetcher: remote.NewFetcher(cs, lm), cs: cs, is: is, lm: lm,
+		idle: newIdleReleaser(DefaultIdleRelease)}
 	for _, o := range opts {
 		o(s)
 	}

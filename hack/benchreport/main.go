@@ -47,7 +47,23 @@ func main() {
 	hostileMiB := flag.Int("hostile-mib", 256, "payload of the decompression bombs in the hostile-input section (0 skips it)")
 	hostileOnly := flag.Bool("hostile-only", false, "run only the hostile-input section")
 	rssOnly := flag.Bool("rss-only", false, "run only the peak-RSS measurement of one large layer")
+	memoryOnly := flag.Bool("memory-only", false, "run only the daemon memory measurement")
 	flag.Parse()
+	if *memoryOnly {
+		work, err := os.MkdirTemp("", "lazyconv-bench-")
+		if err == nil {
+			defer os.RemoveAll(work)
+			var layers []generated
+			if layers, err = generateLayers(work, "memory", *multi, int64(*multiMiB)<<20); err == nil {
+				err = daemonMemory(work, *binDir, layers)
+			}
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "benchreport:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *rssOnly {
 		work, err := os.MkdirTemp("", "lazyconv-bench-")
 		if err == nil {
@@ -133,6 +149,9 @@ func run(runs, layerMiB, multi, multiMiB, rssMiB, modeMiB int, binDir string) er
 			return err
 		}
 		if err := compareModes(work, binDir, modeLayers, runs); err != nil {
+			return err
+		}
+		if err := daemonMemory(work, binDir, several); err != nil {
 			return err
 		}
 	}
