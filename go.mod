@@ -3,6 +3,7 @@ module github.com/lazyconv/lazyconv
 go 1.26.8
 
 require (
+	github.com/4kills/go-libdeflate/v2 v2.2.1
 	github.com/containerd/containerd/api v1.12.0
 	github.com/containerd/containerd/v2 v2.4.2
 	github.com/containerd/errdefs v1.0.0
