@@ -81,15 +81,18 @@ func TestSidecarRules(t *testing.T) {
     tag_suffix = "-zc"
 `)
 	img := newTestImage(t, "example.com/sidecar-rules/app:v1", 0)
-	mustLazyconv(t, "--address", stock.address, "image", "import", img.archive)
 	c := stock.client(t)
 	ctx := nsContext("default")
+	// The sidecar's event stream opens asynchronously: import again (an
+	// update event) until the conversion shows, for at most a minute.
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if _, err := c.ImageService().Get(ctx, "example.com/sidecar-rules/app:v1-zc"); err == nil {
-			break
+		mustLazyconv(t, "--address", stock.address, "image", "import", img.archive)
+		for wait := time.Now().Add(5 * time.Second); time.Now().Before(wait); time.Sleep(100 * time.Millisecond) {
+			if _, err := c.ImageService().Get(ctx, "example.com/sidecar-rules/app:v1-zc"); err == nil {
+				return
+			}
 		}
 		require.True(t, time.Now().Before(deadline), "the sidecar's rule did not convert the import")
-		time.Sleep(100 * time.Millisecond)
 	}
 }

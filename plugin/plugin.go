@@ -119,7 +119,7 @@ func initService(ic *plugin.InitContext) (any, error) {
 			return nil, fmt.Errorf("lazyconv: containerd's event plugin cannot be subscribed to: %w", errdefs.ErrNotImplemented)
 		}
 		// The rules watch for the life of the daemon, with its logger.
-		go svc.WatchImages(log.WithLogger(context.Background(), log.G(ic.Context)), exchange, exchange)
+		svc.WatchImages(log.WithLogger(context.Background(), log.G(ic.Context)), exchange, exchange)
 		log.G(ic.Context).Infof("lazyconv: %d conversion rules watch image events", len(cfg.Rules))
 	}
 	return svc, nil

@@ -113,9 +113,12 @@ type ruleRunner struct {
 
 // WatchImages converts the images the configured rules match as containerd
 // creates or updates them, until ctx is done: the plugin passes containerd's
-// event exchange, the sidecar its events API. Conversions run in the
-// background under their own lease, share the service's workers and are
-// de-duplicated with manual requests like any other.
+// event exchange, the sidecar its events API. It subscribes before it
+// returns (on containerd's exchange the subscription is in place by then, so
+// no image arriving after start-up is missed) and watches in the background,
+// subscribing again if the events stop. Conversions run in the background
+// under their own lease, share the service's workers and are de-duplicated
+// with manual requests like any other.
 func (s *Service) WatchImages(ctx context.Context, sub events.Subscriber, pub events.Publisher) {
 	if len(s.cfg.Rules) == 0 {
 		return
@@ -124,14 +127,21 @@ func (s *Service) WatchImages(ctx context.Context, sub events.Subscriber, pub ev
 	for range max(1, runtime.GOMAXPROCS(0)) {
 		go r.work(ctx)
 	}
-	for ctx.Err() == nil {
-		ch, errs := sub.Subscribe(ctx, `topic~="^/images/(create|update)$"`)
-		r.listen(ctx, ch, errs)
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second): // containerd went away: subscribe again
-		}
+	subscribe := func() (<-chan *events.Envelope, <-chan error) {
+		return sub.Subscribe(ctx, `topic~="^/images/(create|update)$"`)
 	}
+	ch, errs := subscribe()
+	go func() {
+		for {
+			r.listen(ctx, ch, errs)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second): // containerd went away: subscribe again
+			}
+			ch, errs = subscribe()
+		}
+	}()
 }
 
 func (r *ruleRunner) listen(ctx context.Context, ch <-chan *events.Envelope, errs <-chan error) {

@@ -36,9 +36,8 @@ func TestRulesConvertAnnouncedImages(t *testing.T) {
 	ex := exchange.NewExchange()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go f.svc.WatchImages(ctx, ex, ex)
 	failures, _ := ex.Subscribe(ctx, `topic=="`+service.RuleFailedTopic+`"`)
-	time.Sleep(100 * time.Millisecond) // let the watcher subscribe
+	f.svc.WatchImages(ctx, ex, ex) // subscribed when it returns
 
 	store := func(name string, layer []byte) {
 		_, err := imagegen.Store(f.ctx, f.store.ContentStore(), f.store.ImageStore(), imagegen.Image{Name: name,

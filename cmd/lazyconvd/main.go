@@ -70,7 +70,7 @@ func run(ctx context.Context, configPath, address, containerdAddress string) err
 		log.G(ctx).Infof("dropped %d leases of conversions interrupted by a previous exit", n)
 	}
 
-	go svc.WatchImages(ctx, client.EventService(), client.EventService())
+	svc.WatchImages(ctx, client.EventService(), client.EventService())
 
 	if err := os.MkdirAll(filepath.Dir(cfg.Address), 0o711); err != nil {
 		return err
