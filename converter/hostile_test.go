@@ -1,7 +1,6 @@
 package converter_test
 
 import (
-	"sort"
 	"testing"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -14,22 +13,8 @@ import (
 	"github.com/lazyconv/lazyconv/internal/imagegen"
 )
 
-// storeState is everything a refused conversion must leave as it was.
 func storeState(t *testing.T, f *convertertest.Fixture) []string {
-	t.Helper()
-	out := f.ContentState(t)
-	imgs, err := f.Store.ImageStore().List(f.Ctx)
-	require.NoError(t, err)
-	for _, img := range imgs {
-		out = append(out, "image "+img.Name+" "+img.Target.Digest.String())
-	}
-	ls, err := f.Store.LeaseManager().List(f.Ctx)
-	require.NoError(t, err)
-	for _, l := range ls {
-		out = append(out, "lease "+l.ID)
-	}
-	sort.Strings(out)
-	return out
+	return convertertest.StoreState(t, f.Ctx, f.CS, f.Store.ImageStore(), f.Store.LeaseManager())
 }
 
 func TestHostileImagesAreRefusedAndChangeNothing(t *testing.T) {

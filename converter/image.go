@@ -335,12 +335,12 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 				// A rebuilt layer has its own bytes; containerd checked the
 				// snapshot it comes from against the config when it unpacked.
 				if want := configDiffIDs[positions[i]]; src.Origin != OriginSnapshot && r.SourceDiffID != "" && r.SourceDiffID != want {
-					p.layer(l.Digest, l.Size).set(StateFailed)
+					lp.set(StateFailed)
 					return fmt.Errorf("layer %s is %s uncompressed, but config %s says diff_ids[%d] is %s: %w",
 						l.Digest, r.SourceDiffID, manifest.Config.Digest, positions[i], want, errdefs.ErrInvalidArgument)
 				}
 				if w.opts.RequireLossless && len(r.NotLossless) > 0 {
-					p.layer(l.Digest, l.Size).set(StateFailed)
+					lp.set(StateFailed)
 					return fmt.Errorf("layer %s cannot be converted losslessly (%s), and lossless conversion is required: %w",
 						l.Digest, strings.Join(r.NotLossless, "; "), errdefs.ErrInvalidArgument)
 				}

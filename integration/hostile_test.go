@@ -2,7 +2,6 @@ package integration
 
 import (
 	"encoding/json"
-	"sort"
 	"strings"
 	"testing"
 
@@ -17,38 +16,10 @@ import (
 	"github.com/lazyconv/lazyconv/internal/imagegen"
 )
 
-// daemonState is everything a refused conversion must leave as it was:
-// blobs with their labels, ingests, images, leases.
+// daemonState is everything a refused conversion must leave as it was, in
+// the daemon's default namespace.
 func daemonState(t *testing.T, c *containerd.Client) []string {
-	t.Helper()
-	ctx := nsContext("default")
-	var out []string
-	require.NoError(t, c.ContentStore().Walk(ctx, func(info content.Info) error {
-		var lbls []string
-		for k, v := range info.Labels {
-			lbls = append(lbls, k+"="+v)
-		}
-		sort.Strings(lbls)
-		out = append(out, "blob "+info.Digest.String()+" "+strings.Join(lbls, " "))
-		return nil
-	}))
-	sts, err := c.ContentStore().ListStatuses(ctx)
-	require.NoError(t, err)
-	for _, st := range sts {
-		out = append(out, "ingest "+st.Ref)
-	}
-	imgs, err := c.ImageService().List(ctx)
-	require.NoError(t, err)
-	for _, img := range imgs {
-		out = append(out, "image "+img.Name+" "+img.Target.Digest.String())
-	}
-	ls, err := c.LeasesService().List(ctx)
-	require.NoError(t, err)
-	for _, l := range ls {
-		out = append(out, "lease "+l.ID)
-	}
-	sort.Strings(out)
-	return out
+	return convertertest.StoreState(t, nsContext("default"), c.ContentStore(), c.ImageService(), c.LeasesService())
 }
 
 // Every class of the hostile corpus, written into a real containerd-lazyconv

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"archive/tar"
 	"bytes"
 	"io"
 	"os/exec"
@@ -14,39 +13,10 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	"github.com/containerd/stargz-snapshotter/estargz"
-	"github.com/opencontainers/go-digest"
+	"github.com/lazyconv/lazyconv/converter/convertertest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// regularFiles maps every regular file of a tar, hard links resolved, to its
-// content's digest (which name of a hard-linked set holds the data depends on
-// the tool that wrote the tar).
-func regularFiles(t *testing.T, r io.Reader) map[string]digest.Digest {
-	t.Helper()
-	out := map[string]digest.Digest{}
-	tr := tar.NewReader(r)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return out
-		}
-		require.NoError(t, err)
-		name := strings.TrimPrefix(h.Name, "./")
-		switch name {
-		case estargz.TOCTarName, estargz.PrefetchLandmark, estargz.NoPrefetchLandmark:
-			continue
-		}
-		switch h.Typeflag {
-		case tar.TypeReg:
-			d, err := digest.FromReader(tr)
-			require.NoError(t, err)
-			out[name] = d
-		case tar.TypeLink:
-			out[name] = out[strings.TrimPrefix(h.Linkname, "./")]
-		}
-	}
-}
 
 // An image imported with ctr (which unpacks it) whose layer blobs are then
 // pruned, as CRI's discard_unpacked_layers leaves images, converts in the
@@ -101,7 +71,7 @@ func TestConvertLayersRebuiltFromSnapshots(t *testing.T) {
 		require.NoError(t, err)
 		rc, err := estargz.Unpack(io.NewSectionReader(bytes.NewReader(blob), 0, int64(len(blob))), new(estargz.GzipDecompressor))
 		require.NoError(t, err)
-		assert.Equal(t, regularFiles(t, bytes.NewReader(img.tars[i])), regularFiles(t, rc), "layer %d holds the source's files", i)
+		assert.Equal(t, convertertest.RegularFiles(t, bytes.NewReader(img.tars[i])), convertertest.RegularFiles(t, rc), "layer %d holds the source's files", i)
 	}
 
 	// With no blob, no snapshot and no reachable registry, the error says so.

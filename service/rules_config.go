@@ -1,12 +1,14 @@
 package service
 
 import (
+	"bytes"
 	"fmt"
 	"maps"
 	"path"
 	"slices"
 
 	"github.com/containerd/errdefs"
+	"github.com/pelletier/go-toml/v2"
 )
 
 // Rule converts images as soon as they are created or updated in containerd
@@ -30,44 +32,34 @@ type Rule struct {
 // DefaultRuleQueueLength bounds the rule conversions waiting for their turn.
 const DefaultRuleQueueLength = 100
 
-// parseRules reads the rules table as TOML decodes it.
+// ruleTOML is a rule as the configuration writes it.
+type ruleTOML struct {
+	Match      string         `toml:"match"`
+	Format     string         `toml:"format"`
+	TagSuffix  string         `toml:"tag_suffix"`
+	Namespaces []string       `toml:"namespaces"`
+	Options    map[string]any `toml:"options"`
+}
+
+// parseRules reads the rules table as TOML decodes it, through go-toml as
+// containerd decodes a plugin's section: unknown keys and wrong types are
+// refused.
 func parseRules(v any) ([]Rule, error) {
-	list, ok := v.([]any)
-	if !ok {
-		if maps, ok := v.([]map[string]any); ok {
-			for _, m := range maps {
-				list = append(list, m)
-			}
-		} else {
-			return nil, fmt.Errorf("rules must be a list of tables, not %T: %w", v, errdefs.ErrInvalidArgument)
-		}
+	b, err := toml.Marshal(map[string]any{"rules": v})
+	if err != nil {
+		return nil, fmt.Errorf("rules: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	var doc struct {
+		Rules []ruleTOML `toml:"rules"`
+	}
+	if err := toml.NewDecoder(bytes.NewReader(b)).DisallowUnknownFields().Decode(&doc); err != nil {
+		return nil, fmt.Errorf("rules: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	var rules []Rule
-	for i, item := range list {
-		m, ok := item.(map[string]any)
-		if !ok {
-			return nil, fmt.Errorf("rules[%d] must be a table: %w", i, errdefs.ErrInvalidArgument)
-		}
-		r := Rule{}
-		for k, v := range m {
-			var err error
-			switch k {
-			case "match":
-				r.Match, err = str(v)
-			case "format":
-				r.Format, err = str(v)
-			case "tag_suffix":
-				r.TagSuffix, err = str(v)
-			case "namespaces":
-				r.Namespaces, err = strs(v)
-			case "options":
-				r.Options, err = optionTexts(v)
-			default:
-				err = fmt.Errorf("unknown key (known: match, format, tag_suffix, namespaces, options): %w", errdefs.ErrInvalidArgument)
-			}
-			if err != nil {
-				return nil, fmt.Errorf("rules[%d].%s: %w", i, k, err)
-			}
+	for i, rt := range doc.Rules {
+		r := Rule{Match: rt.Match, Format: rt.Format, TagSuffix: rt.TagSuffix, Namespaces: rt.Namespaces}
+		if r.Options, err = optionTexts(rt.Options); err != nil {
+			return nil, fmt.Errorf("rules[%d].options: %w", i, err)
 		}
 		if err := r.validate(); err != nil {
 			return nil, fmt.Errorf("rules[%d]: %w", i, err)
@@ -106,38 +98,10 @@ func (r Rule) toml() map[string]any {
 	return out
 }
 
-func str(v any) (string, error) {
-	s, ok := v.(string)
-	if !ok {
-		return "", fmt.Errorf("takes a string, not %v: %w", v, errdefs.ErrInvalidArgument)
-	}
-	return s, nil
-}
-
-func strs(v any) ([]string, error) {
-	list, ok := v.([]any)
-	if !ok {
-		if ss, ok := v.([]string); ok {
-			return ss, nil
-		}
-		return nil, fmt.Errorf("takes a list of strings, not %v: %w", v, errdefs.ErrInvalidArgument)
-	}
-	out := make([]string, 0, len(list))
-	for _, item := range list {
-		s, err := str(item)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, s)
-	}
-	return out, nil
-}
-
 // optionTexts reads a table of options as text (numbers and booleans too).
-func optionTexts(v any) (map[string]string, error) {
-	m, ok := v.(map[string]any)
-	if !ok {
-		return nil, fmt.Errorf("takes a table of options, not %v: %w", v, errdefs.ErrInvalidArgument)
+func optionTexts(m map[string]any) (map[string]string, error) {
+	if len(m) == 0 {
+		return nil, nil
 	}
 	out := map[string]string{}
 	for k, v := range m {

@@ -8,11 +8,8 @@ import (
 
 	"github.com/containerd/containerd/v2/cmd/ctr/commands"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/urfave/cli/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/lazyconv/lazyconv/internal/convertcmd"
@@ -30,25 +27,27 @@ func extendConvert(ctr *cli.Command) error {
 	if convert == nil {
 		return errors.New("upstream ctr has no images convert command")
 	}
-	var upstreamFlags []string
-	for _, f := range convert.Flags {
-		upstreamFlags = append(upstreamFlags, f.Names()...)
-	}
 	// Upstream's flags keep their meaning (its --uncompress is its own).
-	for _, f := range append(convertcmd.FormatFlags(), convertcmd.RequireLosslessFlag) {
-		if !slices.ContainsFunc(f.Names(), func(n string) bool { return slices.Contains(upstreamFlags, n) }) {
-			convert.Flags = append(convert.Flags, f)
+	var upstream []string
+	for _, f := range convert.Flags {
+		upstream = append(upstream, f.Names()...)
+	}
+	var others []string
+	for _, f := range service.Formats() {
+		if slices.Contains(upstream, f.Name) {
+			others = append(others, f.Name)
 		}
 	}
+	convert.Flags = append(convert.Flags, append(convertcmd.FormatFlags(others...), convertcmd.RequireLosslessFlag)...)
 	convert.Usage += " (lazyconv: --estargz, --zstdchunked, --nydus run in the daemon)"
-	upstream := convert.Action
+	upstreamAction := convert.Action
 	convert.Action = func(ctx context.Context, cmd *cli.Command) error {
-		f, err := lazyconvFormat(cmd)
+		f, err := lazyconvFormat(cmd, others)
 		if err != nil {
 			return err
 		}
 		if f.Name == service.FormatNone {
-			return upstream(ctx, cmd)
+			return upstreamAction(ctx, cmd)
 		}
 		return convertInDaemon(ctx, cmd, f)
 	}
@@ -57,23 +56,16 @@ func extendConvert(ctr *cli.Command) error {
 
 // lazyconvFormat is the lazyconv format the flags name (FormatNone for
 // none), refusing a mix with upstream's own layer conversions.
-func lazyconvFormat(cmd *cli.Command) (service.Format, error) {
-	var chosen []service.Format
-	for _, f := range service.Formats() {
-		if f.Flag && f.Name != service.FormatUncompress && cmd.Bool(f.Name) {
-			chosen = append(chosen, f)
-		}
+func lazyconvFormat(cmd *cli.Command, others []string) (service.Format, error) {
+	f, err := convertcmd.ChosenFormat(cmd, others...)
+	if err != nil || f.Name == service.FormatNone {
+		return f, err
 	}
-	switch {
-	case len(chosen) == 0:
-		return service.Format{Name: service.FormatNone}, nil
-	case len(chosen) > 1:
-		return service.Format{}, fmt.Errorf("%s: %w", service.ExclusiveFlagsMessage(), errdefs.ErrInvalidArgument)
-	case cmd.Bool("uncompress") || cmd.IsSet("erofs"):
+	if cmd.Bool("uncompress") || cmd.IsSet("erofs") {
 		return service.Format{}, fmt.Errorf("--%s is lazyconv's and --uncompress/--erofs are upstream's: convert with one of them: %w",
-			chosen[0].Name, errdefs.ErrInvalidArgument)
+			f.Name, errdefs.ErrInvalidArgument)
 	}
-	return chosen[0], nil
+	return f, nil
 }
 
 // convertInDaemon asks the lazyconv plugin on containerd's socket for the
@@ -109,24 +101,12 @@ func convertInDaemon(ctx context.Context, cmd *cli.Command, f service.Format) er
 		if err == nil {
 			_, err = api.ReceiveConvert(stream, onEvent)
 		}
-		return native(err, cmd.Root().String("address"))
+		return convertcmd.NativeError(err, fmt.Sprintf("containerd at %s has no lazyconv plugin (io.containerd.grpc.v1.lazyconv): run containerd-lazyconv",
+			cmd.Root().String("address")))
 	})
 	if err != nil {
 		return err
 	}
 	_, _ = fmt.Fprintln(cmd.Writer, result.GetTarget().GetDigest())
 	return nil
-}
-
-// native turns a gRPC error into an errdefs one, and a containerd without
-// the plugin into one clear line.
-func native(err error, address string) error {
-	if err == nil {
-		return nil
-	}
-	if status.Code(err) == codes.Unimplemented {
-		return fmt.Errorf("containerd at %s has no lazyconv plugin (io.containerd.grpc.v1.lazyconv): run containerd-lazyconv: %w",
-			address, errdefs.ErrNotImplemented)
-	}
-	return errgrpc.ToNative(err)
 }

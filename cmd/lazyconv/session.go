@@ -12,9 +12,7 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/urfave/cli/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/lazyconv/lazyconv/converter"
@@ -178,13 +176,6 @@ func (r remoteAPI) Verify(ctx context.Context, req *api.VerifyRequest) (*api.Ver
 // native turns a gRPC error into an errdefs one, and a missing service into
 // one clear line naming the alternatives.
 func (r remoteAPI) native(err error) error {
-	if err == nil {
-		return nil
-	}
-	if status.Code(err) == codes.Unimplemented {
-		return fmt.Errorf("%s serves no lazyconv API (plugin io.containerd.grpc.v1.lazyconv not loaded): "+
-			"run containerd-lazyconv, point --converter-address at a lazyconvd sidecar, or use --root DIR for embedded mode: %w",
-			r.where, errdefs.ErrNotImplemented)
-	}
-	return errgrpc.ToNative(err)
+	return convertcmd.NativeError(err, fmt.Sprintf("%s serves no lazyconv API (plugin io.containerd.grpc.v1.lazyconv not loaded): "+
+		"run containerd-lazyconv, point --converter-address at a lazyconvd sidecar, or use --root DIR for embedded mode", r.where))
 }

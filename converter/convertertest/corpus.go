@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/json"
+	"io"
 	"math/rand"
 	"strings"
 	"testing"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/stretchr/testify/require"
 
@@ -104,4 +107,35 @@ func ReadJSON[T any](t testing.TB, f *Fixture, desc ocispec.Descriptor) T {
 	var v T
 	require.NoError(t, json.Unmarshal(b, &v))
 	return v
+}
+
+// RegularFiles maps every regular file of a tar to its content's digest,
+// sparse files expanded and hard links resolved (which name of a hard-linked
+// set holds the data depends on the tool that wrote the tar), leaving out
+// eStargz's own entries (TOC, landmarks): what a layer's files are,
+// whatever its bytes.
+func RegularFiles(t testing.TB, r io.Reader) map[string]digest.Digest {
+	t.Helper()
+	out := map[string]digest.Digest{}
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return out
+		}
+		require.NoError(t, err)
+		name := strings.TrimPrefix(h.Name, "./")
+		switch name {
+		case estargz.TOCTarName, estargz.PrefetchLandmark, estargz.NoPrefetchLandmark:
+			continue
+		}
+		switch h.Typeflag {
+		case tar.TypeReg, tar.TypeGNUSparse:
+			d, err := digest.FromReader(tr)
+			require.NoError(t, err)
+			out[name] = d
+		case tar.TypeLink:
+			out[name] = out[strings.TrimPrefix(h.Linkname, "./")]
+		}
+	}
 }

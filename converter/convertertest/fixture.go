@@ -3,11 +3,15 @@ package convertertest
 import (
 	"bytes"
 	"context"
+	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
@@ -49,21 +53,41 @@ func NewFixture(t testing.TB, opts ...converter.Option) *Fixture {
 // compare store states.
 func (f *Fixture) ContentState(t testing.TB) []string {
 	t.Helper()
+	return contentState(t, f.Ctx, f.CS)
+}
+
+// StoreState lists everything a refused conversion must leave as it was:
+// blobs with their labels, ingests, images and leases. It works on any
+// containerd stores (a fixture's, or a daemon's through its client).
+func StoreState(t testing.TB, ctx context.Context, cs content.Store, is images.Store, lm leases.Manager) []string {
+	t.Helper()
+	out := contentState(t, ctx, cs)
+	imgs, err := is.List(ctx)
+	require.NoError(t, err)
+	for _, img := range imgs {
+		out = append(out, "image "+img.Name+" "+img.Target.Digest.String())
+	}
+	ls, err := lm.List(ctx)
+	require.NoError(t, err)
+	for _, l := range ls {
+		out = append(out, "lease "+l.ID)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func contentState(t testing.TB, ctx context.Context, cs content.Store) []string {
+	t.Helper()
 	var out []string
-	require.NoError(t, f.CS.Walk(f.Ctx, func(info content.Info) error {
+	require.NoError(t, cs.Walk(ctx, func(info content.Info) error {
 		line := info.Digest.String()
-		keys := make([]string, 0, len(info.Labels))
-		for k := range info.Labels {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
+		for _, k := range slices.Sorted(maps.Keys(info.Labels)) {
 			line += " " + k + "=" + info.Labels[k]
 		}
 		out = append(out, line)
 		return nil
 	}))
-	sts, err := f.CS.ListStatuses(f.Ctx)
+	sts, err := cs.ListStatuses(ctx)
 	require.NoError(t, err)
 	for _, st := range sts {
 		out = append(out, "ingest "+st.Ref)

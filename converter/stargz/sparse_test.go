@@ -12,7 +12,6 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/pkg/archive/compression"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/stretchr/testify/assert"
@@ -72,30 +71,6 @@ func gnuTarSparse(t *testing.T) map[string][]byte {
 	return out
 }
 
-// files reads every regular file of a tar (sparse files expanded), but
-// eStargz's own entries (TOC, landmarks).
-func files(t *testing.T, r io.Reader) map[string]digest.Digest {
-	t.Helper()
-	out := map[string]digest.Digest{}
-	tr := tar.NewReader(r)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return out
-		}
-		require.NoError(t, err)
-		switch h.Name {
-		case estargz.TOCTarName, estargz.PrefetchLandmark, estargz.NoPrefetchLandmark:
-			continue
-		}
-		if h.Typeflag == tar.TypeReg || h.Typeflag == tar.TypeGNUSparse {
-			d, err := digest.FromReader(tr)
-			require.NoError(t, err)
-			out[h.Name] = d
-		}
-	}
-}
-
 // unpacked is the tar a converted layer decompresses to.
 func unpacked(t *testing.T, f *convertertest.Fixture, desc ocispec.Descriptor) io.Reader {
 	t.Helper()
@@ -131,8 +106,8 @@ func TestSparseLayersConvertNotLossless(t *testing.T) {
 				assert.Equal(t, sparseName, res.NotLossless[0])
 				assert.Contains(t, res.Desc.Annotations[labels.NotLosslessAnnotation], sparseName)
 				assert.NotEqual(t, digest.FromBytes(tarball), res.DiffID, "the rewritten layer has its own diffID")
-				want := files(t, bytes.NewReader(tarball))
-				assert.Equal(t, want, files(t, unpacked(t, f, res.Desc)), "every file reads back equal, holes as zeros")
+				want := convertertest.RegularFiles(t, bytes.NewReader(tarball))
+				assert.Equal(t, want, convertertest.RegularFiles(t, unpacked(t, f, res.Desc)), "every file reads back equal, holes as zeros")
 
 				// A cache hit says the same.
 				again, err := f.Conv.ConvertLayer(f.Ctx, lc, src, nil)

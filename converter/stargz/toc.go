@@ -65,32 +65,24 @@ func (c *tocConverter) Keep(ctx context.Context, cs content.Store, desc ocispec.
 // files) is converted again from the rewritten tar (layerio.Rewrite): same
 // files, other bytes, and reported as not lossless, naming them.
 func (c *tocConverter) Convert(ctx context.Context, cs content.Store, desc ocispec.Descriptor, counters converter.Counters) (converter.Output, error) {
-	out, sparse, err := c.convert(ctx, cs, desc, counters, false)
+	out, sparse, err := c.convert(ctx, cs, desc, counters, nil)
 	if err == nil || len(sparse) == 0 {
 		return out, err
 	}
 	if counters.In != nil {
 		counters.In.Store(0) // the source is read again
 	}
-	out, _, err = c.convert(ctx, cs, desc, counters, true)
-	if err != nil {
-		return converter.Output{}, err
-	}
-	out.NotLossless = sparse
-	out.Desc.Annotations[labels.NotLosslessAnnotation] = converter.NotLosslessText(sparse)
-	if err := labels.Set(ctx, cs, out.Desc.Digest, map[string]string{
-		labels.AnnotationPrefix + labels.NotLosslessAnnotation: out.Desc.Annotations[labels.NotLosslessAnnotation],
-	}); err != nil {
-		return converter.Output{}, err
-	}
-	return out, nil
+	out, _, err = c.convert(ctx, cs, desc, counters, sparse)
+	return out, err
 }
 
-// convert writes the layer from the source's tar (or, with rewrite, from
-// its rewritten tar). When the lossless pass fails it reads the rest of the
-// source, so that a rule the tar breaks is the error, and returns the
-// sparse entries that call for a rewrite.
-func (c *tocConverter) convert(ctx context.Context, cs content.Store, desc ocispec.Descriptor, counters converter.Counters, rewrite bool) (converter.Output, []string, error) {
+// convert writes the layer from the source's tar or, given the sparse
+// entries of an earlier pass, from its rewritten tar (reported not lossless,
+// naming them). When the lossless pass fails it reads the rest of the
+// source, so that a rule the tar breaks is the error, and returns the sparse
+// entries that call for a rewrite.
+func (c *tocConverter) convert(ctx context.Context, cs content.Store, desc ocispec.Descriptor, counters converter.Counters, sparse []string) (converter.Output, []string, error) {
+	rewrite := len(sparse) > 0
 	src, err := layerio.Open(ctx, cs, desc, counters.In)
 	if err != nil {
 		return converter.Output{}, nil, err
@@ -146,6 +138,9 @@ func (c *tocConverter) convert(ctx context.Context, cs content.Store, desc ocisp
 			labels.UncompressedSizeAnnotation: strconv.FormatInt(comp.UncompressedSize(), 10),
 		}
 		maps.Copy(annotations, comp.Annotations())
+		if rewrite {
+			annotations[labels.NotLosslessAnnotation] = converter.NotLosslessText(sparse)
+		}
 		lbls := map[string]string{labels.Uncompressed: diffID.String()}
 		if c.out == converter.Gzip {
 			lbls[labels.EStargz] = labels.FormatBool(true)
@@ -168,7 +163,7 @@ func (c *tocConverter) convert(ctx context.Context, cs content.Store, desc ocisp
 		return converter.Output{}, src.Sparse(), err
 	}
 	out := ocispec.Descriptor{MediaType: c.MediaType(desc.MediaType), Digest: blob.Digest, Size: blob.Size, Annotations: annotations}
-	return converter.Output{Desc: out, DiffID: diffID, SourceDiffID: src.DiffID()}, nil, nil
+	return converter.Output{Desc: out, DiffID: diffID, SourceDiffID: src.DiffID(), NotLossless: sparse}, nil, nil
 }
 
 // validChunkSize reports an ErrInvalidArgument error for a negative chunk size.

@@ -49,41 +49,24 @@ func main() {
 	rssOnly := flag.Bool("rss-only", false, "run only the peak-RSS measurement of one large layer")
 	memoryOnly := flag.Bool("memory-only", false, "run only the daemon memory measurement")
 	flag.Parse()
-	if *memoryOnly {
-		work, err := os.MkdirTemp("", "lazyconv-bench-")
-		if err == nil {
-			defer os.RemoveAll(work)
-			var layers []generated
-			if layers, err = generateLayers(work, "memory", *multi, int64(*multiMiB)<<20); err == nil {
-				err = daemonMemory(work, *binDir, layers)
-			}
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "benchreport:", err)
-			os.Exit(1)
-		}
-		return
-	}
-	if *rssOnly {
-		work, err := os.MkdirTemp("", "lazyconv-bench-")
-		if err == nil {
-			defer os.RemoveAll(work)
-			err = peakRSS(work, filepath.Join(*binDir, "lazyconv"), *rssMiB)
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "benchreport:", err)
-			os.Exit(1)
-		}
-		return
-	}
-	if *hostileOnly {
-		if err := hostileSection(filepath.Join(*binDir, "lazyconv"), int64(*hostileMiB)<<20); err != nil {
-			fmt.Fprintln(os.Stderr, "benchreport:", err)
-			os.Exit(1)
-		}
-		return
-	}
 	_ = log.SetLevel("error")
+	switch {
+	case *memoryOnly:
+		only(func(work string) error {
+			layers, err := generateLayers(work, "memory", *multi, int64(*multiMiB)<<20)
+			if err != nil {
+				return err
+			}
+			return daemonMemory(work, *binDir, layers)
+		})
+		return
+	case *rssOnly:
+		only(func(work string) error { return peakRSS(work, filepath.Join(*binDir, "lazyconv"), *rssMiB) })
+		return
+	case *hostileOnly:
+		only(func(string) error { return hostileSection(filepath.Join(*binDir, "lazyconv"), int64(*hostileMiB)<<20) })
+		return
+	}
 	if err := run(*runs, *layerMiB, *multi, *multiMiB, *rssMiB, *modeMiB, *binDir); err != nil {
 		fmt.Fprintln(os.Stderr, "benchreport:", err)
 		os.Exit(1)
@@ -93,6 +76,19 @@ func main() {
 			fmt.Fprintln(os.Stderr, "benchreport:", err)
 			os.Exit(1)
 		}
+	}
+}
+
+// only runs one section in a temporary work directory, and exits on error.
+func only(section func(work string) error) {
+	work, err := os.MkdirTemp("", "lazyconv-bench-")
+	if err == nil {
+		defer os.RemoveAll(work)
+		err = section(work)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchreport:", err)
+		os.Exit(1)
 	}
 }
 

@@ -7,10 +7,14 @@ package convertcmd
 import (
 	"fmt"
 	"reflect"
+	"slices"
 	"strconv"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/urfave/cli/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/service"
@@ -21,12 +25,13 @@ import (
 // --<prefix>-<option> for each of its options, with the option's default and
 // help. A new option or format needs no change here.
 
-// FormatFlags are --<format> and every option flag of the formats with a flag.
-func FormatFlags() []cli.Flag {
+// FormatFlags are --<format> and every option flag of the formats with a
+// flag, but those named in others (which the command has already).
+func FormatFlags(others ...string) []cli.Flag {
 	var flags []cli.Flag
 	prefixes := map[string]bool{}
 	for _, f := range service.Formats() {
-		if !f.Flag {
+		if !f.Flag || slices.Contains(others, f.Name) {
 			continue
 		}
 		flags = append(flags, &cli.BoolFlag{Name: f.Name, Usage: f.Usage})
@@ -58,10 +63,12 @@ func OptionFlags(f service.Format) []cli.Flag {
 }
 
 // ChosenFormat is the format whose flag is set (FormatNone when none is).
-func ChosenFormat(cmd *cli.Command) (service.Format, error) {
+// Formats named in others are not lazyconv's in this command (ctr's own
+// --uncompress, say).
+func ChosenFormat(cmd *cli.Command, others ...string) (service.Format, error) {
 	var chosen []service.Format
 	for _, f := range service.Formats() {
-		if f.Flag && cmd.Bool(f.Name) {
+		if f.Flag && !slices.Contains(others, f.Name) && cmd.Bool(f.Name) {
 			chosen = append(chosen, f)
 		}
 	}
@@ -155,3 +162,16 @@ func LimitFlags() []cli.Flag {
 // RequireLosslessFlag refuses layers that cannot be converted byte for byte.
 var RequireLosslessFlag = &cli.BoolFlag{Name: "require-lossless",
 	Usage: "refuse layers that cannot be converted byte for byte (sparse files) instead of rewriting those entries"}
+
+// NativeError turns a conversion service's gRPC error into an errdefs one;
+// a server with no lazyconv API (Unimplemented) becomes ErrNotImplemented
+// with unserved as the message.
+func NativeError(err error, unserved string) error {
+	if err == nil {
+		return nil
+	}
+	if status.Code(err) == codes.Unimplemented {
+		return fmt.Errorf("%s: %w", unserved, errdefs.ErrNotImplemented)
+	}
+	return errgrpc.ToNative(err)
+}

@@ -9,6 +9,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/containerd/errdefs"
 
@@ -27,9 +28,10 @@ type inspector struct {
 	done   chan struct{}
 	limits converter.Limits
 
+	failed atomic.Pointer[error] // the verdict, read on every Read of the Source
+
 	mu       sync.Mutex
 	reserved map[string]bool // paths the output format keeps for itself
-	err      error
 	sparse   []string
 	expanded int64 // logical bytes of sparse files
 	entries  int64
@@ -55,25 +57,24 @@ func (in *inspector) finish() error {
 	return in.failure()
 }
 
+// errSourceClosed ends an inspection the Source gave up on.
+var errSourceClosed = errors.New("source closed")
+
 // abort stops the inspector without a verdict.
 func (in *inspector) abort() {
-	_ = in.pw.CloseWithError(errors.New("source closed"))
+	_ = in.pw.CloseWithError(errSourceClosed)
 	<-in.done
 }
 
 func (in *inspector) failure() error {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return in.err
+	if p := in.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
-func (in *inspector) fail(err error) {
-	in.mu.Lock()
-	if in.err == nil {
-		in.err = err
-	}
-	in.mu.Unlock()
-}
+// fail records the first rule broken.
+func (in *inspector) fail(err error) { in.failed.CompareAndSwap(nil, &err) }
 
 func (in *inspector) run(pr *io.PipeReader) {
 	defer close(in.done)
@@ -86,7 +87,7 @@ func (in *inspector) run(pr *io.PipeReader) {
 			return
 		}
 		if err != nil {
-			if !errors.Is(err, io.ErrClosedPipe) && err.Error() != "source closed" {
+			if !errors.Is(err, io.ErrClosedPipe) && !errors.Is(err, errSourceClosed) {
 				in.fail(fmt.Errorf("not a valid tar after %d entries: %v: %w", in.entries, err, errdefs.ErrInvalidArgument))
 			}
 			return

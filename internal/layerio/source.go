@@ -83,9 +83,6 @@ func (s *Source) Reserve(paths ...string) {
 	}
 }
 
-// Limits are the limits the Source enforces (from its context).
-func (s *Source) Limits() converter.Limits { return s.inspect.limits }
-
 // Read yields the uncompressed tar, and stops when the context is done or
 // the tar breaks a rule (see Checked); the error then is the rule's.
 func (s *Source) Read(p []byte) (int, error) {
