@@ -45,7 +45,7 @@ func (o EStargzOptions) Validate() error {
 // side by side, so that an option reaches both: the lossless writer
 // (configure) and estargz.Build for optimized eStargz (buildOptions).
 
-func (o EStargzOptions) configure(w *estargz.Writer) { w.ChunkSize = o.ChunkSize }
+func (o EStargzOptions) configure(w *layoutWriter) { w.SetChunkSize(o.ChunkSize) }
 
 func (o EStargzOptions) buildOptions() []estargz.Option {
 	return []estargz.Option{estargz.WithCompressionLevel(o.CompressionLevel), estargz.WithChunkSize(o.ChunkSize)}

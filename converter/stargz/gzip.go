@@ -63,7 +63,7 @@ func (c *gzipCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error) {
 // pointing at it), but streams the JSON entry by entry instead of building it
 // whole: estargz's MarshalIndent holds two copies of a TOC that is tens of
 // megabytes for a layer of many files. The JSON is compact, not indented.
-func (c *gzipCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, error) {
+func (c *gzipCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc tocSource, diffHash hash.Hash) (digest.Digest, error) {
 	d, n, err := writeGzipTOC(w, off, c.level, toc, diffHash)
 	c.tocSize = n
 	return d, err

@@ -2,6 +2,7 @@ package stargz
 
 import (
 	"bytes"
+	"fmt"
 	"hash"
 	"io"
 	"sync"
@@ -26,7 +27,7 @@ type parallelCompressor struct {
 	stream func(w io.Writer) (estargz.WriteFlushCloser, error)
 	// toc writes the TOC and footer at offset off, and returns the TOC
 	// digest and how many uncompressed bytes the TOC adds to the layer.
-	toc func(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, int64, error)
+	toc func(w io.Writer, off int64, toc tocSource, diffHash hash.Hash) (digest.Digest, int64, error)
 	// annotations are the format's own, known once the TOC is written.
 	annotations func() map[string]string
 
@@ -77,7 +78,7 @@ func newParallelGzip(level, workers int, out io.Writer) *parallelCompressor {
 	pool := gzipWriterPool(level)
 	return newParallelCompressor(workers, out,
 		func(w io.Writer) (estargz.WriteFlushCloser, error) { return openPooledGzip(pool, w), nil },
-		func(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, int64, error) {
+		func(w io.Writer, off int64, toc tocSource, diffHash hash.Hash) (digest.Digest, int64, error) {
 			return writeGzipTOC(w, off, level, toc, diffHash)
 		},
 		func() map[string]string { return nil })
@@ -85,7 +86,7 @@ func newParallelGzip(level, workers int, out io.Writer) *parallelCompressor {
 
 func newParallelCompressor(workers int, out io.Writer,
 	stream func(io.Writer) (estargz.WriteFlushCloser, error),
-	toc func(io.Writer, int64, *estargz.JTOC, hash.Hash) (digest.Digest, int64, error),
+	toc func(io.Writer, int64, tocSource, hash.Hash) (digest.Digest, int64, error),
 	annotations func() map[string]string) *parallelCompressor {
 	c := &parallelCompressor{
 		stream: stream, toc: toc, annotations: annotations, out: out, payloadHash: newPayloadHash(),
@@ -179,16 +180,11 @@ func (s *bufferedStream) Close() error {
 // WriteTOCAndFooter runs when estargz closes: it waits for every stream to be
 // written, turns the TOC's stream indexes into offsets, and writes the TOC
 // and footer to the real output.
-func (c *parallelCompressor) WriteTOCAndFooter(_ io.Writer, _ int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, error) {
+func (c *parallelCompressor) WriteTOCAndFooter(_ io.Writer, _ int64, toc tocSource, diffHash hash.Hash) (digest.Digest, error) {
 	if err := c.finish(); err != nil {
 		return "", err
 	}
-	for _, e := range toc.Entries {
-		if e.Type == "chunk" || (e.Type == "reg" && e.Size > 0) {
-			e.Offset = c.offsets[e.Offset]
-		}
-	}
-	d, n, err := c.toc(c.out, c.pos, toc, diffHash)
+	d, n, err := c.toc(c.out, c.pos, offsetSource{toc, c.offsets}, diffHash)
 	c.tocSize = n
 	return d, err
 }
@@ -208,3 +204,21 @@ func (c *parallelCompressor) abort() { _ = c.finish() }
 func (c *parallelCompressor) UncompressedSize() int64 { return c.size + c.tocSize }
 
 func (c *parallelCompressor) Annotations() map[string]string { return c.annotations() }
+
+// offsetSource maps the TOC's stream indexes to the streams' offsets.
+type offsetSource struct {
+	tocSource
+	offsets []int64
+}
+
+func (o offsetSource) Entries(fn func(*estargz.TOCEntry) error) error {
+	return o.tocSource.Entries(func(e *estargz.TOCEntry) error {
+		if e.ChunkDigest != "" { // an entry with data: a chunk, or a reg's first
+			if e.Offset < 0 || e.Offset >= int64(len(o.offsets)) {
+				return fmt.Errorf("TOC entry %q: stream %d was never written", e.Name, e.Offset)
+			}
+			e.Offset = o.offsets[e.Offset]
+		}
+		return fn(e)
+	})
+}

@@ -3,6 +3,7 @@ package stargz
 import (
 	"context"
 	"fmt"
+	"hash"
 	"io"
 	"maps"
 	"strconv"
@@ -26,8 +27,8 @@ type tocConverter struct {
 	variant string                // derived from the options by options.Variant
 	out     converter.Compression // output compression
 	level   int
-	// configure applies the format's writer settings (chunk size, ...).
-	configure func(*estargz.Writer)
+	// configure applies the format's layout settings (chunk size, ...).
+	configure func(*layoutWriter)
 	// newCompressor returns a fresh compressor for one conversion (its
 	// state, hashes and zstd:chunked metadata, is never shared) writing to
 	// out, and the writer estargz's writer must write to.
@@ -36,10 +37,16 @@ type tocConverter struct {
 	keep func(ctx context.Context, cs content.Store, desc ocispec.Descriptor) (*ocispec.Descriptor, map[string]string, error)
 }
 
-// tocCompressor is an estargz.Compressor that also tells what the lossless
-// check and the descriptor annotations need.
+// tocCompressor compresses a layer's streams and writes its TOC for
+// layoutWriter, and tells what the lossless check and the descriptor
+// annotations need.
 type tocCompressor interface {
-	estargz.Compressor
+	// Writer opens one compressed stream into w.
+	Writer(w io.Writer) (estargz.WriteFlushCloser, error)
+	// WriteTOCAndFooter writes the TOC and the footer at offset off, and
+	// returns the TOC digest; diffHash takes any bytes the TOC adds to the
+	// layer's uncompressed stream.
+	WriteTOCAndFooter(w io.Writer, off int64, toc tocSource, diffHash hash.Hash) (digest.Digest, error)
 	// PayloadDigest is the digest of every uncompressed payload byte written.
 	PayloadDigest() digest.Digest
 	// UncompressedSize is the size of the blob once decompressed.
@@ -110,7 +117,12 @@ func (c *tocConverter) convert(ctx context.Context, cs content.Store, desc ocisp
 				}
 			}()
 		}
-		ew := estargz.NewWriterWithCompressor(layout, comp)
+		spill, err := newEntrySpill(converter.ScratchDirFrom(ctx))
+		if err != nil {
+			return nil, err
+		}
+		defer spill.Close()
+		ew := newLayoutWriter(layout, comp, spill)
 		c.configure(ew)
 		if err := ew.AppendTarLossLess(stream); err != nil {
 			return nil, src.InputError(err)
@@ -128,7 +140,7 @@ func (c *tocConverter) convert(ctx context.Context, cs content.Store, desc ocisp
 		if err != nil {
 			return nil, err
 		}
-		diffID = digest.Digest(ew.DiffID())
+		diffID = ew.DiffID()
 		if comp.PayloadDigest() != payload() {
 			return nil, fmt.Errorf("cannot be converted to %s losslessly (an entry would be rewritten: "+
 				"payload %s differs from source %s): %w", c.format, comp.PayloadDigest(), payload(), errdefs.ErrInvalidArgument)
@@ -172,4 +184,13 @@ func validChunkSize(size int) error {
 		return fmt.Errorf("chunk size must not be negative, got %d: %w", size, errdefs.ErrInvalidArgument)
 	}
 	return nil
+}
+
+// jtocCompressor is a tocCompressor as an estargz.Compressor, for
+// estargz's own writers (estargz.Build for optimized eStargz), which hold
+// the TOC in memory and hand it over whole.
+type jtocCompressor struct{ tocCompressor }
+
+func (c jtocCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, error) {
+	return c.tocCompressor.WriteTOCAndFooter(w, off, jtocSource{toc}, diffHash)
 }

@@ -52,7 +52,7 @@ func NewZstdChunked(o ZstdChunkedOptions) (converter.LayerConverter, error) {
 	}
 	return &tocConverter{
 		format: "zstdchunked", variant: options.Variant("zstdchunked", o, DefaultZstdChunkedOptions()),
-		out: converter.Zstd, level: o.CompressionLevel, configure: func(w *estargz.Writer) { w.ChunkSize = o.ChunkSize },
+		out: converter.Zstd, level: o.CompressionLevel, configure: func(w *layoutWriter) { w.SetChunkSize(o.ChunkSize) },
 		newCompressor: newZstdChunkedCompressor,
 		keep:          keepZstdChunked,
 	}, nil
@@ -76,11 +76,12 @@ func keepZstdChunked(_ context.Context, _ content.Store, desc ocispec.Descriptor
 // the payload hashed for the lossless check: the sequential zstd path.
 type zstdChunkedCompressor struct {
 	payloadHash
-	inner *zstdchunked.Compressor
+	inner    *zstdchunked.Compressor // its streams
+	metadata map[string]string       // the manifest annotations, once the TOC is written
 }
 
 func newZstdChunkedCompressor(level int, out io.Writer) (tocCompressor, io.Writer) {
-	inner := &zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(level), Metadata: map[string]string{}}
+	inner := &zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(level)}
 	if workers := runtime.GOMAXPROCS(0); workers > 1 {
 		return newParallelZstdChunked(inner, workers, out), io.Discard
 	}
@@ -89,13 +90,15 @@ func newZstdChunkedCompressor(level int, out io.Writer) (tocCompressor, io.Write
 
 // newParallelZstdChunked compresses zstd:chunked frames on every core.
 func newParallelZstdChunked(inner *zstdchunked.Compressor, workers int, out io.Writer) *parallelCompressor {
+	var metadata map[string]string
 	return newParallelCompressor(workers, out, inner.Writer,
-		func(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, int64, error) {
+		func(w io.Writer, off int64, toc tocSource, _ hash.Hash) (digest.Digest, int64, error) {
 			// The zstd:chunked TOC lives in skippable frames, outside the tar stream.
-			d, err := inner.WriteTOCAndFooter(w, off, toc, diffHash)
+			d, m, err := writeZstdTOC(w, off, inner.CompressionLevel, toc)
+			metadata = m
 			return d, 0, err
 		},
-		func() map[string]string { return maps.Clone(inner.Metadata) })
+		func() map[string]string { return maps.Clone(metadata) })
 }
 
 func (c *zstdChunkedCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error) {
@@ -106,8 +109,10 @@ func (c *zstdChunkedCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, e
 	return &hashingWriter{WriteFlushCloser: zw, p: &c.payloadHash}, nil
 }
 
-func (c *zstdChunkedCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, error) {
-	return c.inner.WriteTOCAndFooter(w, off, toc, diffHash)
+func (c *zstdChunkedCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc tocSource, _ hash.Hash) (digest.Digest, error) {
+	d, m, err := writeZstdTOC(w, off, c.inner.CompressionLevel, toc)
+	c.metadata = m
+	return d, err
 }
 
 // UncompressedSize is the payload: zstd:chunked keeps its TOC in skippable
@@ -115,4 +120,4 @@ func (c *zstdChunkedCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc *e
 func (c *zstdChunkedCompressor) UncompressedSize() int64 { return c.size }
 
 // Annotations are the manifest checksum and position the TOC writer recorded.
-func (c *zstdChunkedCompressor) Annotations() map[string]string { return maps.Clone(c.inner.Metadata) }
+func (c *zstdChunkedCompressor) Annotations() map[string]string { return maps.Clone(c.metadata) }

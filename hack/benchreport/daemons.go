@@ -77,7 +77,7 @@ func compareModes(work, binDir string, layers []generated, runs int) error {
 	}
 	var tarTotal int64
 	for _, l := range layers {
-		tarTotal += l.tarBytes
+		tarTotal += l.TarBytes
 	}
 	// Level 9 is what users run; level 1 shows the cost of moving blobs over
 	// the socket once compression no longer hides it.
@@ -112,10 +112,10 @@ func compareModes(work, binDir string, layers []generated, runs int) error {
 func writeArchive(path, name string, layers []generated) error {
 	img := imagegen.Image{Name: name}
 	for _, l := range layers {
-		img.Layers = append(img.Layers, imagegen.Layer{MediaType: ocispec.MediaTypeImageLayerGzip, DiffID: l.diffID,
+		img.Layers = append(img.Layers, imagegen.Layer{MediaType: ocispec.MediaTypeImageLayerGzip, DiffID: l.DiffID,
 			Open: func() (io.ReadCloser, int64, error) {
-				f, err := os.Open(l.path)
-				return f, l.size, err
+				f, err := os.Open(l.Path)
+				return f, l.Size, err
 			}})
 	}
 	return imagegen.WriteOCIArchiveFile(path, img)

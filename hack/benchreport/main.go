@@ -9,24 +9,17 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
 	"strconv"
-	"syscall"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
-	ctdconverter "github.com/containerd/containerd/v2/core/images/converter"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/log"
 	"github.com/containerd/platforms"
-	"github.com/containerd/stargz-snapshotter/estargz"
-	esgzconvert "github.com/containerd/stargz-snapshotter/nativeconverter/estargz"
-	zstdchunkedconvert "github.com/containerd/stargz-snapshotter/nativeconverter/zstdchunked"
-	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -38,19 +31,37 @@ import (
 
 func main() {
 	runs := flag.Int("runs", 3, "runs per measurement (the median is reported)")
-	layerMiB := flag.Int("layer-mib", 200, "size of the single generated layer, in MiB of files")
-	multi := flag.Int("multi-layers", 4, "layers of the multi-layer image")
+	multi := flag.Int("multi-layers", 4, "layers of the multi-layer image of real files")
 	multiMiB := flag.Int("multi-layer-mib", 64, "size of each layer of the multi-layer image")
-	rssMiB := flag.Int("rss-layer-mib", 1024, "layer size for the peak RSS measurement (0 skips it)")
+	files := flag.Int("small-files", 300000, "files of the small-files layer (0 skips it)")
+	bigMiB := flag.Int("big-layer-mib", 1024, "size of the single large layer (0 skips it)")
 	binDir := flag.String("bin", "bin", "directory of lazyconv, lazyconvd, containerd-lazyconv and stock/containerd")
 	modeMiB := flag.Int("modes-layer-mib", 32, "layer size for the in-daemon/sidecar/embedded comparison (0 skips it)")
 	hostileMiB := flag.Int("hostile-mib", 256, "payload of the decompression bombs in the hostile-input section (0 skips it)")
 	hostileOnly := flag.Bool("hostile-only", false, "run only the hostile-input section")
-	rssOnly := flag.Bool("rss-only", false, "run only the peak-RSS measurement of one large layer")
 	memoryOnly := flag.Bool("memory-only", false, "run only the daemon memory measurement")
+	compareOnly := flag.Bool("compare-only", false, "run only the side-by-side comparison with nativeconverter")
+	childSide := flag.String("child", "", "internal: convert once as lazyconv (ours) or nativeconverter (peer)")
+	childFormat := flag.String("child-format", "", "internal: the child's format")
+	childLayers := flag.String("child-layers", "", "internal: the child's layers (JSON)")
 	flag.Parse()
 	_ = log.SetLevel("error")
 	switch {
+	case *childSide != "":
+		if err := child(*childSide, *childFormat, *childLayers); err != nil {
+			fmt.Fprintln(os.Stderr, "benchreport child:", err)
+			os.Exit(1)
+		}
+		return
+	case *compareOnly:
+		only(func(work string) error {
+			loads, err := workloads(work, *multi, *multiMiB, *files, *bigMiB)
+			if err != nil {
+				return err
+			}
+			return compareWorkloads(work, loads, *runs)
+		})
+		return
 	case *memoryOnly:
 		only(func(work string) error {
 			layers, err := generateLayers(work, "memory", *multi, int64(*multiMiB)<<20)
@@ -60,14 +71,11 @@ func main() {
 			return daemonMemory(work, *binDir, layers)
 		})
 		return
-	case *rssOnly:
-		only(func(work string) error { return peakRSS(work, filepath.Join(*binDir, "lazyconv"), *rssMiB) })
-		return
 	case *hostileOnly:
 		only(func(string) error { return hostileSection(filepath.Join(*binDir, "lazyconv"), int64(*hostileMiB)<<20) })
 		return
 	}
-	if err := run(*runs, *layerMiB, *multi, *multiMiB, *rssMiB, *modeMiB, *binDir); err != nil {
+	if err := run(*runs, *multi, *multiMiB, *files, *bigMiB, *modeMiB, *binDir); err != nil {
 		fmt.Fprintln(os.Stderr, "benchreport:", err)
 		os.Exit(1)
 	}
@@ -92,8 +100,7 @@ func only(section func(work string) error) {
 	}
 }
 
-func run(runs, layerMiB, multi, multiMiB, rssMiB, modeMiB int, binDir string) error {
-	bin := filepath.Join(binDir, "lazyconv")
+func run(runs, multi, multiMiB, files, bigMiB, modeMiB int, binDir string) error {
 	work, err := os.MkdirTemp("", "lazyconv-bench-")
 	if err != nil {
 		return err
@@ -106,37 +113,15 @@ func run(runs, layerMiB, multi, multiMiB, rssMiB, modeMiB int, binDir string) er
 	}
 	defer st.Close()
 
-	fmt.Printf("lazyconv bench: GOMAXPROCS=%d, %d runs each, medians; layers are tars of real files from GOROOT, gzip'd\n\n", runtime.GOMAXPROCS(0), runs)
-	single, err := generateLayers(work, "single", 1, int64(layerMiB)<<20)
+	fmt.Printf("lazyconv bench: GOMAXPROCS=%d, %d runs each, medians; peer is stargz-snapshotter's nativeconverter (what nerdctl runs)\n", runtime.GOMAXPROCS(0), runs)
+	loads, err := workloads(work, multi, multiMiB, files, bigMiB)
 	if err != nil {
 		return err
 	}
-	several, err := generateLayers(work, "multi", multi, int64(multiMiB)<<20)
-	if err != nil {
+	if err := compareWorkloads(work, loads, runs); err != nil {
 		return err
 	}
-	for _, f := range []format{
-		{"eStargz, level 9", func() (converter.LayerConverter, error) { return stargz.NewEStargz(stargz.DefaultEStargzOptions()) },
-			esgzconvert.LayerConvertFunc(estargz.WithCompressionLevel(9))},
-		{"zstd:chunked, level 3", func() (converter.LayerConverter, error) {
-			return stargz.NewZstdChunked(stargz.DefaultZstdChunkedOptions())
-		},
-			zstdchunkedconvert.LayerConvertFuncWithCompressionLevel(zstd.SpeedDefault)},
-	} {
-		fmt.Printf("\n%-34s %12s %12s %12s %10s\n", f.name, "lazyconv", "peer", "ratio", "size Δ")
-		for _, tc := range []struct {
-			name   string
-			layers []generated
-		}{
-			{fmt.Sprintf("1 layer, %d MiB of files", layerMiB), single},
-			{fmt.Sprintf("%d layers x %d MiB of files", multi, multiMiB), several},
-		} {
-			if err := compare(ctx, st, f, tc.name, tc.layers, runs); err != nil {
-				return err
-			}
-		}
-	}
-	if err := cachedReconvert(ctx, st, several, runs); err != nil {
+	if err := cachedReconvert(ctx, st, loads[0].layers, runs); err != nil {
 		return err
 	}
 	if modeMiB > 0 {
@@ -147,27 +132,57 @@ func run(runs, layerMiB, multi, multiMiB, rssMiB, modeMiB int, binDir string) er
 		if err := compareModes(work, binDir, modeLayers, runs); err != nil {
 			return err
 		}
-		if err := daemonMemory(work, binDir, several); err != nil {
-			return err
-		}
-	}
-	if rssMiB > 0 {
-		if err := peakRSS(work, bin, rssMiB); err != nil {
+		if err := daemonMemory(work, binDir, loads[0].layers); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-type generated struct {
-	diffID   digest.Digest
-	path     string
-	size     int64
-	tarBytes int64
+// workloads are (a) a multi-layer image of real files, (b) one layer of
+// many small files, (c) one large layer of real files; (b) and (c) are
+// skipped when their size is 0.
+func workloads(work string, multi, multiMiB, files, bigMiB int) ([]workload, error) {
+	several, err := generateLayers(work, "multi", multi, int64(multiMiB)<<20)
+	if err != nil {
+		return nil, err
+	}
+	loads := []workload{{fmt.Sprintf("(a) %d layers x %d MiB files", multi, multiMiB), several}}
+	if files > 0 {
+		small, err := generateSmallFiles(work, files)
+		if err != nil {
+			return nil, err
+		}
+		loads = append(loads, workload{fmt.Sprintf("(b) 1 layer, %d files", files), small})
+	}
+	if bigMiB > 0 {
+		big, err := generateLayers(work, "big", 1, int64(bigMiB)<<20)
+		if err != nil {
+			return nil, err
+		}
+		loads = append(loads, workload{fmt.Sprintf("(c) 1 layer, %d MiB files", bigMiB), big})
+	}
+	return loads, nil
 }
 
-// generateLayers writes n gzip'd tar layers of at least size file bytes each.
+type generated struct {
+	DiffID   digest.Digest `json:"diffID"`
+	Path     string        `json:"path"`
+	Size     int64         `json:"size"`
+	TarBytes int64         `json:"tarBytes"`
+}
+
+// generateLayers writes n gzip'd tar layers of at least size bytes of
+// GOROOT files each.
 func generateLayers(dir, name string, n int, size int64) ([]generated, error) {
+	return generate(dir, name, n, func(w io.Writer, prefix string) error {
+		return imagegen.WriteGorootTar(w, prefix, size)
+	})
+}
+
+// generate writes n gzip'd tar layers with write, each with its own prefix
+// (so that layers differ).
+func generate(dir, name string, n int, write func(w io.Writer, prefix string) error) ([]generated, error) {
 	var out []generated
 	for i := range n {
 		p := filepath.Join(dir, fmt.Sprintf("%s-%d.tar.gz", name, i))
@@ -179,13 +194,13 @@ func generateLayers(dir, name string, n int, size int64) ([]generated, error) {
 		dg := digest.SHA256.Digester()
 		cw := &countWriter{w: io.MultiWriter(zw, dg.Hash())}
 		// Offset each layer's files so that layers differ.
-		if err := imagegen.WriteGorootTar(cw, fmt.Sprintf("%s%d-", name, i), size); err != nil {
+		if err := write(cw, fmt.Sprintf("%s%d-", name, i)); err != nil {
 			return nil, err
 		}
 		zw.Close()
 		fi, _ := f.Stat()
 		f.Close()
-		out = append(out, generated{diffID: dg.Digest(), path: p, size: fi.Size(), tarBytes: cw.n})
+		out = append(out, generated{DiffID: dg.Digest(), Path: p, Size: fi.Size(), TarBytes: cw.n})
 	}
 	return out, nil
 }
@@ -211,77 +226,14 @@ func storeImage(ctx context.Context, st *localstore.Store, layers []generated) (
 	img := imagegen.Image{Name: "bench:src"}
 	for _, l := range layers {
 		l := l
-		img.Layers = append(img.Layers, imagegen.Layer{MediaType: ocispec.MediaTypeImageLayerGzip, DiffID: l.diffID,
+		img.Layers = append(img.Layers, imagegen.Layer{MediaType: ocispec.MediaTypeImageLayerGzip, DiffID: l.DiffID,
 			Open: func() (io.ReadCloser, int64, error) {
-				f, err := os.Open(l.path)
-				return f, l.size, err
+				f, err := os.Open(l.Path)
+				return f, l.Size, err
 			}})
 	}
 	_, err := imagegen.Store(ctx, st.ContentStore(), st.ImageStore(), img)
 	return ctx, "bench:src", err
-}
-
-// format is a lazyconv converter and the peer converter of the same format,
-// at the same level.
-type format struct {
-	name string
-	ours func() (converter.LayerConverter, error)
-	peer ctdconverter.ConvertFunc
-}
-
-func compare(ctx context.Context, st *localstore.Store, f format, name string, layers []generated, runs int) error {
-	var tarTotal int64
-	for _, l := range layers {
-		tarTotal += l.tarBytes
-	}
-	var ours, peer []float64
-	var oursSize, peerSize int64
-	for range runs {
-		// lazyconv
-		nctx, ref, err := storeImage(ctx, st, layers)
-		if err != nil {
-			return err
-		}
-		conv, err := converter.New(st.ContentStore(), st.LeaseManager())
-		if err != nil {
-			return err
-		}
-		lc, err := f.ours()
-		if err != nil {
-			return err
-		}
-		start := time.Now()
-		res, err := conv.ConvertImage(nctx, st.ImageStore(), ref, "bench:esgz", converter.ImageOptions{Layers: converter.Every(lc), Platforms: platforms.All})
-		if err != nil {
-			return err
-		}
-		ours = append(ours, time.Since(start).Seconds())
-		oursSize = 0
-		for _, l := range res.Layers {
-			oursSize += l.Desc.Size
-		}
-
-		// stargz-snapshotter's nativeconverter, through containerd's converter, as nerdctl runs it.
-		nctx, ref, err = storeImage(ctx, st, layers)
-		if err != nil {
-			return err
-		}
-		start = time.Now()
-		img, err := ctdconverter.Convert(nctx, st.Client(), "bench:peer", ref,
-			ctdconverter.WithLayerConvertFunc(f.peer))
-		if err != nil {
-			return err
-		}
-		peer = append(peer, time.Since(start).Seconds())
-		peerSize, err = imageLayerBytes(nctx, st.Client(), img.Target)
-		if err != nil {
-			return err
-		}
-	}
-	mo, mp := median(ours), median(peer)
-	mib := float64(tarTotal) / (1 << 20)
-	fmt.Printf("%-34s %8.1f MiB/s %8.1f MiB/s %9.2fx %+9.2f%%\n", name, mib/mo, mib/mp, mp/mo, 100*(float64(oursSize)-float64(peerSize))/float64(peerSize))
-	return nil
 }
 
 func imageLayerBytes(ctx context.Context, c *containerd.Client, target ocispec.Descriptor) (int64, error) {
@@ -325,36 +277,6 @@ func cachedReconvert(ctx context.Context, st *localstore.Store, layers []generat
 		}
 	}
 	fmt.Printf("\ncached re-convert of the %d-layer image: %.1f ms (target < 300 ms)\n", len(layers), 1000*median(times))
-	return nil
-}
-
-// peakRSS converts one large layer with the lazyconv binary in embedded mode
-// and reports the process's peak resident set.
-func peakRSS(work, bin string, mib int) error {
-	if _, err := os.Stat(bin); err != nil {
-		fmt.Printf("peak RSS: skipped, %s not built (run make build)\n", bin)
-		return nil
-	}
-	layers, err := generateLayers(work, "rss", 1, int64(mib)<<20)
-	if err != nil {
-		return err
-	}
-	archive := filepath.Join(work, "rss.tar")
-	if err := writeArchive(archive, "rss:src", layers); err != nil {
-		return err
-	}
-	root := filepath.Join(work, "rss-root")
-	if out, err := exec.Command(bin, "--root", root, "image", "import", archive).CombinedOutput(); err != nil {
-		return fmt.Errorf("import: %v: %s", err, out)
-	}
-	cmd := exec.Command(bin, "--root", root, "image", "convert", "--estargz", "--oci", "-q", "rss:src", "rss:esgz")
-	start := time.Now()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("convert: %v: %s", err, out)
-	}
-	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	fmt.Printf("peak RSS converting a %d MiB (%s of files) layer: %.0f MB (target < 200 MB), %.1f s\n",
-		mib, fmtMiB(layers[0].tarBytes), float64(ru.Maxrss)/1024, time.Since(start).Seconds())
 	return nil
 }
 

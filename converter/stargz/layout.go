@@ -1,0 +1,269 @@
+package stargz
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"path"
+	"strings"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/opencontainers/go-digest"
+	"github.com/vbatts/tar-split/archive/tar"
+)
+
+// layoutWriter lays out a lossless eStargz or zstd:chunked layer: it is
+// estargz.Writer's lossless path (AppendTarLossLess; the same bytes for the
+// same compressor, which the tests check against estargz itself), with two
+// differences that keep memory flat:
+//   - TOC entries go to an entrySpill as they are made, and the compressor
+//     writes the TOC from it, instead of every entry staying on the heap;
+//   - a compressed stream that has taken more than maxHeaderRun bytes of tar
+//     headers since its last file data is closed and a new one opened, so a
+//     run of many entries without data (directories, links, empty files)
+//     never makes one huge stream for a whole-stream compressor to buffer.
+//     Streams are only split between entries, never inside a chunk, so
+//     every chunk still starts a stream at its TOC offset.
+type layoutWriter struct {
+	bw        *bufio.Writer
+	cw        *countingWriter // bytes written, for the TOC offsets
+	comp      tocCompressor
+	stream    estargz.WriteFlushCloser // the open compressed stream, if any
+	headerRun int64                    // header bytes in stream since its last file data
+	diffHash  hash.Hash
+	chunkSize int64
+	spill     *entrySpill
+	unames    map[int]string // the last user name written per uid
+	gnames    map[int]string
+}
+
+// maxHeaderRun bounds the tar header bytes one stream takes after its data.
+const maxHeaderRun = 4 << 20
+
+// defaultChunkSize is estargz's default chunk size.
+const defaultChunkSize = 4 << 20
+
+func newLayoutWriter(w io.Writer, comp tocCompressor, spill *entrySpill) *layoutWriter {
+	bw := bufio.NewWriter(w)
+	return &layoutWriter{
+		bw: bw, cw: &countingWriter{w: bw}, comp: comp, diffHash: sha256.New(), chunkSize: defaultChunkSize,
+		spill: spill, unames: map[int]string{}, gnames: map[int]string{},
+	}
+}
+
+// SetChunkSize sets the largest run of a file's bytes in one stream (0:
+// the default).
+func (w *layoutWriter) SetChunkSize(n int) {
+	w.chunkSize = defaultChunkSize
+	if n > 0 {
+		w.chunkSize = int64(n)
+	}
+}
+
+// Write writes uncompressed layer bytes into the current stream, opening
+// one if needed.
+func (w *layoutWriter) Write(p []byte) (int, error) {
+	w.diffHash.Write(p)
+	if err := w.open(); err != nil {
+		return 0, err
+	}
+	return w.stream.Write(p)
+}
+
+func (w *layoutWriter) open() (err error) {
+	if w.stream == nil {
+		w.stream, err = w.comp.Writer(w.cw)
+		w.headerRun = 0
+	}
+	return err
+}
+
+func (w *layoutWriter) closeStream() error {
+	if w.stream == nil {
+		return nil
+	}
+	err := w.stream.Close()
+	w.stream = nil
+	return err
+}
+
+// writeHeaders writes raw tar header bytes, first closing a stream that
+// has taken maxHeaderRun of them.
+func (w *layoutWriter) writeHeaders(p []byte) error {
+	if w.headerRun > maxHeaderRun {
+		if err := w.closeStream(); err != nil {
+			return err
+		}
+	}
+	if err := w.open(); err != nil {
+		return err
+	}
+	w.headerRun += int64(len(p))
+	_, err := w.Write(p)
+	return err
+}
+
+// AppendTarLossLess writes the tar stream r as the layer, byte for byte.
+func (w *layoutWriter) AppendTarLossLess(r io.Reader) error {
+	tr := tar.NewReader(r)
+	tr.RawAccounting = true
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("error reading from source tar: tar.Reader.Next: %v", err)
+		}
+		if strings.TrimPrefix(path.Clean("/"+h.Name), "/") == estargz.TOCTarName {
+			return errors.New("existing TOC JSON is not allowed; decompress layer before append")
+		}
+		if err := w.writeHeaders(tr.RawBytes()); err != nil {
+			return err
+		}
+		if err := w.appendEntry(tr, h); err != nil {
+			return err
+		}
+	}
+	if remain := tr.RawBytes(); len(remain) > 0 { // the end-of-archive blocks
+		if err := w.writeHeaders(remain); err != nil {
+			return err
+		}
+	}
+	_, err := io.Copy(w, r) // and whatever follows them
+	return err
+}
+
+// appendEntry records the entry h and writes its file data (tr's).
+func (w *layoutWriter) appendEntry(tr *tar.Reader, h *tar.Header) error {
+	ent := estargz.TOCEntry{
+		Name: h.Name, Mode: h.Mode, UID: h.Uid, GID: h.Gid,
+		Uname: nameIfChanged(w.unames, h.Uid, h.Uname), Gname: nameIfChanged(w.gnames, h.Gid, h.Gname),
+		ModTime3339: formatModTime(h),
+	}
+	const xattrPrefix = "SCHILY.xattr."
+	for k, v := range h.PAXRecords {
+		if name, ok := strings.CutPrefix(k, xattrPrefix); ok {
+			if ent.Xattrs == nil {
+				ent.Xattrs = map[string][]byte{}
+			}
+			ent.Xattrs[name] = []byte(v)
+		}
+	}
+	switch h.Typeflag {
+	case tar.TypeLink:
+		ent.Type, ent.LinkName = "hardlink", h.Linkname
+	case tar.TypeSymlink:
+		ent.Type, ent.LinkName = "symlink", h.Linkname
+	case tar.TypeDir:
+		ent.Type = "dir"
+	case tar.TypeReg:
+		ent.Type, ent.Size = "reg", h.Size
+	case tar.TypeChar, tar.TypeBlock:
+		ent.Type, ent.DevMajor, ent.DevMinor = "char", int(h.Devmajor), int(h.Devminor)
+		if h.Typeflag == tar.TypeBlock {
+			ent.Type = "block"
+		}
+	case tar.TypeFifo:
+		ent.Type = "fifo"
+	default:
+		return fmt.Errorf("unsupported input tar entry %q", h.Typeflag)
+	}
+	if h.Typeflag != tar.TypeReg {
+		_, err := w.spill.Append(&ent, false)
+		return err
+	}
+	if ent.Size == 0 {
+		slot, err := w.spill.Append(&ent, true)
+		if err != nil {
+			return err
+		}
+		return w.spill.Patch(slot, digest.SHA256.FromBytes(nil))
+	}
+	return w.appendData(tr, &ent)
+}
+
+// appendData writes a regular file's data, a stream per chunk. The first
+// chunk's fields are the reg entry's own; each further chunk is a "chunk"
+// entry. The digest of the whole file is patched into the reg entry last.
+func (w *layoutWriter) appendData(tr io.Reader, ent *estargz.TOCEntry) error {
+	file := sha256.New()
+	chunk := sha256.New()
+	src := io.TeeReader(tr, file)
+	slot, total := int64(-1), ent.Size
+	for written := int64(0); written < total; {
+		size := w.chunkSize
+		if remain := total - written; remain < size {
+			size = remain
+		} else {
+			ent.ChunkSize = size
+		}
+		if w.stream != nil { // estargz flushes before it takes the offset
+			if err := w.stream.Flush(); err != nil {
+				return err
+			}
+		}
+		if err := w.closeStream(); err != nil {
+			return err
+		}
+		ent.Offset = w.cw.n
+		ent.ChunkOffset = written
+		if err := w.open(); err != nil {
+			return err
+		}
+		chunk.Reset()
+		if _, err := io.CopyN(w, io.TeeReader(src, chunk), size); err != nil {
+			return fmt.Errorf("error copying %q: %v", ent.Name, err)
+		}
+		ent.ChunkDigest = digest.NewDigestFromBytes(digest.SHA256, chunk.Sum(nil)).String()
+		n, err := w.spill.Append(ent, slot < 0)
+		if err != nil {
+			return err
+		}
+		if slot < 0 {
+			slot = n
+		}
+		written += size
+		*ent = estargz.TOCEntry{Name: ent.Name, Type: "chunk"}
+	}
+	return w.spill.Patch(slot, digest.NewDigestFromBytes(digest.SHA256, file.Sum(nil)))
+}
+
+// nameIfChanged returns name unless it already was the last name of id.
+func nameIfChanged(last map[int]string, id int, name string) string {
+	if name == "" || last[id] == name {
+		return ""
+	}
+	last[id] = name
+	return name
+}
+
+// formatModTime is estargz's: RFC 3339 in UTC to the second, empty for the
+// zero time and the epoch.
+func formatModTime(h *tar.Header) string {
+	t := h.ModTime
+	if t.IsZero() || t.Unix() == 0 {
+		return ""
+	}
+	return t.UTC().Round(1e9).Format("2006-01-02T15:04:05Z07:00")
+}
+
+// Close writes the TOC and footer (through the compressor) and flushes.
+func (w *layoutWriter) Close() (digest.Digest, error) {
+	if err := w.closeStream(); err != nil {
+		return "", err
+	}
+	d, err := w.comp.WriteTOCAndFooter(w.cw, w.cw.n, w.spill, w.diffHash)
+	if err != nil {
+		return "", err
+	}
+	return d, w.bw.Flush()
+}
+
+// DiffID is the digest of the uncompressed layer, TOC entry included.
+func (w *layoutWriter) DiffID() digest.Digest {
+	return digest.NewDigestFromBytes(digest.SHA256, w.diffHash.Sum(nil))
+}

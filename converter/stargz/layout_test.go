@@ -1,0 +1,167 @@
+package stargz
+
+import (
+	"archive/tar"
+	"bytes"
+	"io"
+	"math/rand"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lazyconv/lazyconv/internal/imagegen"
+)
+
+// layoutCases are tars of every kind of entry the layout writer carries.
+func layoutCases() map[string][]byte {
+	random := make([]byte, 9<<20)
+	rand.New(rand.NewSource(1)).Read(random)
+	reg := func(name string, body []byte) imagegen.Entry {
+		return imagegen.Entry{Header: tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Uid: 1, Uname: "u", Gname: "g"}, Body: body}
+	}
+	many := []imagegen.Entry{}
+	for i := range 300 {
+		many = append(many, reg(strings.Repeat("d/", i%5)+"f"+string(rune('a'+i%26)), []byte(strings.Repeat("y", i*37))))
+	}
+	kinds := []imagegen.Entry{
+		{Header: tar.Header{Name: "dir/", Typeflag: tar.TypeDir, Mode: 0o755, Uid: 1000, Uname: "me", ModTime: time.Unix(1700000000, 5e8)}},
+		{Header: tar.Header{Name: "dir/x", Typeflag: tar.TypeReg, Mode: 0o600, Uid: 1000, Uname: "me",
+			PAXRecords: map[string]string{"SCHILY.xattr.user.a": "1", "SCHILY.xattr.security.capability": "\x01\x02<&>"}}, Body: []byte("xattrs")},
+		{Header: tar.Header{Name: "dir/hard", Typeflag: tar.TypeLink, Linkname: "dir/x"}},
+		{Header: tar.Header{Name: "dir/sym", Typeflag: tar.TypeSymlink, Linkname: "../elsewhere"}},
+		{Header: tar.Header{Name: "dev/null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}},
+		{Header: tar.Header{Name: "dev/sda", Typeflag: tar.TypeBlock, Devmajor: 8}},
+		{Header: tar.Header{Name: "fifo", Typeflag: tar.TypeFifo}},
+		{Header: tar.Header{Name: "dir/.wh.gone", Typeflag: tar.TypeReg}},
+		reg(strings.Repeat("long/", 40)+"name", []byte("pax path")),
+		reg("ünïcode <html>", []byte("escaped")),
+	}
+	return map[string][]byte{
+		"empty":     imagegen.TarBytes(nil),
+		"dirs only": imagegen.TarBytes([]imagegen.Entry{{Header: tar.Header{Name: "a/", Typeflag: tar.TypeDir, Mode: 0o755}}}),
+		"kinds":     imagegen.TarBytes(kinds),
+		"many":      imagegen.TarBytes(many),
+		"chunked": imagegen.TarBytes([]imagegen.Entry{reg("big", random), reg("small", []byte("x")), reg("empty", nil),
+			{Header: tar.Header{Name: "link", Typeflag: tar.TypeSymlink, Linkname: "big"}}, reg("text", []byte(strings.Repeat("lazy ", 300000)))}),
+		"exact chunk": imagegen.TarBytes([]imagegen.Entry{reg("two", random[:2<<20]), reg("four", random[:4<<20])}),
+		"trailing":    append(imagegen.TarBytes([]imagegen.Entry{reg("a", []byte("a"))}), make([]byte, 10240)...),
+	}
+}
+
+// writeLayout lays out tarball with comp (writing to layout, the compressor
+// writes the real output itself when parallel) and returns the TOC digest.
+func writeLayout(t *testing.T, tarball []byte, comp tocCompressor, layout io.Writer, chunk int) (digest.Digest, digest.Digest) {
+	t.Helper()
+	spill, err := newEntrySpill(t.TempDir())
+	require.NoError(t, err)
+	defer spill.Close()
+	w := newLayoutWriter(layout, comp, spill)
+	w.SetChunkSize(chunk)
+	require.NoError(t, w.AppendTarLossLess(bytes.NewReader(tarball)))
+	toc, err := w.Close()
+	require.NoError(t, err)
+	return toc, w.DiffID()
+}
+
+// The layout writer writes what estargz's lossless writer writes with the
+// same compressor, byte for byte: zstd:chunked against stargz-snapshotter's
+// own compressor, eStargz against estargz's writer with lazyconv's gzip
+// compressor. The parallel compressors write the same bytes again.
+func TestLayoutMatchesEStargzWriter(t *testing.T) {
+	const chunk = 2 << 20
+	for name, tarball := range layoutCases() {
+		t.Run(name, func(t *testing.T) {
+			// eStargz
+			var want bytes.Buffer
+			ew := estargz.NewWriterWithCompressor(&want, jtocCompressor{newGzipCompressor(9)})
+			ew.ChunkSize = chunk
+			require.NoError(t, ew.AppendTarLossLess(bytes.NewReader(tarball)))
+			wantTOC, err := ew.Close()
+			require.NoError(t, err)
+
+			var seq, par bytes.Buffer
+			sc := newGzipCompressor(9)
+			seqTOC, seqDiff := writeLayout(t, tarball, sc, &seq, chunk)
+			pc := newParallelGzip(9, 3, &par)
+			parTOC, parDiff := writeLayout(t, tarball, pc, io.Discard, chunk)
+			require.Equal(t, wantTOC, seqTOC)
+			require.Equal(t, ew.DiffID(), seqDiff.String())
+			require.True(t, bytes.Equal(want.Bytes(), seq.Bytes()), "eStargz: same bytes as estargz (%d vs %d)", want.Len(), seq.Len())
+			require.Equal(t, seqTOC, parTOC)
+			require.Equal(t, seqDiff, parDiff)
+			require.True(t, bytes.Equal(seq.Bytes(), par.Bytes()), "eStargz: parallel writes the same bytes (%d vs %d)", seq.Len(), par.Len())
+			require.Equal(t, sc.PayloadDigest(), pc.PayloadDigest())
+			require.Equal(t, sc.UncompressedSize(), pc.UncompressedSize())
+			require.Equal(t, digest.FromBytes(tarball), sc.PayloadDigest(), "the payload is the source tar")
+
+			// zstd:chunked
+			want.Reset()
+			upstream := &zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(3), Metadata: map[string]string{}}
+			ew = estargz.NewWriterWithCompressor(&want, upstream)
+			ew.ChunkSize = chunk
+			require.NoError(t, ew.AppendTarLossLess(bytes.NewReader(tarball)))
+			wantTOC, err = ew.Close()
+			require.NoError(t, err)
+
+			seq.Reset()
+			par.Reset()
+			zc, _ := newZstdChunkedCompressor(3, &seq)
+			if pz, ok := zc.(*parallelCompressor); ok {
+				pz.abort()
+				zc = &zstdChunkedCompressor{inner: &zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(3)}, payloadHash: newPayloadHash()}
+			}
+			seqTOC, _ = writeLayout(t, tarball, zc, &seq, chunk)
+			pz := newParallelZstdChunked(&zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(3)}, 3, &par)
+			parTOC, _ = writeLayout(t, tarball, pz, io.Discard, chunk)
+			require.Equal(t, wantTOC, seqTOC)
+			require.True(t, bytes.Equal(want.Bytes(), seq.Bytes()), "zstd:chunked: same bytes as estargz (%d vs %d)", want.Len(), seq.Len())
+			require.Equal(t, upstream.Metadata, zc.Annotations())
+			require.Equal(t, seqTOC, parTOC)
+			require.True(t, bytes.Equal(seq.Bytes(), par.Bytes()), "zstd:chunked: parallel writes the same bytes")
+			require.Equal(t, zc.Annotations(), pz.Annotations())
+		})
+	}
+}
+
+// A run of entries without data is split into streams of bounded size, and
+// the layer still reads back whole.
+func TestLayoutSplitsLongHeaderRuns(t *testing.T) {
+	var entries []imagegen.Entry
+	for i := range 20000 { // 20,000 headers: about 10 MB, no data
+		entries = append(entries, imagegen.Entry{Header: tar.Header{Name: strings.Repeat("d", 1+i%50) + "/" + strconv.Itoa(i) + "/", Typeflag: tar.TypeDir, Mode: 0o755}})
+	}
+	tarball := imagegen.TarBytes(entries)
+	streams := &countingCompressor{tocCompressor: newGzipCompressor(1)}
+	var out bytes.Buffer
+	writeLayout(t, tarball, streams, &out, 0)
+	require.Greater(t, streams.opened, len(tarball)/(maxHeaderRun+1024), "streams split")
+
+	sr := io.NewSectionReader(bytes.NewReader(out.Bytes()), 0, int64(out.Len()))
+	rc, err := estargz.Unpack(sr, new(estargz.GzipDecompressor))
+	require.NoError(t, err)
+	back, err := io.ReadAll(rc)
+	require.NoError(t, err)
+	require.Equal(t, digest.FromBytes(tarball), digest.FromBytes(back[:len(tarball)]), "the tar reads back")
+	r, err := estargz.Open(sr)
+	require.NoError(t, err)
+	_, ok := r.Lookup(strings.TrimSuffix(entries[19999].Header.Name, "/"))
+	require.True(t, ok)
+}
+
+type countingCompressor struct {
+	tocCompressor
+	opened int
+}
+
+func (c *countingCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error) {
+	c.opened++
+	return c.tocCompressor.Writer(w)
+}
+

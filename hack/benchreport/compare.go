@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	ctdconverter "github.com/containerd/containerd/v2/core/images/converter"
+	"github.com/containerd/platforms"
+	"github.com/containerd/stargz-snapshotter/estargz"
+	esgzconvert "github.com/containerd/stargz-snapshotter/nativeconverter/estargz"
+	zstdchunkedconvert "github.com/containerd/stargz-snapshotter/nativeconverter/zstdchunked"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/converter/stargz"
+	"github.com/lazyconv/lazyconv/internal/imagegen"
+	"github.com/lazyconv/lazyconv/localstore"
+)
+
+// format is a lazyconv converter and the peer converter of the same format,
+// at the same level.
+type format struct {
+	key, name string
+	ours      func() (converter.LayerConverter, error)
+	peer      ctdconverter.ConvertFunc
+}
+
+var formats = []format{
+	{"estargz", "eStargz, level 9",
+		func() (converter.LayerConverter, error) { return stargz.NewEStargz(stargz.DefaultEStargzOptions()) },
+		esgzconvert.LayerConvertFunc(estargz.WithCompressionLevel(9))},
+	{"zstdchunked", "zstd:chunked, level 3",
+		func() (converter.LayerConverter, error) {
+			return stargz.NewZstdChunked(stargz.DefaultZstdChunkedOptions())
+		},
+		zstdchunkedconvert.LayerConvertFuncWithCompressionLevel(zstd.SpeedDefault)},
+}
+
+// workload is an image to convert: its gzip'd layers.
+type workload struct {
+	name   string
+	layers []generated
+}
+
+// childResult is what one conversion in a child process reports.
+type childResult struct {
+	Seconds float64 `json:"seconds"`
+	Size    int64   `json:"size"`
+}
+
+// measured is the medians of one side of a comparison.
+type measured struct{ seconds, size, rssMB float64 }
+
+// compareWorkloads converts every workload to every format with lazyconv
+// and with stargz-snapshotter's nativeconverter (what nerdctl runs), each
+// conversion in its own process so that its peak RSS is its own, and prints
+// throughput, ratio, size difference and peak RSS, medians of runs.
+func compareWorkloads(work string, loads []workload, runs int) error {
+	for _, f := range formats {
+		fmt.Printf("\n%-30s %11s %11s %8s %8s %9s %9s\n", f.name, "lazyconv", "peer", "ratio", "size Δ", "RSS ours", "RSS peer")
+		for _, w := range loads {
+			ours, err := measure(work, "ours", f.key, w, runs)
+			if err != nil {
+				return err
+			}
+			peer, err := measure(work, "peer", f.key, w, runs)
+			if err != nil {
+				return err
+			}
+			mib := float64(w.tarBytes()) / (1 << 20)
+			fmt.Printf("%-30s %6.1f MiB/s %6.1f MiB/s %7.2fx %+7.2f%% %6.0f MB %6.0f MB\n", w.name,
+				mib/ours.seconds, mib/peer.seconds, peer.seconds/ours.seconds,
+				100*(ours.size-peer.size)/peer.size, ours.rssMB, peer.rssMB)
+		}
+	}
+	return nil
+}
+
+func (w workload) tarBytes() (n int64) {
+	for _, l := range w.layers {
+		n += l.TarBytes
+	}
+	return n
+}
+
+// measure runs side's conversion of w to format in runs child processes.
+func measure(work, side, format string, w workload, runs int) (measured, error) {
+	spec := filepath.Join(work, "layers.json")
+	b, _ := json.Marshal(w.layers)
+	if err := os.WriteFile(spec, b, 0o644); err != nil {
+		return measured{}, err
+	}
+	var secs, sizes, rss []float64
+	for range runs {
+		cmd := exec.Command(os.Args[0], "-child", side, "-child-format", format, "-child-layers", spec)
+		cmd.Stderr = os.Stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return measured{}, fmt.Errorf("%s %s of %s: %w", side, format, w.name, err)
+		}
+		var r childResult
+		if err := json.Unmarshal(out, &r); err != nil {
+			return measured{}, fmt.Errorf("%s %s of %s: %q: %w", side, format, w.name, out, err)
+		}
+		secs = append(secs, r.Seconds)
+		sizes = append(sizes, float64(r.Size))
+		rss = append(rss, float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss)/1024)
+	}
+	return measured{median(secs), median(sizes), median(rss)}, nil
+}
+
+// child converts the layers once, on a fresh store, and prints a childResult.
+func child(side, formatKey, spec string) error {
+	var layers []generated
+	b, err := os.ReadFile(spec)
+	if err == nil {
+		err = json.Unmarshal(b, &layers)
+	}
+	if err != nil {
+		return err
+	}
+	var f *format
+	for i := range formats {
+		if formats[i].key == formatKey {
+			f = &formats[i]
+		}
+	}
+	if f == nil {
+		return fmt.Errorf("unknown format %q", formatKey)
+	}
+	dir, err := os.MkdirTemp(filepath.Dir(spec), "child-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	st, err := localstore.Open(ctx, filepath.Join(dir, "store"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	ctx, ref, err := storeImage(ctx, st, layers)
+	if err != nil {
+		return err
+	}
+	var r childResult
+	start := time.Now()
+	if side == "ours" {
+		conv, err := converter.New(st.ContentStore(), st.LeaseManager())
+		if err != nil {
+			return err
+		}
+		lc, err := f.ours()
+		if err != nil {
+			return err
+		}
+		res, err := conv.ConvertImage(converter.WithScratchDir(ctx, dir), st.ImageStore(), ref, "bench:dst",
+			converter.ImageOptions{Layers: converter.Every(lc), Platforms: platforms.All})
+		if err != nil {
+			return err
+		}
+		r.Seconds = time.Since(start).Seconds()
+		for _, l := range res.Layers {
+			r.Size += l.Desc.Size
+		}
+	} else {
+		img, err := ctdconverter.Convert(ctx, st.Client(), "bench:dst", ref, ctdconverter.WithLayerConvertFunc(f.peer))
+		if err != nil {
+			return err
+		}
+		r.Seconds = time.Since(start).Seconds()
+		if r.Size, err = imageLayerBytes(ctx, st.Client(), img.Target); err != nil {
+			return err
+		}
+	}
+	return json.NewEncoder(os.Stdout).Encode(r)
+}
+
+// generateSmallFiles writes one gzip'd layer of n small files.
+func generateSmallFiles(dir string, n int) ([]generated, error) {
+	return generate(dir, "files", 1, func(w io.Writer, prefix string) error {
+		return imagegen.WriteSmallFilesTar(w, strings.TrimSuffix(prefix, "-"), n)
+	})
+}
