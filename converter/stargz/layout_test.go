@@ -164,4 +164,3 @@ func (c *countingCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, erro
 	c.opened++
 	return c.tocCompressor.Writer(w)
 }
-
