@@ -7,6 +7,7 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 
 	diffapi "github.com/containerd/containerd/api/services/diff/v1"
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
@@ -77,7 +78,7 @@ func initService(ic *plugin.InitContext) (any, error) {
 	if !ok {
 		return nil, fmt.Errorf("images service not available: %w", plugin.ErrSkipPlugin)
 	}
-	var opts []service.Option
+	opts := []service.Option{service.WithScratchDir(filepath.Join(ic.Properties[plugins.PropertyRootDir], "scratch"))}
 	sns, snOK := svcs[srv.SnapshotsService].(map[string]snapshots.Snapshotter)
 	diffClient, diffOK := svcs[srv.DiffService].(diffapi.DiffClient)
 	if snOK && diffOK {

@@ -10,7 +10,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
-	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/converter/nydus"
 	"github.com/lazyconv/lazyconv/converter/stargz"
 	"github.com/lazyconv/lazyconv/labels"
@@ -52,7 +51,7 @@ func (s *Service) checkEStargz(ctx context.Context, req *api.CheckEStargzRequest
 	if err != nil {
 		return nil, err
 	}
-	ctx = converter.WithLimits(ctx, s.cfg.Limits)
+	ctx = s.conversionContext(ctx)
 	dgst, err := digest.Parse(req.GetDigest())
 	if err != nil {
 		return nil, fmt.Errorf("digest %q: %v: %w", req.GetDigest(), err, errdefs.ErrInvalidArgument)

@@ -29,7 +29,7 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	if err != nil {
 		return err
 	}
-	ctx = converter.WithLimits(ctx, s.cfg.Limits)
+	ctx = s.conversionContext(ctx)
 	if req.GetSource() == "" || req.GetTarget() == "" {
 		return fmt.Errorf("source and target are required: %w", errdefs.ErrInvalidArgument)
 	}

@@ -10,6 +10,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/diff"
@@ -41,6 +42,8 @@ type Service struct {
 	rebuilder *rebuild.Rebuilder
 	// idle gives memory back once no conversion runs.
 	idle *idleReleaser
+	// scratchDir holds conversions' unlinked scratch files ("": the system's).
+	scratchDir string
 }
 
 // Option configures a Service.
@@ -51,6 +54,18 @@ type Option func(*Service)
 // daemon and the sidecar have them; the embedded store has none).
 func WithSnapshots(snapshotter func(name string) (snapshots.Snapshotter, error), differ diff.Comparer) Option {
 	return func(s *Service) { s.rebuilder = rebuild.New(s.cs, snapshotter, differ) }
+}
+
+// WithScratchDir keeps conversions' scratch files (a layer's TOC entries
+// while it is written; unlinked as soon as they are made) in dir, which is
+// created if needed. The daemon uses its plugin root.
+func WithScratchDir(dir string) Option {
+	return func(s *Service) { s.scratchDir = dir }
+}
+
+// conversionContext is ctx with the configured limits and scratch directory.
+func (s *Service) conversionContext(ctx context.Context) context.Context {
+	return converter.WithScratchDir(converter.WithLimits(ctx, s.cfg.Limits), s.scratchDir)
 }
 
 // New returns a Service over the given stores. It validates the
@@ -72,6 +87,11 @@ func New(cs content.Store, is images.Store, lm leases.Manager, cfg Config, versi
 		idle: newIdleReleaser(DefaultIdleRelease)}
 	for _, o := range opts {
 		o(s)
+	}
+	if s.scratchDir != "" {
+		if err := os.MkdirAll(s.scratchDir, 0o700); err != nil {
+			return nil, fmt.Errorf("scratch directory: %w", err)
+		}
 	}
 	return s, nil
 }

@@ -10,7 +10,6 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
-	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/converter/stargz"
 )
 
@@ -29,7 +28,7 @@ func (s *Service) VerifyImage(ctx context.Context, req *api.VerifyRequest) (*api
 	if err != nil {
 		return nil, err
 	}
-	ctx = converter.WithLimits(ctx, s.cfg.Limits)
+	ctx = s.conversionContext(ctx)
 	if req.GetRef() == "" {
 		return nil, fmt.Errorf("ref is required: %w", errdefs.ErrInvalidArgument)
 	}

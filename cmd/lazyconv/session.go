@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -81,7 +82,8 @@ func openEmbedded(ctx context.Context, cmd *cli.Command) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	svc, err := service.New(st.ContentStore(), st.ImageStore(), st.LeaseManager(), convertcmd.EmbeddedConfig(cmd), version)
+	svc, err := service.New(st.ContentStore(), st.ImageStore(), st.LeaseManager(), convertcmd.EmbeddedConfig(cmd), version,
+		service.WithScratchDir(filepath.Join(st.Root(), "scratch")))
 	if err != nil {
 		st.Close()
 		return nil, err

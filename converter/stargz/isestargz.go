@@ -156,16 +156,23 @@ func contained(parse func() error) (err error) {
 	return parse()
 }
 
-// readTOCDigest returns the digest of an eStargz layer's TOC JSON.
+// readTOCDigest returns the digest of an eStargz layer's TOC JSON, which it
+// streams (a TOC of any size is hashed in constant memory).
 func readTOCDigest(ctx context.Context, cs content.Provider, desc ocispec.Descriptor) (digest.Digest, error) {
 	ra, err := cs.ReaderAt(ctx, desc)
 	if err != nil {
 		return "", err
 	}
 	defer ra.Close()
-	r, err := OpenTOC(ctx, ra)
+	toc, chunks, err := openTOCJSON(ra, ra)
 	if err != nil {
 		return "", fmt.Errorf("reading eStargz TOC: %w", err)
 	}
-	return r.TOCDigest(), nil
+	defer chunks.Close()
+	defer toc.Close()
+	dg := digest.SHA256.Digester()
+	if _, err := io.Copy(dg.Hash(), toc); err != nil {
+		return "", fmt.Errorf("reading eStargz TOC: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return dg.Digest(), nil
 }

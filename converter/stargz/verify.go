@@ -1,13 +1,20 @@
 package stargz
 
 import (
+	"archive/tar"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"hash"
 	"io"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -17,14 +24,20 @@ import (
 // Report is what Verify checked.
 type Report struct {
 	TOCDigest digest.Digest
-	Entries   int   // TOC entries
+	Entries   int   // TOC entries, chunks not counted
 	Files     int   // regular files read back and checked
 	Bytes     int64 // file bytes read back
 }
 
-// Verify opens an eStargz or zstd:chunked layer, verifies its TOC against the TOC
-// digest annotation, and reads every regular file back, checking each against
-// the digest the TOC records. It reads the whole blob.
+// maxEntryJSON bounds the JSON of one TOC entry Verify decodes.
+const maxEntryJSON = 1 << 20
+
+// Verify checks an eStargz or zstd:chunked layer: its TOC against the TOC
+// digest annotation, and every regular file, read back chunk by chunk from
+// the offsets the TOC gives, against the chunk and file digests the TOC
+// records. It streams the TOC: memory does not grow with the number of
+// entries. A file that does not match is ErrDataLoss; a TOC that does not
+// match or cannot be read is ErrInvalidArgument.
 func Verify(ctx context.Context, cs content.Provider, desc ocispec.Descriptor) (Report, error) {
 	want, err := digest.Parse(desc.Annotations[labels.TOCDigestAnnotation])
 	if err != nil {
@@ -35,66 +48,322 @@ func Verify(ctx context.Context, cs content.Provider, desc ocispec.Descriptor) (
 		return Report{}, err
 	}
 	defer ra.Close()
-	r, err := OpenTOC(ctx, &blockReaderAt{ra: ra, size: ra.Size()})
+	// The TOC and the chunks are read through blocks of their own: they
+	// are at opposite ends of the blob.
+	toc, chunks, err := openTOCJSON(&blockReaderAt{ra: ra, size: ra.Size()}, &blockReaderAt{ra: ra, size: ra.Size()})
 	if err != nil {
 		return Report{}, fmt.Errorf("layer %s is not eStargz: %w", desc.Digest, err)
 	}
-	if _, err := r.VerifyTOC(want); err != nil {
-		return Report{}, fmt.Errorf("layer %s: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
+	defer toc.Close()
+	defer chunks.Close()
+	tocDigest := digest.SHA256.Digester()
+	v := &tocVerifier{ctx: ctx, chunks: chunks}
+	walkErr := walkTOC(io.TeeReader(toc, tocDigest.Hash()), v.entry)
+	if walkErr == nil {
+		walkErr = v.finish()
 	}
-	rep := Report{TOCDigest: r.TOCDigest()}
-	root, ok := r.Lookup("")
-	if !ok {
-		return rep, nil
+	if _, err := io.Copy(io.Discard, io.TeeReader(toc, tocDigest.Hash())); err != nil && walkErr == nil {
+		walkErr = fmt.Errorf("reading the TOC: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
-	var walk func(e *estargz.TOCEntry) error
-	walk = func(e *estargz.TOCEntry) error {
-		var err error
-		e.ForeachChild(func(_ string, c *estargz.TOCEntry) bool {
-			rep.Entries++
-			switch c.Type {
-			case "dir":
-				err = walk(c)
-			case "reg":
-				err = checkFile(ctx, r, c, &rep)
-			}
-			return err == nil
-		})
-		return err
+	v.rep.TOCDigest = tocDigest.Digest()
+	if v.rep.TOCDigest != want {
+		return v.rep, fmt.Errorf("layer %s: TOC digest %s, annotated %s: %w", desc.Digest, v.rep.TOCDigest, want, errdefs.ErrInvalidArgument)
 	}
-	return rep, walk(root)
+	if walkErr != nil {
+		return v.rep, fmt.Errorf("layer %s: %w", desc.Digest, walkErr)
+	}
+	return v.rep, nil
 }
 
-func checkFile(ctx context.Context, r *estargz.Reader, e *estargz.TOCEntry, rep *Report) error {
-	if err := ctx.Err(); err != nil {
+// openTOCJSON finds a blob's TOC by its footer (eStargz's, else
+// zstd:chunked's), and returns a reader of the TOC's JSON and a reader of
+// the blob's chunks (through data, the same blob) for its format.
+func openTOCJSON(ra, data SizedReaderAt) (io.ReadCloser, chunkReader, error) {
+	sr := io.NewSectionReader(ra, 0, ra.Size())
+	var tocOffset int64
+	if err := contained(func() (err error) { tocOffset, _, err = estargz.OpenFooter(sr); return err }); err == nil &&
+		tocOffset >= 0 && tocOffset < ra.Size() {
+		zr, err := gzip.NewReader(io.NewSectionReader(ra, tocOffset, ra.Size()-tocOffset))
+		if err != nil {
+			return nil, nil, fmt.Errorf("its TOC is no gzip stream: %v: %w", err, errdefs.ErrInvalidArgument)
+		}
+		tr := tar.NewReader(zr)
+		h, err := tr.Next()
+		if err != nil || h.Name != estargz.TOCTarName {
+			zr.Close()
+			return nil, nil, fmt.Errorf("its footer points at no TOC: %w", errdefs.ErrInvalidArgument)
+		}
+		return readCloser{tr, zr}, &gzipChunks{ra: data}, nil
+	}
+	d := new(zstdchunked.Decompressor)
+	if ra.Size() >= d.FooterSize() {
+		footer := make([]byte, d.FooterSize())
+		if _, err := ra.ReadAt(footer, ra.Size()-d.FooterSize()); err == nil {
+			_, off, size, err := d.ParseFooter(footer)
+			if err == nil && off >= 0 && size >= 0 && off+size <= ra.Size() {
+				zr, err := zstd.NewReader(io.NewSectionReader(ra, off, size), zstd.WithDecoderConcurrency(1))
+				if err != nil {
+					return nil, nil, err
+				}
+				return readCloser{zr, closerFunc(zr.Close)}, &zstdChunks{ra: data}, nil
+			}
+		}
+	}
+	return nil, nil, fmt.Errorf("no eStargz or zstd:chunked footer: %w", errdefs.ErrInvalidArgument)
+}
+
+// walkTOC decodes a TOC's JSON one entry at a time (no entry beyond
+// maxEntryJSON), calling fn for each.
+func walkTOC(r io.Reader, fn func(*estargz.TOCEntry) error) error {
+	bounded := &boundedReader{r: r}
+	dec := json.NewDecoder(bounded)
+	malformed := func(what string, err error) error {
+		return fmt.Errorf("malformed TOC (%s): %v: %w", what, err, errdefs.ErrInvalidArgument)
+	}
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return malformed("not an object", err)
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return malformed("key", err)
+		}
+		if key != "entries" {
+			bounded.mark(dec.InputOffset())
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return malformed(fmt.Sprint(key), err)
+			}
+			continue
+		}
+		if t, err := dec.Token(); err != nil || (t != json.Delim('[') && t != nil) {
+			return malformed("entries", err)
+		} else if t == nil {
+			continue
+		}
+		for dec.More() {
+			bounded.mark(dec.InputOffset())
+			var e estargz.TOCEntry
+			if err := dec.Decode(&e); err != nil {
+				return malformed("entry", err)
+			}
+			if err := fn(&e); err != nil {
+				return err
+			}
+		}
+		if _, err := dec.Token(); err != nil {
+			return malformed("entries", err)
+		}
+	}
+	if _, err := dec.Token(); err != nil {
+		return malformed("end", err)
+	}
+	return nil
+}
+
+// boundedReader fails once more than maxEntryJSON (and a read-ahead
+// buffer) has been read since the last mark: one JSON value must not make
+// the decoder buffer without bound.
+type boundedReader struct {
+	r        io.Reader
+	read, at int64
+}
+
+func (b *boundedReader) mark(offset int64) { b.at = offset }
+
+func (b *boundedReader) Read(p []byte) (int, error) {
+	if b.read-b.at > maxEntryJSON+64<<10 {
+		return 0, fmt.Errorf("a TOC entry is larger than %d bytes", maxEntryJSON)
+	}
+	n, err := b.r.Read(p)
+	b.read += int64(n)
+	return n, err
+}
+
+// tocVerifier checks the files of a TOC as its entries go by: a reg entry
+// starts a file, its chunk entries continue it, and the file's digest is
+// checked once its last byte is read.
+type tocVerifier struct {
+	ctx    context.Context
+	chunks chunkReader
+	rep    Report
+	file   *estargz.TOCEntry // the file being read, nil between files
+	want   digest.Digest
+	hash   hash.Hash
+	read   int64
+	buf    []byte
+}
+
+func (v *tocVerifier) entry(e *estargz.TOCEntry) error {
+	if err := v.ctx.Err(); err != nil {
 		return err
 	}
-	fr, err := r.OpenFile(e.Name)
-	if err != nil {
-		return fmt.Errorf("opening %s: %w", e.Name, err)
+	if e.Type == "chunk" {
+		if v.file == nil || e.Name != v.file.Name {
+			return fmt.Errorf("malformed TOC: chunk of %q where no such file is being read: %w", e.Name, errdefs.ErrInvalidArgument)
+		}
+		return v.chunk(e)
+	}
+	if err := v.finish(); err != nil {
+		return err
+	}
+	v.rep.Entries++
+	if e.Type != "reg" {
+		return nil
 	}
 	want, err := digest.Parse(e.Digest)
 	if err != nil {
 		return fmt.Errorf("%s: TOC digest %q: %v: %w", e.Name, e.Digest, err, errdefs.ErrInvalidArgument)
 	}
-	v := want.Verifier()
-	// Read a chunk at a time: estargz decompresses a chunk from its start
-	// for every read, so small reads would cost quadratic time.
-	bufSize := e.ChunkSize
-	if bufSize <= 0 || bufSize > e.Size {
-		bufSize = e.Size
+	if e.Size < 0 {
+		return fmt.Errorf("%s: negative size in the TOC: %w", e.Name, errdefs.ErrInvalidArgument)
 	}
-	n, err := io.CopyBuffer(v, io.NewSectionReader(fr, 0, e.Size), make([]byte, max(bufSize, 1)))
+	f := *e
+	v.file, v.want, v.hash, v.read = &f, want, want.Algorithm().Hash(), 0
+	if e.Size == 0 {
+		return v.finish()
+	}
+	return v.chunk(e)
+}
+
+// chunk reads one chunk of the current file.
+func (v *tocVerifier) chunk(e *estargz.TOCEntry) error {
+	f := v.file
+	if e.ChunkOffset != v.read {
+		return fmt.Errorf("malformed TOC: %s: chunk at %d, expected %d: %w", f.Name, e.ChunkOffset, v.read, errdefs.ErrInvalidArgument)
+	}
+	size := e.ChunkSize
+	if size <= 0 || size > f.Size-e.ChunkOffset {
+		size = f.Size - e.ChunkOffset
+	}
+	r, err := v.chunks.Open(e.Offset, e.InnerOffset)
 	if err != nil {
-		return fmt.Errorf("reading %s: %w", e.Name, err)
+		return fmt.Errorf("%s: chunk at offset %d: %v: %w", f.Name, e.Offset, err, errdefs.ErrDataLoss)
 	}
-	if !v.Verified() {
-		return fmt.Errorf("%s does not match its TOC digest %s: %w", e.Name, want, errdefs.ErrDataLoss)
+	var chunk digest.Verifier
+	hashes := io.Writer(v.hash)
+	if e.ChunkDigest != "" {
+		cd, err := digest.Parse(e.ChunkDigest)
+		if err != nil {
+			return fmt.Errorf("%s: chunk digest %q: %v: %w", f.Name, e.ChunkDigest, err, errdefs.ErrInvalidArgument)
+		}
+		chunk = cd.Verifier()
+		hashes = io.MultiWriter(v.hash, chunk)
 	}
-	rep.Files++
-	rep.Bytes += n
+	if v.buf == nil {
+		v.buf = make([]byte, 64<<10)
+	}
+	n, err := io.CopyBuffer(hashes, io.LimitReader(r, size), v.buf)
+	v.read += n
+	v.rep.Bytes += n
+	if err != nil || n != size {
+		return fmt.Errorf("reading %s: %d of %d bytes at offset %d: %v: %w", f.Name, n, size, e.Offset, err, errdefs.ErrDataLoss)
+	}
+	if chunk != nil && !chunk.Verified() {
+		return fmt.Errorf("%s: chunk at %d does not match its TOC digest %s: %w", f.Name, e.ChunkOffset, e.ChunkDigest, errdefs.ErrDataLoss)
+	}
+	if v.read == f.Size {
+		return v.finish()
+	}
 	return nil
 }
+
+// finish checks the file being read, if any, once all its bytes are in.
+func (v *tocVerifier) finish() error {
+	f := v.file
+	if f == nil {
+		return nil
+	}
+	v.file = nil
+	if v.read != f.Size {
+		return fmt.Errorf("malformed TOC: %s: chunks cover %d of %d bytes: %w", f.Name, v.read, f.Size, errdefs.ErrInvalidArgument)
+	}
+	if got := digest.NewDigest(v.want.Algorithm(), v.hash); got != v.want {
+		return fmt.Errorf("%s does not match its TOC digest %s: %w", f.Name, v.want, errdefs.ErrDataLoss)
+	}
+	v.rep.Files++
+	return nil
+}
+
+// chunkReader opens the compressed stream that starts at a chunk's offset.
+type chunkReader interface {
+	// Open returns the uncompressed bytes from offset's stream, inner
+	// bytes in.
+	Open(offset, inner int64) (io.Reader, error)
+	Close() error
+}
+
+type gzipChunks struct {
+	ra SizedReaderAt
+	zr *gzip.Reader
+}
+
+func (g *gzipChunks) Open(offset, inner int64) (io.Reader, error) {
+	if offset < 0 || offset >= g.ra.Size() {
+		return nil, errors.New("offset outside the blob")
+	}
+	sr := io.NewSectionReader(g.ra, offset, g.ra.Size()-offset)
+	var err error
+	if g.zr == nil {
+		g.zr, err = gzip.NewReader(sr)
+	} else {
+		err = g.zr.Reset(sr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	g.zr.Multistream(false)
+	return skip(g.zr, inner)
+}
+
+func (g *gzipChunks) Close() error { return nil }
+
+type zstdChunks struct {
+	ra SizedReaderAt
+	zr *zstd.Decoder
+}
+
+func (z *zstdChunks) Open(offset, inner int64) (io.Reader, error) {
+	if offset < 0 || offset >= z.ra.Size() {
+		return nil, errors.New("offset outside the blob")
+	}
+	sr := io.NewSectionReader(z.ra, offset, z.ra.Size()-offset)
+	var err error
+	if z.zr == nil {
+		z.zr, err = zstd.NewReader(sr, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+	} else {
+		err = z.zr.Reset(sr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return skip(z.zr, inner)
+}
+
+func (z *zstdChunks) Close() error {
+	if z.zr != nil {
+		z.zr.Close()
+	}
+	return nil
+}
+
+func skip(r io.Reader, n int64) (io.Reader, error) {
+	if n > 0 {
+		if m, err := io.CopyN(io.Discard, r, n); err != nil || m != n {
+			return nil, fmt.Errorf("skipping %d bytes into the stream: %v", n, err)
+		}
+	}
+	return r, nil
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
+type closerFunc func()
+
+func (f closerFunc) Close() error { f(); return nil }
 
 // blockReaderAt reads its source in 4 MiB blocks and keeps the last one: the
 // many small reads of a walk over an eStargz blob become a few large ones,
