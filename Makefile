@@ -4,6 +4,12 @@ STATICCHECK_VERSION ?= v0.8.2
 DEMO_DIR ?= $(CURDIR)/.cache/demo
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
+# libdeflate (Debian's libdeflate-dev, linked statically) writes eStargz's
+# gzip streams when it is installed; without it the build is pure Go and
+# writes them with klauspost/compress (see internal/libdeflate). Every go
+# command below gets the tag through GOFLAGS.
+LIBDEFLATE := $(shell pkg-config --exists libdeflate 2>/dev/null && echo libdeflate)
+export GOFLAGS := $(strip $(GOFLAGS) $(if $(LIBDEFLATE),-tags=$(LIBDEFLATE)))
 
 .PHONY: all build daemons demo test lint bench fuzz clean protos
 
@@ -46,8 +52,8 @@ bench: build daemons
 
 # containerd-lazyconv, lazyconv's ctr, the lazyconvd sidecar, and a stock containerd v2.4 (from the Go module proxy).
 daemons:
-	$(GO) build -tags no_btrfs -ldflags "$(LDFLAGS)" -o bin/containerd-lazyconv ./cmd/containerd-lazyconv
-	$(GO) build -tags no_btrfs -o bin/ctr ./cmd/ctr
+	$(GO) build -tags "no_btrfs $(LIBDEFLATE)" -ldflags "$(LDFLAGS)" -o bin/containerd-lazyconv ./cmd/containerd-lazyconv
+	$(GO) build -tags "no_btrfs $(LIBDEFLATE)" -o bin/ctr ./cmd/ctr
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/lazyconvd ./cmd/lazyconvd
 	test -x bin/stock/containerd || GOBIN=$(CURDIR)/bin/stock $(GO) install -tags no_btrfs github.com/containerd/containerd/v2/cmd/containerd@v2.4.2
 

@@ -116,11 +116,11 @@ func TestVariantsLiveWithTheirSource(t *testing.T) {
 	for i, l := range srcLayers {
 		info, err := f.CS.Info(f.Ctx, l.Digest)
 		require.NoError(t, err)
-		assert.Equal(t, variants[i].Digest.String(), info.Labels[labels.VariantKey("estargz")])
+		assert.Equal(t, variants[i].Digest.String(), info.Labels[labels.VariantKey(conv.Variant())])
 		assert.NotEmpty(t, info.Labels[labels.Uncompressed], "the source's diffID is cached on the way")
 		vinfo, err := f.CS.Info(f.Ctx, variants[i].Digest)
 		require.NoError(t, err)
-		assert.Equal(t, l.Digest.String(), vinfo.Labels[labels.VariantBackRefKey("estargz")])
+		assert.Equal(t, l.Digest.String(), vinfo.Labels[labels.VariantBackRefKey(conv.Variant())])
 	}
 
 	// Without the converted image, the variants live on through their sources.

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lazyconv/lazyconv/internal/libdeflate"
+
 	"golang.org/x/crypto/bcrypt"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -78,7 +80,7 @@ func buildBinaries() error {
 		{bins.containerdLazyconv, "./cmd/containerd-lazyconv"},
 		{bins.ctr, "./cmd/ctr"},
 	} {
-		if err := goCmd(repo, nil, "build", "-tags", "no_btrfs", "-o", b.out, b.pkg); err != nil {
+		if err := goCmd(repo, nil, "build", "-tags", buildTags(), "-o", b.out, b.pkg); err != nil {
 			return err
 		}
 	}
@@ -338,4 +340,13 @@ http:
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// buildTags are the tags the binaries under test are built with: this test
+// binary's own (libdeflate where it has it) and no btrfs.
+func buildTags() string {
+	if libdeflate.Available {
+		return "no_btrfs,libdeflate"
+	}
+	return "no_btrfs"
 }

@@ -28,17 +28,46 @@ type EStargzOptions struct {
 	// ChunkSize is the largest run of a regular file's bytes kept in one gzip
 	// stream (0: estargz's default of 4 MiB).
 	ChunkSize int `option:"chunk-size" variant:"chunk" usage:"eStargz chunk size in bytes (0: 4 MiB)"`
+	// Deflate writes the gzip streams: "libdeflate" (the default where the
+	// build has it) or "go" (klauspost/compress, pure Go). They write
+	// different bytes, so a fleet mixing builds names one. Empty is the
+	// build's default.
+	Deflate string `option:"deflate" variant:"deflate" usage:"eStargz gzip implementation: libdeflate (default where built in) or go"`
 }
 
 // DefaultEStargzOptions are the options a request that sets none gets.
-func DefaultEStargzOptions() EStargzOptions { return EStargzOptions{CompressionLevel: 9} }
+func DefaultEStargzOptions() EStargzOptions {
+	return EStargzOptions{CompressionLevel: 9, Deflate: DefaultDeflate()}
+}
 
-// Validate reports a bad option with ErrInvalidArgument.
+// variantBaseline is what variant keys leave out: level 9 written by
+// libdeflate. A pure-Go build's default output is another variant
+// ("estargz.deflate-go"), so that builds never take each other's blobs for
+// their own.
+func (o EStargzOptions) variantBaseline() EStargzOptions {
+	return EStargzOptions{CompressionLevel: 9, Deflate: DeflateLibdeflate}
+}
+
+// resolved fills an empty Deflate with the build's default and names the
+// linked libdeflate's version when it is not the one lazyconv is built
+// with (see deflateIdentity): what the variant key is derived from.
+func (o EStargzOptions) resolved() EStargzOptions {
+	if o.Deflate == "" {
+		o.Deflate = DefaultDeflate()
+	}
+	return o
+}
+
+// Validate reports a bad option with ErrInvalidArgument (libdeflate asked
+// of a build without it: ErrUnavailable).
 func (o EStargzOptions) Validate() error {
 	if err := validGzipLevel(o.CompressionLevel); err != nil {
 		return err
 	}
-	return validChunkSize(o.ChunkSize)
+	if err := validChunkSize(o.ChunkSize); err != nil {
+		return err
+	}
+	return validDeflate(o.resolved().Deflate)
 }
 
 // The two writers an eStargz layer can come from take their settings here,
@@ -48,7 +77,18 @@ func (o EStargzOptions) Validate() error {
 func (o EStargzOptions) configure(w *layoutWriter) { w.SetChunkSize(o.ChunkSize) }
 
 func (o EStargzOptions) buildOptions() []estargz.Option {
-	return []estargz.Option{estargz.WithCompressionLevel(o.CompressionLevel), estargz.WithChunkSize(o.ChunkSize)}
+	return []estargz.Option{estargz.WithCompression(&buildCompression{streams: o.streams()}), estargz.WithChunkSize(o.ChunkSize)}
+}
+
+func (o EStargzOptions) streams() gzipStreams {
+	return newGzipStreams(o.CompressionLevel, o.resolved().Deflate)
+}
+
+// variantKey is the options' part of a variant name (see options.Variant).
+func (o EStargzOptions) variantKey() EStargzOptions {
+	o = o.resolved()
+	o.Deflate = deflateIdentity(o.Deflate)
+	return o
 }
 
 // NewEStargz returns the lossless eStargz layer converter: estargz.Unpack of
@@ -60,21 +100,22 @@ func NewEStargz(o EStargzOptions) (converter.LayerConverter, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
+	streams := o.streams()
 	return &tocConverter{
-		format: "estargz", variant: options.Variant("estargz", o, DefaultEStargzOptions()),
-		out: converter.Gzip, level: o.CompressionLevel, configure: o.configure,
-		newCompressor: newEStargzCompressor,
+		format: "estargz", variant: options.Variant("estargz", o.variantKey(), o.variantBaseline()),
+		out: converter.Gzip, configure: o.configure,
+		newCompressor: func(out io.Writer) (tocCompressor, io.Writer) { return newEStargzCompressor(streams, out) },
 		keep:          keepEStargz,
 	}, nil
 }
 
 // newEStargzCompressor compresses the gzip streams of one layer on every core
 // (parallelCompressor), or in line with one core.
-func newEStargzCompressor(level int, out io.Writer) (tocCompressor, io.Writer) {
+func newEStargzCompressor(streams gzipStreams, out io.Writer) (tocCompressor, io.Writer) {
 	if workers := runtime.GOMAXPROCS(0); workers > 1 {
-		return newParallelGzip(level, workers, out), io.Discard
+		return newParallelGzip(streams, workers, out), io.Discard
 	}
-	return newGzipCompressor(level), out
+	return newGzipCompressor(streams), out
 }
 
 // keepEStargz keeps gzip layers that already are eStargz (filling in a

@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -135,17 +136,36 @@ func TestEStargzKeepsEStargzLayers(t *testing.T) {
 }
 
 // The variant keys of existing caches stay what they were before options
-// became one struct: same options, same label.
+// became one struct: same options, same label. libdeflate is the baseline
+// (unnamed); klauspost's pure-Go output is named, in every build.
 func TestEStargzVariantNames(t *testing.T) {
-	for _, tc := range []struct {
+	cases := []struct {
 		opts stargz.EStargzOptions
 		want string
 	}{
-		{stargz.DefaultEStargzOptions(), "estargz"},
-		{stargz.EStargzOptions{CompressionLevel: 6}, "estargz.level-6"},
-		{stargz.EStargzOptions{CompressionLevel: 1, ChunkSize: 1024}, "estargz.chunk-1024.level-1"},
-		{stargz.EStargzOptions{CompressionLevel: -2}, "estargz.level--2"},
-	} {
+		{stargz.EStargzOptions{CompressionLevel: 6, Deflate: stargz.DeflateGo}, "estargz.deflate-go.level-6"},
+		{stargz.EStargzOptions{CompressionLevel: 1, ChunkSize: 1024, Deflate: stargz.DeflateGo}, "estargz.chunk-1024.deflate-go.level-1"},
+		{stargz.EStargzOptions{CompressionLevel: 9, Deflate: stargz.DeflateGo}, "estargz.deflate-go"},
+	}
+	if stargz.DefaultDeflate() == stargz.DeflateLibdeflate {
+		cases = append(cases, []struct {
+			opts stargz.EStargzOptions
+			want string
+		}{
+			{stargz.DefaultEStargzOptions(), "estargz"},
+			{stargz.EStargzOptions{CompressionLevel: 6}, "estargz.level-6"},
+			{stargz.EStargzOptions{CompressionLevel: 1, ChunkSize: 1024}, "estargz.chunk-1024.level-1"},
+			{stargz.EStargzOptions{CompressionLevel: -2}, "estargz.level--2"},
+		}...)
+	} else {
+		cases = append(cases, struct {
+			opts stargz.EStargzOptions
+			want string
+		}{stargz.DefaultEStargzOptions(), "estargz.deflate-go"})
+		_, err := stargz.NewEStargz(stargz.EStargzOptions{CompressionLevel: 9, Deflate: stargz.DeflateLibdeflate})
+		assert.True(t, errdefs.IsUnavailable(err), "libdeflate asked of a build without it: %v", err)
+	}
+	for _, tc := range cases {
 		c, err := stargz.NewEStargz(tc.opts)
 		require.NoError(t, err)
 		assert.Equal(t, tc.want, c.Variant())

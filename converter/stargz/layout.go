@@ -33,7 +33,8 @@ type layoutWriter struct {
 	comp      tocCompressor
 	stream    estargz.WriteFlushCloser // the open compressed stream, if any
 	headerRun int64                    // header bytes in stream since its last file data
-	diffHash  hash.Hash
+	diffHash  countingHash             // the layer's uncompressed stream: payload, then any TOC entry
+	payload   digest.Digest
 	chunkSize int64
 	spill     *entrySpill
 	unames    map[int]string // the last user name written per uid
@@ -49,7 +50,7 @@ const defaultChunkSize = 4 << 20
 func newLayoutWriter(w io.Writer, comp tocCompressor, spill *entrySpill) *layoutWriter {
 	bw := bufio.NewWriter(w)
 	return &layoutWriter{
-		bw: bw, cw: &countingWriter{w: bw}, comp: comp, diffHash: sha256.New(), chunkSize: defaultChunkSize,
+		bw: bw, cw: &countingWriter{w: bw}, comp: comp, diffHash: countingHash{Hash: sha256.New()}, chunkSize: defaultChunkSize,
 		spill: spill, unames: map[int]string{}, gnames: map[int]string{},
 	}
 }
@@ -61,6 +62,17 @@ func (w *layoutWriter) SetChunkSize(n int) {
 	if n > 0 {
 		w.chunkSize = int64(n)
 	}
+}
+
+// countingHash is a hash that counts what it is given.
+type countingHash struct {
+	hash.Hash
+	n int64
+}
+
+func (c *countingHash) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	return c.Hash.Write(p)
 }
 
 // Write writes uncompressed layer bytes into the current stream, opening
@@ -173,27 +185,35 @@ func (w *layoutWriter) appendEntry(tr *tar.Reader, h *tar.Header) error {
 		return fmt.Errorf("unsupported input tar entry %q", h.Typeflag)
 	}
 	if h.Typeflag != tar.TypeReg {
-		_, err := w.spill.Append(&ent, false)
+		_, err := w.spill.Append(&ent, nil, false)
 		return err
 	}
 	if ent.Size == 0 {
-		slot, err := w.spill.Append(&ent, true)
+		slot, err := w.spill.Append(&ent, nil, true)
 		if err != nil {
 			return err
 		}
-		return w.spill.Patch(slot, digest.SHA256.FromBytes(nil))
+		return w.spill.Patch(slot, emptySHA256[:])
 	}
 	return w.appendData(tr, &ent)
 }
+
+var emptySHA256 = sha256.Sum256(nil)
 
 // appendData writes a regular file's data, a stream per chunk. The first
 // chunk's fields are the reg entry's own; each further chunk is a "chunk"
 // entry. The digest of the whole file is patched into the reg entry last.
 func (w *layoutWriter) appendData(tr io.Reader, ent *estargz.TOCEntry) error {
-	file := sha256.New()
-	chunk := sha256.New()
-	src := io.TeeReader(tr, file)
 	slot, total := int64(-1), ent.Size
+	chunk := sha256.New()
+	var sum [sha256.Size]byte
+	// A file of one chunk (most files) is hashed once: its chunk's digest is
+	// its digest.
+	src, file := tr, hash.Hash(nil)
+	if total > w.chunkSize {
+		file = sha256.New()
+		src = io.TeeReader(tr, file)
+	}
 	for written := int64(0); written < total; {
 		size := w.chunkSize
 		if remain := total - written; remain < size {
@@ -218,8 +238,7 @@ func (w *layoutWriter) appendData(tr io.Reader, ent *estargz.TOCEntry) error {
 		if _, err := io.CopyN(w, io.TeeReader(src, chunk), size); err != nil {
 			return fmt.Errorf("error copying %q: %v", ent.Name, err)
 		}
-		ent.ChunkDigest = digest.NewDigestFromBytes(digest.SHA256, chunk.Sum(nil)).String()
-		n, err := w.spill.Append(ent, slot < 0)
+		n, err := w.spill.Append(ent, chunk.Sum(sum[:0]), slot < 0)
 		if err != nil {
 			return err
 		}
@@ -229,7 +248,10 @@ func (w *layoutWriter) appendData(tr io.Reader, ent *estargz.TOCEntry) error {
 		written += size
 		*ent = estargz.TOCEntry{Name: ent.Name, Type: "chunk"}
 	}
-	return w.spill.Patch(slot, digest.NewDigestFromBytes(digest.SHA256, file.Sum(nil)))
+	if file != nil {
+		return w.spill.Patch(slot, file.Sum(sum[:0]))
+	}
+	return w.spill.Patch(slot, sum[:])
 }
 
 // nameIfChanged returns name unless it already was the last name of id.
@@ -256,12 +278,23 @@ func (w *layoutWriter) Close() (digest.Digest, error) {
 	if err := w.closeStream(); err != nil {
 		return "", err
 	}
-	d, err := w.comp.WriteTOCAndFooter(w.cw, w.cw.n, w.spill, w.diffHash)
+	w.payload = digest.NewDigestFromBytes(digest.SHA256, w.diffHash.Sum(nil))
+	d, err := w.comp.WriteTOCAndFooter(w.cw, w.cw.n, w.spill, &w.diffHash)
 	if err != nil {
 		return "", err
 	}
 	return d, w.bw.Flush()
 }
+
+// PayloadDigest is the digest of the payload, every uncompressed byte
+// before the TOC: for a lossless layer, the source's diffID. Valid after
+// Close.
+func (w *layoutWriter) PayloadDigest() digest.Digest { return w.payload }
+
+// UncompressedSize is the size of the layer's uncompressed stream (with an
+// eStargz TOC's tar entry; zstd:chunked's TOC is outside it). Valid after
+// Close.
+func (w *layoutWriter) UncompressedSize() int64 { return w.diffHash.n }
 
 // DiffID is the digest of the uncompressed layer, TOC entry included.
 func (w *layoutWriter) DiffID() digest.Digest {

@@ -1,8 +1,10 @@
 package stargz
 
 import (
+	"compress/gzip"
 	"archive/tar"
 	"bytes"
+	"hash"
 	"io"
 	"math/rand"
 	"strconv"
@@ -56,8 +58,9 @@ func layoutCases() map[string][]byte {
 }
 
 // writeLayout lays out tarball with comp (writing to layout, the compressor
-// writes the real output itself when parallel) and returns the TOC digest.
-func writeLayout(t *testing.T, tarball []byte, comp tocCompressor, layout io.Writer, chunk int) (digest.Digest, digest.Digest) {
+// writes the real output itself when parallel) and returns the TOC digest
+// and the closed writer.
+func writeLayout(t *testing.T, tarball []byte, comp tocCompressor, layout io.Writer, chunk int) (digest.Digest, *layoutWriter) {
 	t.Helper()
 	spill, err := newEntrySpill(t.TempDir())
 	require.NoError(t, err)
@@ -67,7 +70,7 @@ func writeLayout(t *testing.T, tarball []byte, comp tocCompressor, layout io.Wri
 	require.NoError(t, w.AppendTarLossLess(bytes.NewReader(tarball)))
 	toc, err := w.Close()
 	require.NoError(t, err)
-	return toc, w.DiffID()
+	return toc, w
 }
 
 // The layout writer writes what estargz's lossless writer writes with the
@@ -80,26 +83,32 @@ func TestLayoutMatchesEStargzWriter(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			// eStargz
 			var want bytes.Buffer
-			ew := estargz.NewWriterWithCompressor(&want, jtocCompressor{newGzipCompressor(9)})
+			ew := estargz.NewWriterWithCompressor(&want, jtocCompressor{newGzipCompressor(newGzipStreams(9, DeflateGo))})
 			ew.ChunkSize = chunk
 			require.NoError(t, ew.AppendTarLossLess(bytes.NewReader(tarball)))
 			wantTOC, err := ew.Close()
 			require.NoError(t, err)
 
 			var seq, par bytes.Buffer
-			sc := newGzipCompressor(9)
+			sc := newGzipCompressor(newGzipStreams(9, DeflateGo))
 			seqTOC, seqDiff := writeLayout(t, tarball, sc, &seq, chunk)
-			pc := newParallelGzip(9, 3, &par)
+			pc := newParallelGzip(newGzipStreams(9, DeflateGo), 3, &par)
 			parTOC, parDiff := writeLayout(t, tarball, pc, io.Discard, chunk)
 			require.Equal(t, wantTOC, seqTOC)
-			require.Equal(t, ew.DiffID(), seqDiff.String())
+			require.Equal(t, ew.DiffID(), seqDiff.DiffID().String())
 			require.True(t, bytes.Equal(want.Bytes(), seq.Bytes()), "eStargz: same bytes as estargz (%d vs %d)", want.Len(), seq.Len())
 			require.Equal(t, seqTOC, parTOC)
-			require.Equal(t, seqDiff, parDiff)
+			require.Equal(t, seqDiff.DiffID(), parDiff.DiffID())
 			require.True(t, bytes.Equal(seq.Bytes(), par.Bytes()), "eStargz: parallel writes the same bytes (%d vs %d)", seq.Len(), par.Len())
-			require.Equal(t, sc.PayloadDigest(), pc.PayloadDigest())
-			require.Equal(t, sc.UncompressedSize(), pc.UncompressedSize())
-			require.Equal(t, digest.FromBytes(tarball), sc.PayloadDigest(), "the payload is the source tar")
+			require.Equal(t, seqDiff.UncompressedSize(), parDiff.UncompressedSize())
+			require.Equal(t, digest.FromBytes(tarball), seqDiff.PayloadDigest(), "the payload is the source tar")
+			zr, err := gzip.NewReader(bytes.NewReader(seq.Bytes()))
+			require.NoError(t, err)
+			whole := digest.SHA256.Digester()
+			n, err := io.Copy(whole.Hash(), zr)
+			require.NoError(t, err)
+			require.Equal(t, seqDiff.UncompressedSize(), n, "the uncompressed size is every byte the blob decompresses to")
+			require.Equal(t, seqDiff.DiffID(), whole.Digest(), "and the diffID their digest")
 
 			// zstd:chunked
 			want.Reset()
@@ -115,7 +124,7 @@ func TestLayoutMatchesEStargzWriter(t *testing.T) {
 			zc, _ := newZstdChunkedCompressor(3, &seq)
 			if pz, ok := zc.(*parallelCompressor); ok {
 				pz.abort()
-				zc = &zstdChunkedCompressor{inner: &zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(3)}, payloadHash: newPayloadHash()}
+				zc = &zstdChunkedCompressor{inner: &zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(3)}}
 			}
 			seqTOC, _ = writeLayout(t, tarball, zc, &seq, chunk)
 			pz := newParallelZstdChunked(&zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(3)}, 3, &par)
@@ -138,7 +147,7 @@ func TestLayoutSplitsLongHeaderRuns(t *testing.T) {
 		entries = append(entries, imagegen.Entry{Header: tar.Header{Name: strings.Repeat("d", 1+i%50) + "/" + strconv.Itoa(i) + "/", Typeflag: tar.TypeDir, Mode: 0o755}})
 	}
 	tarball := imagegen.TarBytes(entries)
-	streams := &countingCompressor{tocCompressor: newGzipCompressor(1)}
+	streams := &countingCompressor{tocCompressor: newGzipCompressor(newGzipStreams(1, DeflateGo))}
 	var out bytes.Buffer
 	writeLayout(t, tarball, streams, &out, 0)
 	require.Greater(t, streams.opened, len(tarball)/(maxHeaderRun+1024), "streams split")
@@ -163,4 +172,40 @@ type countingCompressor struct {
 func (c *countingCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error) {
 	c.opened++
 	return c.tocCompressor.Writer(w)
+}
+
+// jtocCompressor is a tocCompressor as an estargz.Compressor, to write with
+// estargz's own writer for reference.
+type jtocCompressor struct{ tocCompressor }
+
+func (c jtocCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, error) {
+	return c.tocCompressor.WriteTOCAndFooter(w, off, jtocSource{toc}, diffHash)
+}
+
+// Every deflate this build has writes the same bytes sequentially and on
+// every core, and the layer unpacks to the source tar.
+func TestLayoutDeflates(t *testing.T) {
+	deflates := []string{DeflateGo}
+	if DefaultDeflate() == DeflateLibdeflate {
+		deflates = append(deflates, DeflateLibdeflate)
+	}
+	for _, deflate := range deflates {
+		for name, tarball := range layoutCases() {
+			t.Run(deflate+"/"+name, func(t *testing.T) {
+				var seq, par bytes.Buffer
+				for range 2 { // the pooled buffers and compressors are reused the second time
+					seq.Reset()
+					par.Reset()
+					writeLayout(t, tarball, newGzipCompressor(newGzipStreams(9, deflate)), &seq, 1<<20)
+					writeLayout(t, tarball, newParallelGzip(newGzipStreams(9, deflate), 3, &par), io.Discard, 1<<20)
+					require.True(t, bytes.Equal(seq.Bytes(), par.Bytes()), "parallel writes the same bytes (%d vs %d)", seq.Len(), par.Len())
+				}
+				rc, err := estargz.Unpack(io.NewSectionReader(bytes.NewReader(seq.Bytes()), 0, int64(seq.Len())), new(estargz.GzipDecompressor))
+				require.NoError(t, err)
+				back, err := io.ReadAll(rc)
+				require.NoError(t, err)
+				require.Equal(t, digest.FromBytes(tarball), digest.FromBytes(back[:min(len(back), len(tarball))]), "unpacks to the source tar")
+			})
+		}
+	}
 }

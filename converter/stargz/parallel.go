@@ -22,18 +22,15 @@ import (
 // written to the real output in order, and the TOC's offsets are mapped to
 // real ones before the TOC is written.
 type parallelCompressor struct {
-	// stream opens one compressed stream into w; it must be safe for
-	// concurrent use.
-	stream func(w io.Writer) (estargz.WriteFlushCloser, error)
-	// toc writes the TOC and footer at offset off, and returns the TOC
-	// digest and how many uncompressed bytes the TOC adds to the layer.
-	toc func(w io.Writer, off int64, toc tocSource, diffHash hash.Hash) (digest.Digest, int64, error)
+	// compress writes src as one compressed stream to dst (flushed: as
+	// flushed before it was closed); it must be safe for concurrent use.
+	compress func(dst *bytes.Buffer, src []byte, flushed bool) error
+	// toc writes the TOC and footer at offset off, and returns the TOC digest.
+	toc func(w io.Writer, off int64, toc tocSource, diffHash hash.Hash) (digest.Digest, error)
 	// annotations are the format's own, known once the TOC is written.
 	annotations func() map[string]string
 
-	payloadHash
-	out     io.Writer // the real destination
-	tocSize int64
+	out io.Writer // the real destination
 
 	next    int64              // index of the next stream
 	queue   chan *streamResult // in stream order, bounded: backpressure
@@ -74,22 +71,20 @@ func (c *parallelCompressor) putBuffer(b *bytes.Buffer) {
 }
 
 // newParallelGzip is the eStargz (gzip) parallel compressor.
-func newParallelGzip(level, workers int, out io.Writer) *parallelCompressor {
-	pool := gzipWriterPool(level)
-	return newParallelCompressor(workers, out,
-		func(w io.Writer) (estargz.WriteFlushCloser, error) { return openPooledGzip(pool, w), nil },
-		func(w io.Writer, off int64, toc tocSource, diffHash hash.Hash) (digest.Digest, int64, error) {
-			return writeGzipTOC(w, off, level, toc, diffHash)
+func newParallelGzip(streams gzipStreams, workers int, out io.Writer) *parallelCompressor {
+	return newParallelCompressor(workers, out, streams.compress,
+		func(w io.Writer, off int64, toc tocSource, diffHash hash.Hash) (digest.Digest, error) {
+			return writeGzipTOC(w, off, streams.tocLevel(), toc, diffHash)
 		},
 		func() map[string]string { return nil })
 }
 
 func newParallelCompressor(workers int, out io.Writer,
-	stream func(io.Writer) (estargz.WriteFlushCloser, error),
-	toc func(io.Writer, int64, tocSource, hash.Hash) (digest.Digest, int64, error),
+	compress func(dst *bytes.Buffer, src []byte, flushed bool) error,
+	toc func(io.Writer, int64, tocSource, hash.Hash) (digest.Digest, error),
 	annotations func() map[string]string) *parallelCompressor {
 	c := &parallelCompressor{
-		stream: stream, toc: toc, annotations: annotations, out: out, payloadHash: newPayloadHash(),
+		compress: compress, toc: toc, annotations: annotations, out: out,
 		queue: make(chan *streamResult, workers), slots: make(chan struct{}, workers), written: make(chan error, 1),
 		free: make(chan *bytes.Buffer, 4*workers+2),
 	}
@@ -134,7 +129,6 @@ type bufferedStream struct {
 }
 
 func (s *bufferedStream) Write(p []byte) (int, error) {
-	s.c.add(p)
 	return s.buf.Write(p)
 }
 
@@ -158,21 +152,9 @@ func (s *bufferedStream) Close() error {
 	s.buf = nil
 	go func() {
 		defer func() { <-s.c.slots; close(r.done) }()
-		out := s.c.getBuffer()
-		r.data = out
-		zw, err := s.c.stream(out)
-		if err != nil {
-			r.err = err
-			return
-		}
-		_, r.err = zw.Write(in.Bytes())
+		r.data = s.c.getBuffer()
+		r.err = s.c.compress(r.data, in.Bytes(), flushed)
 		s.c.putBuffer(in)
-		if r.err == nil && flushed {
-			r.err = zw.Flush()
-		}
-		if err := zw.Close(); r.err == nil {
-			r.err = err
-		}
 	}()
 	return nil
 }
@@ -184,9 +166,7 @@ func (c *parallelCompressor) WriteTOCAndFooter(_ io.Writer, _ int64, toc tocSour
 	if err := c.finish(); err != nil {
 		return "", err
 	}
-	d, n, err := c.toc(c.out, c.pos, offsetSource{toc, c.offsets}, diffHash)
-	c.tocSize = n
-	return d, err
+	return c.toc(c.out, c.pos, offsetSource{toc, c.offsets}, diffHash)
 }
 
 // finish stops accepting streams and waits for the ordered writer.
@@ -200,8 +180,6 @@ func (c *parallelCompressor) finish() error {
 
 // abort releases the writer goroutine after a failed conversion.
 func (c *parallelCompressor) abort() { _ = c.finish() }
-
-func (c *parallelCompressor) UncompressedSize() int64 { return c.size + c.tocSize }
 
 func (c *parallelCompressor) Annotations() map[string]string { return c.annotations() }
 
@@ -221,4 +199,17 @@ func (o offsetSource) Entries(fn func(*estargz.TOCEntry) error) error {
 		}
 		return fn(e)
 	})
+}
+
+// writeStream writes src through a fresh stream zw and closes it (flushing
+// it first when the layout flushed it).
+func writeStream(zw estargz.WriteFlushCloser, src []byte, flushed bool) error {
+	_, err := zw.Write(src)
+	if err == nil && flushed {
+		err = zw.Flush()
+	}
+	if cerr := zw.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

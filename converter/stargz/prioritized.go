@@ -50,7 +50,9 @@ func NewPrioritizedEStargz(o PrioritizedOptions) (converter.LayerConverter, erro
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	return &prioritizedConverter{opts: o, variant: options.Variant("estargz-optimized", o, DefaultPrioritizedOptions())}, nil
+	key, baseline := o, DefaultPrioritizedOptions()
+	key.EStargzOptions, baseline.EStargzOptions = o.variantKey(), o.variantBaseline()
+	return &prioritizedConverter{opts: o, variant: options.Variant("estargz-optimized", key, baseline)}, nil
 }
 
 // Variant is "estargz-optimized", qualified by the file list's digest and

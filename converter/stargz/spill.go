@@ -3,7 +3,6 @@ package stargz
 import (
 	"bufio"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -63,9 +62,10 @@ const (
 
 var entryTypes = []string{"dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "chunk"}
 
-// Append adds e and returns the position of its digest slot (-1 if it has
-// none), for Patch once the file's digest is known.
-func (s *entrySpill) Append(e *estargz.TOCEntry, hasDigest bool) (int64, error) {
+// Append adds e, with chunk (if not nil) the raw sha256 of its chunk, and
+// returns the position of its digest slot (-1 if it has none), for Patch
+// once the file's digest is known.
+func (s *entrySpill) Append(e *estargz.TOCEntry, chunk []byte, hasDigest bool) (int64, error) {
 	typ := slices.Index(entryTypes, e.Type)
 	if typ < 0 {
 		return 0, fmt.Errorf("TOC entry %q: unknown type %q", e.Name, e.Type)
@@ -74,7 +74,10 @@ func (s *entrySpill) Append(e *estargz.TOCEntry, hasDigest bool) (int64, error) 
 	if e.Type != "chunk" {
 		flags |= recHeader
 	}
-	if e.ChunkDigest != "" {
+	if chunk != nil {
+		if len(chunk) != sha256Size {
+			return 0, fmt.Errorf("TOC entry %q: chunk digest of %d bytes", e.Name, len(chunk))
+		}
 		flags |= recData
 	}
 	if hasDigest {
@@ -106,11 +109,7 @@ func (s *entrySpill) Append(e *estargz.TOCEntry, hasDigest bool) (int64, error) 
 		r = binary.AppendVarint(r, e.Offset)
 		r = binary.AppendVarint(r, e.ChunkOffset)
 		r = binary.AppendVarint(r, e.ChunkSize)
-		raw, err := rawDigest(digest.Digest(e.ChunkDigest))
-		if err != nil {
-			return 0, fmt.Errorf("TOC entry %q: %w", e.Name, err)
-		}
-		r = append(r, raw...)
+		r = append(r, chunk...)
 	}
 	if flags&recInnerOffset != 0 {
 		r = binary.AppendVarint(r, e.InnerOffset)
@@ -138,11 +137,10 @@ func (s *entrySpill) Append(e *estargz.TOCEntry, hasDigest bool) (int64, error) 
 
 const sha256Size = 32
 
-// Patch writes a file's digest into the slot Append returned.
-func (s *entrySpill) Patch(slot int64, d digest.Digest) error {
-	raw, err := rawDigest(d)
-	if err != nil {
-		return err
+// Patch writes a file's raw sha256 into the slot Append returned.
+func (s *entrySpill) Patch(slot int64, raw []byte) error {
+	if len(raw) != sha256Size {
+		return fmt.Errorf("a file digest of %d bytes", len(raw))
 	}
 	if slot >= s.base {
 		copy(s.buf[slot-s.base:], raw)
@@ -153,7 +151,7 @@ func (s *entrySpill) Patch(slot int64, d digest.Digest) error {
 		copy(s.buf, raw[n:])
 		raw = raw[:n]
 	}
-	_, err = s.f.WriteAt(raw, slot)
+	_, err := s.f.WriteAt(raw, slot)
 	return err
 }
 
@@ -306,12 +304,4 @@ func (d *recordDecoder) string() string { return string(d.bytes(int(d.uvarint())
 
 func appendString(b []byte, s string) []byte {
 	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
-}
-
-// rawDigest is a sha256 digest's raw bytes.
-func rawDigest(d digest.Digest) ([]byte, error) {
-	if err := d.Validate(); err != nil || d.Algorithm() != digest.SHA256 {
-		return nil, fmt.Errorf("digest %q is not sha256", d)
-	}
-	return hex.DecodeString(d.Encoded())
 }

@@ -26,13 +26,12 @@ type tocConverter struct {
 	format  string                // "estargz" or "zstdchunked", for messages
 	variant string                // derived from the options by options.Variant
 	out     converter.Compression // output compression
-	level   int
 	// configure applies the format's layout settings (chunk size, ...).
 	configure func(*layoutWriter)
 	// newCompressor returns a fresh compressor for one conversion (its
 	// state, hashes and zstd:chunked metadata, is never shared) writing to
 	// out, and the writer estargz's writer must write to.
-	newCompressor func(level int, out io.Writer) (tocCompressor, io.Writer)
+	newCompressor func(out io.Writer) (tocCompressor, io.Writer)
 	// keep reports whether a source already is in the format.
 	keep func(ctx context.Context, cs content.Store, desc ocispec.Descriptor) (*ocispec.Descriptor, map[string]string, error)
 }
@@ -47,10 +46,6 @@ type tocCompressor interface {
 	// returns the TOC digest; diffHash takes any bytes the TOC adds to the
 	// layer's uncompressed stream.
 	WriteTOCAndFooter(w io.Writer, off int64, toc tocSource, diffHash hash.Hash) (digest.Digest, error)
-	// PayloadDigest is the digest of every uncompressed payload byte written.
-	PayloadDigest() digest.Digest
-	// UncompressedSize is the size of the blob once decompressed.
-	UncompressedSize() int64
 	// Annotations are format-specific descriptor annotations, known after the TOC is written.
 	Annotations() map[string]string
 }
@@ -109,7 +104,7 @@ func (c *tocConverter) convert(ctx context.Context, cs content.Store, desc ocisp
 		annotations map[string]string
 	)
 	blob, err := layerio.WriteBlob(ctx, cs, layerio.IngestRef(c.variant, desc.Digest), counters.Out, func(w io.Writer) (_ map[string]string, retErr error) {
-		comp, layout := c.newCompressor(c.level, w)
+		comp, layout := c.newCompressor(w)
 		if a, ok := comp.(interface{ abort() }); ok {
 			defer func() {
 				if retErr != nil {
@@ -141,13 +136,13 @@ func (c *tocConverter) convert(ctx context.Context, cs content.Store, desc ocisp
 			return nil, err
 		}
 		diffID = ew.DiffID()
-		if comp.PayloadDigest() != payload() {
+		if ew.PayloadDigest() != payload() {
 			return nil, fmt.Errorf("cannot be converted to %s losslessly (an entry would be rewritten: "+
-				"payload %s differs from source %s): %w", c.format, comp.PayloadDigest(), payload(), errdefs.ErrInvalidArgument)
+				"payload %s differs from source %s): %w", c.format, ew.PayloadDigest(), payload(), errdefs.ErrInvalidArgument)
 		}
 		annotations = map[string]string{
 			labels.TOCDigestAnnotation:        tocDigest.String(),
-			labels.UncompressedSizeAnnotation: strconv.FormatInt(comp.UncompressedSize(), 10),
+			labels.UncompressedSizeAnnotation: strconv.FormatInt(ew.UncompressedSize(), 10),
 		}
 		maps.Copy(annotations, comp.Annotations())
 		if rewrite {
@@ -184,13 +179,4 @@ func validChunkSize(size int) error {
 		return fmt.Errorf("chunk size must not be negative, got %d: %w", size, errdefs.ErrInvalidArgument)
 	}
 	return nil
-}
-
-// jtocCompressor is a tocCompressor as an estargz.Compressor, for
-// estargz's own writers (estargz.Build for optimized eStargz), which hold
-// the TOC in memory and hand it over whole.
-type jtocCompressor struct{ tocCompressor }
-
-func (c jtocCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, error) {
-	return c.tocCompressor.WriteTOCAndFooter(w, off, jtocSource{toc}, diffHash)
 }

@@ -147,35 +147,39 @@ func (nopCloser) Close() error { return nil }
 
 // writeGzipTOC writes the eStargz TOC at offset off: a tar entry named
 // stargz.index.json in its own gzip stream, then the footer pointing at it.
-// It returns the TOC digest and the TOC tar entry's uncompressed size.
-func writeGzipTOC(w io.Writer, off int64, level int, toc tocSource, diffHash hash.Hash) (digest.Digest, int64, error) {
+// The TOC's tar entry is part of the layer's uncompressed stream, which
+// diffHash takes (if not nil). It returns the TOC digest.
+func writeGzipTOC(w io.Writer, off int64, level int, toc tocSource, diffHash hash.Hash) (digest.Digest, error) {
 	f, size, tocDigest, err := spoolTOCJSON(toc, compactJSON, nil)
 	if err != nil {
-		return "", 0, err
+		return "", err
 	}
 	defer f.Close()
 	gz, err := gzip.NewWriterLevel(w, level)
 	if err != nil {
-		return "", 0, err
+		return "", err
 	}
-	counted := &countingWriter{w: gz}
-	tw := tar.NewWriter(io.MultiWriter(counted, diffHash))
+	var tocBytes io.Writer = gz
+	if diffHash != nil { // estargz.Build passes none
+		tocBytes = io.MultiWriter(gz, diffHash)
+	}
+	tw := tar.NewWriter(tocBytes)
 	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: estargz.TOCTarName, Size: size}); err != nil {
-		return "", 0, err
+		return "", err
 	}
 	if _, err := io.Copy(tw, io.NewSectionReader(f, 0, size)); err != nil {
-		return "", 0, err
+		return "", err
 	}
 	if err := tw.Close(); err != nil {
-		return "", 0, err
+		return "", err
 	}
 	if err := gz.Close(); err != nil {
-		return "", 0, err
+		return "", err
 	}
 	if _, err := w.Write(gzipFooter(off)); err != nil {
-		return "", 0, err
+		return "", err
 	}
-	return tocDigest, counted.n, nil
+	return tocDigest, nil
 }
 
 // gzipFooter is estargz's footer: an empty gzip stream whose extra field

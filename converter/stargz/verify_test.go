@@ -37,12 +37,12 @@ func TestVerify(t *testing.T) {
 	for name, tarball := range layoutCases() {
 		t.Run(name, func(t *testing.T) {
 			var esgz, zst bytes.Buffer
-			toc, _ := writeLayout(t, tarball, newGzipCompressor(6), &esgz, 1<<20)
+			toc, _ := writeLayout(t, tarball, newGzipCompressor(newGzipStreams(6, DefaultDeflate())), &esgz, 1<<20)
 			rep, err := verify(t, layer{esgz.Bytes(), toc})
 			require.NoError(t, err)
 			require.Equal(t, toc, rep.TOCDigest)
 
-			ztoc, _ := writeLayout(t, tarball, &zstdChunkedCompressor{inner: &zstdchunked.Compressor{CompressionLevel: zstd.SpeedFastest}, payloadHash: newPayloadHash()}, &zst, 1<<20)
+			ztoc, _ := writeLayout(t, tarball, &zstdChunkedCompressor{inner: &zstdchunked.Compressor{CompressionLevel: zstd.SpeedFastest}}, &zst, 1<<20)
 			zrep, err := verify(t, layer{zst.Bytes(), ztoc})
 			require.NoError(t, err)
 			require.Equal(t, rep.Files, zrep.Files)
@@ -64,7 +64,7 @@ func TestVerify(t *testing.T) {
 
 	tarball := layoutCases()["chunked"]
 	var good bytes.Buffer
-	toc, _ := writeLayout(t, tarball, newGzipCompressor(6), &good, 1<<20)
+	toc, _ := writeLayout(t, tarball, newGzipCompressor(newGzipStreams(6, DefaultDeflate())), &good, 1<<20)
 	corrupt := func(off int) []byte {
 		b := bytes.Clone(good.Bytes())
 		b[off] ^= 0xff
@@ -89,7 +89,7 @@ func TestVerify(t *testing.T) {
 
 func gzipBytes(t *testing.T, b []byte) []byte {
 	var out bytes.Buffer
-	c := newGzipCompressor(1)
+	c := newGzipCompressor(newGzipStreams(1, DeflateGo))
 	w, err := c.Writer(&out)
 	require.NoError(t, err)
 	_, err = io.Copy(w, bytes.NewReader(b))

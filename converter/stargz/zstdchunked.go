@@ -1,6 +1,7 @@
 package stargz
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"hash"
@@ -52,9 +53,11 @@ func NewZstdChunked(o ZstdChunkedOptions) (converter.LayerConverter, error) {
 	}
 	return &tocConverter{
 		format: "zstdchunked", variant: options.Variant("zstdchunked", o, DefaultZstdChunkedOptions()),
-		out: converter.Zstd, level: o.CompressionLevel, configure: func(w *layoutWriter) { w.SetChunkSize(o.ChunkSize) },
-		newCompressor: newZstdChunkedCompressor,
-		keep:          keepZstdChunked,
+		out: converter.Zstd, configure: func(w *layoutWriter) { w.SetChunkSize(o.ChunkSize) },
+		newCompressor: func(out io.Writer) (tocCompressor, io.Writer) {
+			return newZstdChunkedCompressor(o.CompressionLevel, out)
+		},
+		keep: keepZstdChunked,
 	}, nil
 }
 
@@ -75,7 +78,6 @@ func keepZstdChunked(_ context.Context, _ content.Store, desc ocispec.Descriptor
 // zstdChunkedCompressor is stargz-snapshotter's zstd:chunked compressor with
 // the payload hashed for the lossless check: the sequential zstd path.
 type zstdChunkedCompressor struct {
-	payloadHash
 	inner    *zstdchunked.Compressor // its streams
 	metadata map[string]string       // the manifest annotations, once the TOC is written
 }
@@ -85,28 +87,31 @@ func newZstdChunkedCompressor(level int, out io.Writer) (tocCompressor, io.Write
 	if workers := runtime.GOMAXPROCS(0); workers > 1 {
 		return newParallelZstdChunked(inner, workers, out), io.Discard
 	}
-	return &zstdChunkedCompressor{inner: inner, payloadHash: newPayloadHash()}, out
+	return &zstdChunkedCompressor{inner: inner}, out
 }
 
 // newParallelZstdChunked compresses zstd:chunked frames on every core.
 func newParallelZstdChunked(inner *zstdchunked.Compressor, workers int, out io.Writer) *parallelCompressor {
 	var metadata map[string]string
-	return newParallelCompressor(workers, out, inner.Writer,
-		func(w io.Writer, off int64, toc tocSource, _ hash.Hash) (digest.Digest, int64, error) {
+	compress := func(dst *bytes.Buffer, src []byte, flushed bool) error {
+		zw, err := inner.Writer(dst)
+		if err != nil {
+			return err
+		}
+		return writeStream(zw, src, flushed)
+	}
+	return newParallelCompressor(workers, out, compress,
+		func(w io.Writer, off int64, toc tocSource, _ hash.Hash) (digest.Digest, error) {
 			// The zstd:chunked TOC lives in skippable frames, outside the tar stream.
 			d, m, err := writeZstdTOC(w, off, inner.CompressionLevel, toc)
 			metadata = m
-			return d, 0, err
+			return d, err
 		},
 		func() map[string]string { return maps.Clone(metadata) })
 }
 
 func (c *zstdChunkedCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error) {
-	zw, err := c.inner.Writer(w)
-	if err != nil {
-		return nil, err
-	}
-	return &hashingWriter{WriteFlushCloser: zw, p: &c.payloadHash}, nil
+	return c.inner.Writer(w)
 }
 
 func (c *zstdChunkedCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc tocSource, _ hash.Hash) (digest.Digest, error) {
@@ -114,10 +119,6 @@ func (c *zstdChunkedCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc to
 	c.metadata = m
 	return d, err
 }
-
-// UncompressedSize is the payload: zstd:chunked keeps its TOC in skippable
-// frames, outside the tar stream.
-func (c *zstdChunkedCompressor) UncompressedSize() int64 { return c.size }
 
 // Annotations are the manifest checksum and position the TOC writer recorded.
 func (c *zstdChunkedCompressor) Annotations() map[string]string { return maps.Clone(c.metadata) }
