@@ -1,9 +1,9 @@
 package stargz
 
 import (
-	"compress/gzip"
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"hash"
 	"io"
 	"math/rand"
