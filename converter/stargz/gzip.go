@@ -204,12 +204,8 @@ func (c *gzipCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error) {
 
 // WriteTOCAndFooter writes the TOC (see writeGzipTOC).
 func (c *gzipCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc tocSource, diffHash hash.Hash) (digest.Digest, error) {
-	return writeGzipTOC(w, off, c.streams.tocLevel(), toc, diffHash)
+	return writeGzipTOC(w, off, c.streams, toc, diffHash)
 }
-
-// tocLevel is the klauspost level the TOC's stream is written at (it is
-// streamed, never held whole).
-func (g gzipStreams) tocLevel() int { return min(g.level, gzip.BestCompression) }
 
 // Annotations: eStargz has none beyond the common ones.
 func (c *gzipCompressor) Annotations() map[string]string { return nil }
@@ -227,5 +223,5 @@ func (b buildCompression) Writer(w io.Writer) (estargz.WriteFlushCloser, error) 
 }
 
 func (b buildCompression) WriteTOCAndFooter(w io.Writer, off int64, toc *estargz.JTOC, diffHash hash.Hash) (digest.Digest, error) {
-	return writeGzipTOC(w, off, b.streams.tocLevel(), jtocSource{toc}, diffHash)
+	return writeGzipTOC(w, off, b.streams, jtocSource{toc}, diffHash)
 }

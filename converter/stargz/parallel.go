@@ -2,6 +2,7 @@ package stargz
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"hash"
 	"io"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/semaphore"
 )
 
 // parallelCompressor lets estargz's (sequential) lossless writer lay out a
@@ -32,22 +34,34 @@ type parallelCompressor struct {
 
 	out io.Writer // the real destination
 
-	next    int64              // index of the next stream
-	queue   chan *streamResult // in stream order, bounded: backpressure
-	slots   chan struct{}      // compression workers
-	offsets []int64            // compressed start offset of each stream
-	written chan error         // the ordered writer's outcome
-	free    chan *bytes.Buffer // spare stream buffers
+	next    int64               // index of the next stream
+	queue   chan *streamResult  // in stream order, up to maxQueuedStreams
+	budget  *semaphore.Weighted // uncompressed bytes of the queued streams, up to maxQueuedBytes
+	slots   chan struct{}       // compression workers
+	offsets []int64             // compressed start offset of each stream
+	written chan error          // the ordered writer's outcome
+	free    chan *bytes.Buffer  // spare stream buffers
 	pos     int64
 	once    sync.Once
 	err     error
 }
 
 type streamResult struct {
-	done chan struct{}
-	data *bytes.Buffer
-	err  error
+	done   chan struct{}
+	data   *bytes.Buffer
+	err    error
+	weight int64 // of the budget, released once written
 }
+
+// A layer of many small files is many small streams: the layout goes on
+// while up to maxQueuedStreams of them, and maxQueuedBytes of input, wait
+// for a worker or for the ordered writer, so that neither the layout nor
+// the workers wait for each other stream by stream. A stream larger than
+// the budget takes all of it.
+const (
+	maxQueuedStreams = 512
+	maxQueuedBytes   = 16 << 20
+)
 
 // getBuffer takes a stream buffer (a chunk, up to 4 MiB, or its compressed
 // form) from the compressor's free list. The list is bounded by the streams
@@ -74,7 +88,7 @@ func (c *parallelCompressor) putBuffer(b *bytes.Buffer) {
 func newParallelGzip(streams gzipStreams, workers int, out io.Writer) *parallelCompressor {
 	return newParallelCompressor(workers, out, streams.compress,
 		func(w io.Writer, off int64, toc tocSource, diffHash hash.Hash) (digest.Digest, error) {
-			return writeGzipTOC(w, off, streams.tocLevel(), toc, diffHash)
+			return writeGzipTOC(w, off, streams, toc, diffHash)
 		},
 		func() map[string]string { return nil })
 }
@@ -85,7 +99,8 @@ func newParallelCompressor(workers int, out io.Writer,
 	annotations func() map[string]string) *parallelCompressor {
 	c := &parallelCompressor{
 		compress: compress, toc: toc, annotations: annotations, out: out,
-		queue: make(chan *streamResult, workers), slots: make(chan struct{}, workers), written: make(chan error, 1),
+		queue: make(chan *streamResult, maxQueuedStreams), budget: semaphore.NewWeighted(maxQueuedBytes),
+		slots: make(chan struct{}, workers), written: make(chan error, 1),
 		free: make(chan *bytes.Buffer, 4*workers+2),
 	}
 	go c.writeInOrder()
@@ -107,6 +122,7 @@ func (c *parallelCompressor) writeInOrder() {
 			c.pos += int64(n)
 		}
 		c.putBuffer(r.data)
+		c.budget.Release(r.weight)
 	}
 	c.written <- err
 }
@@ -139,18 +155,20 @@ func (s *bufferedStream) Flush() error {
 	return nil
 }
 
-// Close hands the stream to a compression worker (waiting for a free one).
+// Close queues the stream for a compression worker (waiting while the queue
+// is full).
 func (s *bufferedStream) Close() error {
 	if s.closed {
 		return nil
 	}
 	s.closed = true
-	r := &streamResult{done: make(chan struct{})}
-	s.c.slots <- struct{}{}
-	s.c.queue <- r
 	in, flushed := s.buf, s.flushed
 	s.buf = nil
+	r := &streamResult{done: make(chan struct{}), weight: min(int64(in.Len())+1, maxQueuedBytes)}
+	_ = s.c.budget.Acquire(context.Background(), r.weight) // never fails without a deadline
+	s.c.queue <- r
 	go func() {
+		s.c.slots <- struct{}{}
 		defer func() { <-s.c.slots; close(r.done) }()
 		r.data = s.c.getBuffer()
 		r.err = s.c.compress(r.data, in.Bytes(), flushed)

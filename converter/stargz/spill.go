@@ -13,10 +13,6 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// tocEntries yields a layer's TOC entries in order. The entry given to fn
-// is reused for the next one: fn must not keep it.
-type tocEntries func(fn func(*estargz.TOCEntry) error) error
-
 // entrySpill keeps the TOC entries of a layer being written in a temporary
 // file, so that a layer's memory does not grow with its number of entries:
 // estargz's writer holds every entry (hundreds of bytes each) until the TOC
