@@ -124,10 +124,10 @@ func TestLayoutMatchesEStargzWriter(t *testing.T) {
 			zc, _ := newZstdChunkedCompressor(3, &seq)
 			if pz, ok := zc.(*parallelCompressor); ok {
 				pz.abort()
-				zc = &zstdChunkedCompressor{inner: &zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(3)}}
+				zc = &zstdChunkedCompressor{streams: newZstdStreams(3)}
 			}
 			seqTOC, _ = writeLayout(t, tarball, zc, &seq, chunk)
-			pz := newParallelZstdChunked(&zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(3)}, 3, &par)
+			pz := newParallelZstdChunked(newZstdStreams(3), 3, &par)
 			parTOC, _ = writeLayout(t, tarball, pz, io.Discard, chunk)
 			require.Equal(t, wantTOC, seqTOC)
 			require.True(t, bytes.Equal(want.Bytes(), seq.Bytes()), "zstd:chunked: same bytes as estargz (%d vs %d)", want.Len(), seq.Len())

@@ -54,13 +54,13 @@ type streamResult struct {
 }
 
 // A layer of many small files is many small streams: the layout goes on
-// while up to maxQueuedStreams of them, and maxQueuedBytes of input, wait
-// for a worker or for the ordered writer, so that neither the layout nor
-// the workers wait for each other stream by stream. A stream larger than
-// the budget takes all of it.
+// while up to maxQueuedStreams of them, and maxQueuedBytes of their input
+// and output, wait for a worker or for the ordered writer, so that neither
+// the layout nor the workers wait for each other stream by stream. A
+// stream larger than the budget takes all of it.
 const (
 	maxQueuedStreams = 512
-	maxQueuedBytes   = 16 << 20
+	maxQueuedBytes   = 8 << 20
 )
 
 // getBuffer takes a stream buffer (a chunk, up to 4 MiB, or its compressed
@@ -75,6 +75,19 @@ func (c *parallelCompressor) getBuffer() *bytes.Buffer {
 	default:
 		return new(bytes.Buffer)
 	}
+}
+
+// fitted returns b, or its bytes in a buffer of their size when b is much
+// larger (a spare that held a chunk now holding a small file): what waits
+// in the queue is what the budget counts.
+func (c *parallelCompressor) fitted(b *bytes.Buffer) *bytes.Buffer {
+	if b.Cap() <= 2*b.Len()+64<<10 {
+		return b
+	}
+	small := bytes.NewBuffer(make([]byte, 0, b.Len()))
+	small.Write(b.Bytes())
+	c.putBuffer(b)
+	return small
 }
 
 func (c *parallelCompressor) putBuffer(b *bytes.Buffer) {
@@ -101,7 +114,7 @@ func newParallelCompressor(workers int, out io.Writer,
 		compress: compress, toc: toc, annotations: annotations, out: out,
 		queue: make(chan *streamResult, maxQueuedStreams), budget: semaphore.NewWeighted(maxQueuedBytes),
 		slots: make(chan struct{}, workers), written: make(chan error, 1),
-		free: make(chan *bytes.Buffer, 4*workers+2),
+		free: make(chan *bytes.Buffer, 2*workers),
 	}
 	go c.writeInOrder()
 	return c
@@ -162,16 +175,18 @@ func (s *bufferedStream) Close() error {
 		return nil
 	}
 	s.closed = true
-	in, flushed := s.buf, s.flushed
+	in, flushed := s.c.fitted(s.buf), s.flushed
 	s.buf = nil
-	r := &streamResult{done: make(chan struct{}), weight: min(int64(in.Len())+1, maxQueuedBytes)}
+	// The input, and its compressed form to come (about as large, at most).
+	r := &streamResult{done: make(chan struct{}), weight: min(2*int64(in.Len())+1<<10, maxQueuedBytes)}
 	_ = s.c.budget.Acquire(context.Background(), r.weight) // never fails without a deadline
 	s.c.queue <- r
 	go func() {
 		s.c.slots <- struct{}{}
 		defer func() { <-s.c.slots; close(r.done) }()
-		r.data = s.c.getBuffer()
-		r.err = s.c.compress(r.data, in.Bytes(), flushed)
+		out := s.c.getBuffer()
+		r.err = s.c.compress(out, in.Bytes(), flushed)
+		r.data = s.c.fitted(out)
 		s.c.putBuffer(in)
 	}()
 	return nil

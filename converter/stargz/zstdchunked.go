@@ -8,11 +8,11 @@ import (
 	"io"
 	"maps"
 	"runtime"
+	"sync"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/stargz-snapshotter/estargz"
-	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -75,35 +75,73 @@ func keepZstdChunked(_ context.Context, _ content.Store, desc ocispec.Descriptor
 	return nil, nil, nil
 }
 
-// zstdChunkedCompressor is stargz-snapshotter's zstd:chunked compressor with
-// the payload hashed for the lossless check: the sequential zstd path.
+// zstdStreams writes zstd:chunked's frames at one level: the frames
+// stargz-snapshotter's compressor writes (a test checks them byte for byte),
+// from pooled encoders that each compress on the calling goroutine only
+// (the parallel compressor runs one per core; an encoder of its own
+// goroutines would hold their buffers too).
+type zstdStreams struct {
+	level zstd.EncoderLevel
+	pool  *sync.Pool
+}
+
+var zstdEncoderPools sync.Map // zstd.EncoderLevel -> *sync.Pool
+
+func newZstdStreams(level int) zstdStreams {
+	l := zstd.EncoderLevelFromZstd(level)
+	p, _ := zstdEncoderPools.LoadOrStore(l, &sync.Pool{New: func() any {
+		e, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(l), zstd.WithLowerEncoderMem(true), zstd.WithEncoderConcurrency(1))
+		return e
+	}})
+	return zstdStreams{level: l, pool: p.(*sync.Pool)}
+}
+
+// Writer opens one frame into w.
+func (z zstdStreams) Writer(w io.Writer) (estargz.WriteFlushCloser, error) {
+	e := z.pool.Get().(*zstd.Encoder)
+	e.Reset(w)
+	return &pooledZstd{Encoder: e, pool: z.pool}, nil
+}
+
+func (z zstdStreams) compress(dst *bytes.Buffer, src []byte, flushed bool) error {
+	zw, _ := z.Writer(dst)
+	return writeStream(zw, src, flushed)
+}
+
+// pooledZstd is a frame whose encoder goes back to its pool when closed.
+type pooledZstd struct {
+	*zstd.Encoder
+	pool *sync.Pool
+}
+
+func (p *pooledZstd) Close() error {
+	err := p.Encoder.Close()
+	p.Encoder.Reset(nil)
+	p.pool.Put(p.Encoder)
+	return err
+}
+
+// zstdChunkedCompressor is the sequential zstd:chunked compressor.
 type zstdChunkedCompressor struct {
-	inner    *zstdchunked.Compressor // its streams
-	metadata map[string]string       // the manifest annotations, once the TOC is written
+	streams  zstdStreams
+	metadata map[string]string // the manifest annotations, once the TOC is written
 }
 
 func newZstdChunkedCompressor(level int, out io.Writer) (tocCompressor, io.Writer) {
-	inner := &zstdchunked.Compressor{CompressionLevel: zstd.EncoderLevelFromZstd(level)}
+	streams := newZstdStreams(level)
 	if workers := runtime.GOMAXPROCS(0); workers > 1 {
-		return newParallelZstdChunked(inner, workers, out), io.Discard
+		return newParallelZstdChunked(streams, workers, out), io.Discard
 	}
-	return &zstdChunkedCompressor{inner: inner}, out
+	return &zstdChunkedCompressor{streams: streams}, out
 }
 
 // newParallelZstdChunked compresses zstd:chunked frames on every core.
-func newParallelZstdChunked(inner *zstdchunked.Compressor, workers int, out io.Writer) *parallelCompressor {
+func newParallelZstdChunked(streams zstdStreams, workers int, out io.Writer) *parallelCompressor {
 	var metadata map[string]string
-	compress := func(dst *bytes.Buffer, src []byte, flushed bool) error {
-		zw, err := inner.Writer(dst)
-		if err != nil {
-			return err
-		}
-		return writeStream(zw, src, flushed)
-	}
-	return newParallelCompressor(workers, out, compress,
+	return newParallelCompressor(workers, out, streams.compress,
 		func(w io.Writer, off int64, toc tocSource, _ hash.Hash) (digest.Digest, error) {
 			// The zstd:chunked TOC lives in skippable frames, outside the tar stream.
-			d, m, err := writeZstdTOC(w, off, inner.CompressionLevel, toc)
+			d, m, err := writeZstdTOC(w, off, streams.level, toc)
 			metadata = m
 			return d, err
 		},
@@ -111,11 +149,11 @@ func newParallelZstdChunked(inner *zstdchunked.Compressor, workers int, out io.W
 }
 
 func (c *zstdChunkedCompressor) Writer(w io.Writer) (estargz.WriteFlushCloser, error) {
-	return c.inner.Writer(w)
+	return c.streams.Writer(w)
 }
 
 func (c *zstdChunkedCompressor) WriteTOCAndFooter(w io.Writer, off int64, toc tocSource, _ hash.Hash) (digest.Digest, error) {
-	d, m, err := writeZstdTOC(w, off, c.inner.CompressionLevel, toc)
+	d, m, err := writeZstdTOC(w, off, c.streams.level, toc)
 	c.metadata = m
 	return d, err
 }
