@@ -23,7 +23,7 @@ import (
 
 // layoutCases are tars of every kind of entry the layout writer carries.
 func layoutCases() map[string][]byte {
-	random := make([]byte, 9<<20)
+	random := make([]byte, 5<<20)
 	rand.New(rand.NewSource(1)).Read(random)
 	reg := func(name string, body []byte) imagegen.Entry {
 		return imagegen.Entry{Header: tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Uid: 1, Uname: "u", Gname: "g"}, Body: body}

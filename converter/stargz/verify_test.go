@@ -50,7 +50,7 @@ func TestVerify(t *testing.T) {
 			// estargz's own writer, several chunks to a stream.
 			var built bytes.Buffer
 			ew := estargz.NewWriterLevel(&built, 1)
-			ew.ChunkSize, ew.MinChunkSize = 1<<10, 64<<10
+			ew.ChunkSize, ew.MinChunkSize = 64<<10, 256<<10
 			require.NoError(t, ew.AppendTarLossLess(bytes.NewReader(tarball)))
 			btoc, err := ew.Close()
 			require.NoError(t, err)

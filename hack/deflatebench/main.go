@@ -1,7 +1,7 @@
 //go:build libdeflate
 
-// Command deflatebench compares klauspost's gzip with libdeflate (through cgo,
-// Debian's libdeflate-dev) as eStargz uses a compressor: every 4 MiB chunk of
+// Command deflatebench compares klauspost's gzip with libdeflate (through
+// internal/libdeflate, Debian's libdeflate-dev) as eStargz uses a compressor: every 4 MiB chunk of
 // a tar of real GOROOT files is its own gzip member. On one core, it prints
 // each compressor's throughput (median of 3), total output, and whether its
 // output is deterministic (the same bytes twice) and valid gzip (read back by
@@ -22,10 +22,10 @@ import (
 	"sort"
 	"time"
 
-	libdeflate "github.com/4kills/go-libdeflate/v2"
 	kgzip "github.com/klauspost/compress/gzip"
 
 	"github.com/lazyconv/lazyconv/internal/imagegen"
+	"github.com/lazyconv/lazyconv/internal/libdeflate"
 )
 
 func main() {
@@ -53,19 +53,14 @@ func main() {
 		})
 	}
 	for _, level := range []int{1, 6, 9, 12} {
-		comp, err := libdeflate.NewCompressorLevel(level)
+		comp, err := libdeflate.New(level)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
 		measure(fmt.Sprintf("libdeflate -%d", level), chunks, len(data), func(c []byte) []byte {
-			n, out, err := comp.Compress(c, nil, libdeflate.ModeGzip)
-			if err != nil {
-				panic(err)
-			}
-			return append([]byte(nil), out[:n]...)
+			return comp.AppendGzip(nil, c)
 		})
-		comp.Close()
 	}
 }
 
