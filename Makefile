@@ -47,7 +47,7 @@ fuzz:
 # Go benchmarks, then the side-by-side report against stargz-snapshotter's
 # nativeconverter (ratios, medians), cached re-convert and peak RSS.
 bench: build daemons
-	$(GO) test -run '^$$' -bench . -benchtime 3x -benchmem ./converter/
+	$(GO) test -run '^$$' -bench . -benchtime 3x -benchmem ./converter/...
 	$(GO) run ./hack/benchreport -bin bin
 
 # containerd-lazyconv, lazyconv's ctr, the lazyconvd sidecar, and a stock containerd v2.4 (from the Go module proxy).

@@ -8,8 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	ctdconverter "github.com/containerd/containerd/v2/core/images/converter"
@@ -50,10 +50,13 @@ type workload struct {
 	layers []generated
 }
 
-// childResult is what one conversion in a child process reports.
+// childResult is what one conversion in a child process reports: its
+// time, output size and peak RSS (the child's own VmHWM: the rusage of a
+// child Go starts counts the parent's peak, since Go forks with vfork).
 type childResult struct {
 	Seconds float64 `json:"seconds"`
 	Size    int64   `json:"size"`
+	PeakMB  float64 `json:"peakMB"`
 }
 
 // measured is the medians of one side of a comparison.
@@ -112,7 +115,7 @@ func measure(work, side, format string, w workload, runs int) (measured, error) 
 		}
 		secs = append(secs, r.Seconds)
 		sizes = append(sizes, float64(r.Size))
-		rss = append(rss, float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss)/1024)
+		rss = append(rss, r.PeakMB)
 	}
 	return measured{median(secs), median(sizes), median(rss)}, nil
 }
@@ -181,7 +184,48 @@ func child(side, formatKey, spec string) error {
 			return err
 		}
 	}
+	r.PeakMB = selfPeakMB()
 	return json.NewEncoder(os.Stdout).Encode(r)
+}
+
+// selfPeakMB is this process's peak resident set (VmHWM), in MB.
+func selfPeakMB() float64 {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1000
+		}
+	}
+	return 0
+}
+
+// measuredRun runs cmd through GNU time when it is installed, and returns
+// cmd's combined output and peak RSS in MB (0 when unknown): the rusage Go
+// gets for a child counts the parent's own peak (Go forks with vfork),
+// GNU time's does not.
+func measuredRun(cmd *exec.Cmd) ([]byte, float64, error) {
+	timeBin, err := exec.LookPath("/usr/bin/time")
+	if err != nil {
+		out, err := cmd.CombinedOutput()
+		return out, 0, err
+	}
+	f, err := os.CreateTemp("", "lazyconv-rss-")
+	if err != nil {
+		return nil, 0, err
+	}
+	f.Close()
+	defer os.Remove(f.Name())
+	cmd.Args = append([]string{timeBin, "-q", "-f", "%M", "-o", f.Name()}, cmd.Args...)
+	cmd.Path = timeBin
+	out, runErr := cmd.CombinedOutput()
+	b, _ := os.ReadFile(f.Name())
+	fields := strings.Fields(string(b))
+	var kb float64
+	if len(fields) > 0 {
+		kb, _ = strconv.ParseFloat(fields[len(fields)-1], 64)
+	}
+	return out, kb / 1000, runErr
 }
 
 // generateSmallFiles writes one gzip'd layer of n small files.

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/converter/convertertest"
@@ -47,13 +46,11 @@ func hostileSection(bin string, bomb int64) error {
 		}
 		args := append([]string{"--root", root}, limitArgs(h.Limits)...)
 		args = append(args, "image", "convert", "--estargz", "--oci", "-q", h.Image.Name, h.Image.Name+"-esgz")
-		cmd := exec.Command(bin, args...)
-		out, err := cmd.CombinedOutput()
+		out, rss, err := measuredRun(exec.Command(bin, args...))
 		outcome := "refused"
 		if err == nil {
 			outcome = "CONVERTED"
 		}
-		rss := float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) / 1024
 		worst = max(worst, rss)
 		fmt.Printf("%-36s %-10s %7.0f MB  %s\n", h.Name, outcome, rss, lastLine(string(out)))
 		_ = os.RemoveAll(root)
