@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"runtime"
 	"sync"
 
 	"github.com/containerd/errdefs"
@@ -76,43 +77,62 @@ func validGzipLevel(level int) error {
 // It holds no state of a layer, so one serves concurrent writers.
 type gzipStreams struct {
 	level  int
-	whole  *sync.Pool // libdeflate compressors, when libdeflate writes the streams
+	whole  *deflaters // libdeflate compressors, when libdeflate writes the streams
 	writer *sync.Pool // klauspost writers otherwise
 }
 
-// gzipWriterPools holds reusable klauspost gzip writers per level, and
-// libdeflatePools libdeflate compressors: estargz opens a stream per file,
-// and a level-9 writer costs about a megabyte to set up. Both are
-// sync.Pools, emptied by the collections of an idle daemon (a libdeflate
-// compressor's C memory is freed when it is collected).
-var gzipWriterPools, libdeflatePools sync.Map // int -> *sync.Pool
-
-func levelPool(pools *sync.Map, level int, make func() any) *sync.Pool {
-	if p, ok := pools.Load(level); ok {
-		return p.(*sync.Pool)
-	}
-	p, _ := pools.LoadOrStore(level, &sync.Pool{New: make})
-	return p.(*sync.Pool)
+// deflaters keeps libdeflate compressors of one level for reuse: a bounded
+// free list, not a sync.Pool. A compressor is C memory; a sync.Pool drops
+// its contents at every collection, and a conversion's small Go heap is
+// collected every few milliseconds, so compressors were allocated and freed
+// by the thousand, and the C allocator's per-thread arenas kept the pages
+// (130-320 MB of RSS for a Go heap of 7 MB). Kept ones live as long as the
+// process: a few, a few hundred KiB each.
+type deflaters struct {
+	level int
+	free  chan *libdeflate.Compressor
 }
+
+func (d *deflaters) get() *libdeflate.Compressor {
+	select {
+	case c := <-d.free:
+		return c
+	default:
+		c, err := libdeflate.New(d.level)
+		if err != nil {
+			panic(err) // the level was validated
+		}
+		return c
+	}
+}
+
+func (d *deflaters) put(c *libdeflate.Compressor) {
+	select {
+	case d.free <- c:
+	default: // enough kept: this one is freed once collected
+	}
+}
+
+// gzipWriterPools holds reusable klauspost gzip writers per level (a
+// level-9 writer costs about a megabyte to set up, and estargz opens a
+// stream per file), emptied by the collections of an idle daemon;
+// libdeflatePools holds the deflaters per level.
+var gzipWriterPools, libdeflatePools sync.Map // int -> *sync.Pool, *deflaters
 
 func newGzipStreams(level int, deflate string) gzipStreams {
 	if deflate == DeflateLibdeflate && libdeflate.Available && level != gzip.HuffmanOnly {
 		if level == gzip.DefaultCompression {
 			level = 6 // what gzip's default is
 		}
-		return gzipStreams{level: level, whole: levelPool(&libdeflatePools, level, func() any {
-			c, err := libdeflate.New(level)
-			if err != nil {
-				panic(err) // the level was validated
-			}
-			return c
-		})}
+		d, _ := libdeflatePools.LoadOrStore(level, &deflaters{level: level, free: make(chan *libdeflate.Compressor, 2*runtime.GOMAXPROCS(0))})
+		return gzipStreams{level: level, whole: d.(*deflaters)}
 	}
 	// klauspost; and libdeflate has no Huffman-only mode.
-	return gzipStreams{level: level, writer: levelPool(&gzipWriterPools, level, func() any {
+	p, _ := gzipWriterPools.LoadOrStore(level, &sync.Pool{New: func() any {
 		w, _ := gzip.NewWriterLevel(io.Discard, level)
 		return w
-	})}
+	}})
+	return gzipStreams{level: level, writer: p.(*sync.Pool)}
 }
 
 // Writer opens one stream into w.
@@ -125,14 +145,19 @@ func (g gzipStreams) Writer(w io.Writer) estargz.WriteFlushCloser {
 	return &pooledGzip{Writer: gz, pool: g.writer}
 }
 
+// tocLevel is the level of the TOC's stream, which klauspost writes (it is
+// streamed, never held whole; libdeflate's -1 is 6, as gzip's).
+func (g gzipStreams) tocLevel() int { return min(g.level, gzip.BestCompression) }
+
 // compress writes src to dst as one stream; flushed says estargz flushed
 // it before closing it (klauspost then writes a sync marker, as estargz's
 // own gzip writer does).
 func (g gzipStreams) compress(dst *bytes.Buffer, src []byte, flushed bool) error {
 	if g.whole != nil {
-		c := g.whole.Get().(*libdeflate.Compressor)
+		c := g.whole.get()
+		dst.Grow(c.GzipBound(len(src))) // compressed in place: no second buffer
 		out := c.AppendGzip(dst.AvailableBuffer(), src)
-		g.whole.Put(c)
+		g.whole.put(c)
 		_, err := dst.Write(out)
 		return err
 	}

@@ -3,18 +3,16 @@ package stargz
 import (
 	"archive/tar"
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"hash"
 	"io"
 	"os"
-	"runtime"
-	"sync"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
+	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 )
@@ -148,9 +146,9 @@ type nopCloser struct{ io.Writer }
 func (nopCloser) Close() error { return nil }
 
 // writeGzipTOC writes the eStargz TOC at offset off: a tar entry named
-// stargz.index.json in gzip members of its own (tocBlockSize of the entry
-// each, compressed on every core: gzip readers read the members as one
-// stream), then the footer pointing at it.
+// stargz.index.json in one gzip stream of its own (one member: estargz reads
+// the TOC with Multistream(false)), streamed through klauspost's writer at
+// the layer's level, then the footer pointing at it.
 // The TOC's tar entry is part of the layer's uncompressed stream, which
 // diffHash takes (if not nil). It returns the TOC digest.
 func writeGzipTOC(w io.Writer, off int64, streams gzipStreams, toc tocSource, diffHash hash.Hash) (digest.Digest, error) {
@@ -159,8 +157,10 @@ func writeGzipTOC(w io.Writer, off int64, streams gzipStreams, toc tocSource, di
 		return "", err
 	}
 	defer f.Close()
-	gz := newBlockMembers(w, streams.compress, runtime.GOMAXPROCS(0))
-	defer gz.abort()
+	gz, err := gzip.NewWriterLevel(w, streams.tocLevel())
+	if err != nil {
+		return "", err
+	}
 	var tocBytes io.Writer = gz
 	if diffHash != nil { // estargz.Build passes none
 		tocBytes = io.MultiWriter(gz, diffHash)
@@ -260,86 +260,3 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	c.n += int64(n)
 	return n, err
 }
-
-// tocBlockSize is the uncompressed size of each gzip member of a TOC.
-const tocBlockSize = 4 << 20
-
-// blockMembers compresses what is written to it in blocks of tocBlockSize,
-// each block its own stream, on up to workers goroutines, and writes the
-// streams to w in order. Memory is bounded by the blocks in flight.
-type blockMembers struct {
-	w        io.Writer
-	compress func(dst *bytes.Buffer, src []byte, flushed bool) error
-	buf      *bytes.Buffer
-	queue    chan *streamResult // in order, bounded
-	written  chan error
-	once     sync.Once
-	err      error
-}
-
-func newBlockMembers(w io.Writer, compress func(*bytes.Buffer, []byte, bool) error, workers int) *blockMembers {
-	b := &blockMembers{w: w, compress: compress, buf: streamBuffer(),
-		queue: make(chan *streamResult, max(workers, 1)), written: make(chan error, 1)}
-	go func() {
-		var err error
-		for r := range b.queue {
-			<-r.done
-			if err == nil {
-				err = r.err
-			}
-			if err == nil {
-				_, err = w.Write(r.data.Bytes())
-			}
-			streamBuffers.Put(r.data)
-		}
-		b.written <- err
-	}()
-	return b
-}
-
-func (b *blockMembers) Write(p []byte) (int, error) {
-	n := len(p)
-	for len(p) > 0 {
-		room := tocBlockSize - b.buf.Len()
-		take := min(room, len(p))
-		b.buf.Write(p[:take])
-		p = p[take:]
-		if b.buf.Len() == tocBlockSize {
-			b.dispatch()
-		}
-	}
-	return n, nil
-}
-
-// dispatch hands the buffered block to a compressing goroutine; the queue's
-// bound holds the writer back when every worker is busy.
-func (b *blockMembers) dispatch() {
-	in := b.buf
-	b.buf = streamBuffer()
-	r := &streamResult{done: make(chan struct{}), data: streamBuffer()}
-	b.queue <- r
-	go func() {
-		defer close(r.done)
-		r.err = b.compress(r.data, in.Bytes(), false)
-		streamBuffers.Put(in)
-	}()
-}
-
-// Close compresses the last block and waits for every stream to be written.
-func (b *blockMembers) Close() error {
-	if b.buf.Len() > 0 {
-		b.dispatch()
-	}
-	return b.finish()
-}
-
-func (b *blockMembers) finish() error {
-	b.once.Do(func() {
-		close(b.queue)
-		b.err = <-b.written
-	})
-	return b.err
-}
-
-// abort releases the writing goroutine if Close was not reached.
-func (b *blockMembers) abort() { _ = b.finish() }

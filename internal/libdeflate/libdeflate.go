@@ -47,9 +47,17 @@ func New(level int) (*Compressor, error) {
 // Level is the compressor's level.
 func (c *Compressor) Level() int { return c.level }
 
-// AppendGzip compresses src as one gzip member and appends it to dst.
+// GzipBound is the most bytes AppendGzip appends for n bytes of input.
+func (c *Compressor) GzipBound(n int) int {
+	bound := int(C.libdeflate_gzip_compress_bound(c.c, C.size_t(n)))
+	runtime.KeepAlive(c)
+	return bound
+}
+
+// AppendGzip compresses src as one gzip member and appends it to dst (it
+// allocates only when dst has less than GzipBound(len(src)) to spare).
 func (c *Compressor) AppendGzip(dst, src []byte) []byte {
-	bound := int(C.libdeflate_gzip_compress_bound(c.c, C.size_t(len(src))))
+	bound := c.GzipBound(len(src))
 	dst = slices.Grow(dst, bound)
 	out := dst[len(dst) : len(dst)+bound]
 	var in unsafe.Pointer

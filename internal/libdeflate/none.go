@@ -26,5 +26,8 @@ func New(level int) (*Compressor, error) {
 // Level is 0.
 func (c *Compressor) Level() int { return 0 }
 
+// GzipBound is never called: New never returns a compressor.
+func (c *Compressor) GzipBound(n int) int { panic("libdeflate: not in this build") }
+
 // AppendGzip is never called: New never returns a compressor.
 func (c *Compressor) AppendGzip(dst, src []byte) []byte { panic("libdeflate: not in this build") }
