@@ -211,3 +211,26 @@ func TestLayoutDeflates(t *testing.T) {
 		}
 	}
 }
+
+// Stream offsets read back across their pages, and nothing beyond them.
+func TestStreamOffsets(t *testing.T) {
+	for _, n := range []int64{0, 1, offsetsPage - 1, offsetsPage, offsetsPage + 1, 3*offsetsPage + 7} {
+		t.Run(strconv.FormatInt(n, 10), func(t *testing.T) {
+			var s streamOffsets
+			for i := range n {
+				s.add(i * 3)
+			}
+			for _, i := range []int64{0, n / 2, n - 1, offsetsPage - 1, offsetsPage} {
+				off, ok := s.at(i)
+				require.Equal(t, i >= 0 && i < n, ok, "index %d of %d", i, n)
+				if ok {
+					require.Equal(t, i*3, off)
+				}
+			}
+			_, ok := s.at(n)
+			require.False(t, ok)
+			_, ok = s.at(-1)
+			require.False(t, ok)
+		})
+	}
+}

@@ -38,7 +38,7 @@ type parallelCompressor struct {
 	queue   chan *streamResult  // in stream order, up to maxQueuedStreams
 	budget  *semaphore.Weighted // uncompressed bytes of the queued streams, up to maxQueuedBytes
 	slots   chan struct{}       // compression workers
-	offsets []int64             // compressed start offset of each stream
+	offsets streamOffsets       // compressed start offset of each stream
 	written chan error          // the ordered writer's outcome
 	free    chan *bytes.Buffer  // spare stream buffers
 	pos     int64
@@ -125,7 +125,7 @@ func (c *parallelCompressor) writeInOrder() {
 	var err error
 	for r := range c.queue {
 		<-r.done
-		c.offsets = append(c.offsets, c.pos)
+		c.offsets.add(c.pos)
 		if err == nil {
 			err = r.err
 		}
@@ -219,16 +219,44 @@ func (c *parallelCompressor) Annotations() map[string]string { return c.annotati
 // offsetSource maps the TOC's stream indexes to the streams' offsets.
 type offsetSource struct {
 	tocSource
-	offsets []int64
+	offsets streamOffsets
+}
+
+// streamOffsets is a list of offsets in pages of a fixed size: 8 bytes per
+// stream, never copied to grow (a slice's doubling would hold up to twice
+// that, and both copies while it grows).
+type streamOffsets struct {
+	pages [][]int64
+	n     int64
+}
+
+const offsetsPage = 1 << 14
+
+func (s *streamOffsets) add(off int64) {
+	if s.n%offsetsPage == 0 {
+		s.pages = append(s.pages, make([]int64, 0, offsetsPage))
+	}
+	last := len(s.pages) - 1
+	s.pages[last] = append(s.pages[last], off)
+	s.n++
+}
+
+// at is the i-th offset; ok is false beyond the list.
+func (s *streamOffsets) at(i int64) (int64, bool) {
+	if i < 0 || i >= s.n {
+		return 0, false
+	}
+	return s.pages[i/offsetsPage][i%offsetsPage], true
 }
 
 func (o offsetSource) Entries(fn func(*estargz.TOCEntry) error) error {
 	return o.tocSource.Entries(func(e *estargz.TOCEntry) error {
 		if e.ChunkDigest != "" { // an entry with data: a chunk, or a reg's first
-			if e.Offset < 0 || e.Offset >= int64(len(o.offsets)) {
+			off, ok := o.offsets.at(e.Offset)
+			if !ok {
 				return fmt.Errorf("TOC entry %q: stream %d was never written", e.Name, e.Offset)
 			}
-			e.Offset = o.offsets[e.Offset]
+			e.Offset = off
 		}
 		return fn(e)
 	})
