@@ -78,7 +78,7 @@ func Verify(ctx context.Context, cs content.Provider, desc ocispec.Descriptor) (
 // openTOCJSON finds a blob's TOC by its footer (eStargz's, else
 // zstd:chunked's), and returns a reader of the TOC's JSON and a reader of
 // the blob's chunks (through data, the same blob) for its format.
-func openTOCJSON(ra, data SizedReaderAt) (io.ReadCloser, chunkReader, error) {
+func openTOCJSON(ra, data SizedReaderAt) (io.ReadCloser, *chunkStreams, error) {
 	sr := io.NewSectionReader(ra, 0, ra.Size())
 	var tocOffset int64
 	if err := contained(func() (err error) { tocOffset, _, err = estargz.OpenFooter(sr); return err }); err == nil &&
@@ -93,7 +93,7 @@ func openTOCJSON(ra, data SizedReaderAt) (io.ReadCloser, chunkReader, error) {
 			zr.Close()
 			return nil, nil, fmt.Errorf("its footer points at no TOC: %w", errdefs.ErrInvalidArgument)
 		}
-		return readCloser{tr, zr}, &gzipChunks{ra: data}, nil
+		return readCloser{tr, zr}, gzipChunks(data), nil
 	}
 	d := new(zstdchunked.Decompressor)
 	if ra.Size() >= d.FooterSize() {
@@ -105,7 +105,7 @@ func openTOCJSON(ra, data SizedReaderAt) (io.ReadCloser, chunkReader, error) {
 				if err != nil {
 					return nil, nil, err
 				}
-				return readCloser{zr, closerFunc(zr.Close)}, &zstdChunks{ra: data}, nil
+				return readCloser{zr, closerFunc(zr.Close)}, zstdChunks(data), nil
 			}
 		}
 	}
@@ -185,7 +185,7 @@ func (b *boundedReader) Read(p []byte) (int, error) {
 // checked once its last byte is read.
 type tocVerifier struct {
 	ctx    context.Context
-	chunks chunkReader
+	chunks *chunkStreams
 	rep    Report
 	file   *estargz.TOCEntry // the file being read, nil between files
 	want   digest.Digest
@@ -285,66 +285,68 @@ func (v *tocVerifier) finish() error {
 	return nil
 }
 
-// chunkReader opens the compressed stream that starts at a chunk's offset.
-type chunkReader interface {
-	// Open returns the uncompressed bytes from offset's stream, inner
-	// bytes in.
-	Open(offset, inner int64) (io.Reader, error)
-	Close() error
+// chunkStreams opens the compressed stream that starts at a chunk's offset,
+// pointing one reused decompressor at it.
+type chunkStreams struct {
+	ra    SizedReaderAt
+	reset func(r io.Reader) (io.Reader, error) // the decompressor, reading r
+	close func()
 }
 
-type gzipChunks struct {
-	ra SizedReaderAt
-	zr *gzip.Reader
-}
-
-func (g *gzipChunks) Open(offset, inner int64) (io.Reader, error) {
-	if offset < 0 || offset >= g.ra.Size() {
+// Open returns the uncompressed bytes of the stream at offset, inner bytes in.
+func (c *chunkStreams) Open(offset, inner int64) (io.Reader, error) {
+	if offset < 0 || offset >= c.ra.Size() {
 		return nil, errors.New("offset outside the blob")
 	}
-	sr := io.NewSectionReader(g.ra, offset, g.ra.Size()-offset)
-	var err error
-	if g.zr == nil {
-		g.zr, err = gzip.NewReader(sr)
-	} else {
-		err = g.zr.Reset(sr)
-	}
+	r, err := c.reset(io.NewSectionReader(c.ra, offset, c.ra.Size()-offset))
 	if err != nil {
 		return nil, err
 	}
-	g.zr.Multistream(false)
-	return skip(g.zr, inner)
+	return skip(r, inner)
 }
 
-func (g *gzipChunks) Close() error { return nil }
-
-type zstdChunks struct {
-	ra SizedReaderAt
-	zr *zstd.Decoder
-}
-
-func (z *zstdChunks) Open(offset, inner int64) (io.Reader, error) {
-	if offset < 0 || offset >= z.ra.Size() {
-		return nil, errors.New("offset outside the blob")
-	}
-	sr := io.NewSectionReader(z.ra, offset, z.ra.Size()-offset)
-	var err error
-	if z.zr == nil {
-		z.zr, err = zstd.NewReader(sr, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
-	} else {
-		err = z.zr.Reset(sr)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return skip(z.zr, inner)
-}
-
-func (z *zstdChunks) Close() error {
-	if z.zr != nil {
-		z.zr.Close()
+// Close releases the decompressor.
+func (c *chunkStreams) Close() error {
+	if c.close != nil {
+		c.close()
 	}
 	return nil
+}
+
+// gzipChunks reads eStargz chunks: a chunk never spans gzip members.
+func gzipChunks(ra SizedReaderAt) *chunkStreams {
+	var zr *gzip.Reader
+	return &chunkStreams{ra: ra, reset: func(r io.Reader) (io.Reader, error) {
+		var err error
+		if zr == nil {
+			zr, err = gzip.NewReader(r)
+		} else {
+			err = zr.Reset(r)
+		}
+		if err != nil {
+			return nil, err
+		}
+		zr.Multistream(false)
+		return zr, nil
+	}}
+}
+
+// zstdChunks reads zstd:chunked chunks.
+func zstdChunks(ra SizedReaderAt) *chunkStreams {
+	var zr *zstd.Decoder
+	return &chunkStreams{ra: ra, reset: func(r io.Reader) (io.Reader, error) {
+		var err error
+		if zr == nil {
+			zr, err = zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+		} else {
+			err = zr.Reset(r)
+		}
+		return zr, err
+	}, close: func() {
+		if zr != nil {
+			zr.Close()
+		}
+	}}
 }
 
 func skip(r io.Reader, n int64) (io.Reader, error) {

@@ -189,16 +189,7 @@ func child(side, formatKey, spec string) error {
 }
 
 // selfPeakMB is this process's peak resident set (VmHWM), in MB.
-func selfPeakMB() float64 {
-	b, _ := os.ReadFile("/proc/self/status")
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return kb / 1000
-		}
-	}
-	return 0
-}
+func selfPeakMB() float64 { return procStatusKB("self", "VmHWM") / 1000 }
 
 // measuredRun runs cmd through GNU time when it is installed, and returns
 // cmd's combined output and peak RSS in MB (0 when unknown): the rusage Go

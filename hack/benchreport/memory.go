@@ -71,15 +71,19 @@ func daemonMemory(work, binDir string, layers []generated) error {
 }
 
 // rssMB reads a process's resident set from /proc.
-func rssMB(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+func rssMB(pid int) float64 { return procStatusKB(strconv.Itoa(pid), "VmRSS") / 1024 }
+
+// procStatusKB is a kB field of /proc/<pid>/status ("self" for this
+// process), 0 if unknown.
+func procStatusKB(pid, field string) float64 {
+	b, err := os.ReadFile("/proc/" + pid + "/status")
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return kb / 1024
+			return kb
 		}
 	}
 	return 0
