@@ -46,6 +46,12 @@ type ImageOptions struct {
 	// returns a layer to append to it, with its diffID (nydus's merged
 	// bootstrap).
 	AppendLayer AppendLayerFunc
+	// Shared, if set, is asked for a manifest's conversion published in a
+	// registry (by another node) before any of its layers is converted; a
+	// conversion it finds is adopted only if the manifest rebuilt from the
+	// source with its layers is the one published. Its errors are warnings:
+	// the image is then converted here.
+	Shared SharedConversions
 	// EnsureLayer, if set, makes a layer local before it is converted: it
 	// returns the blob to convert in its place, which is the layer itself
 	// unless the layer is missing and was rebuilt (from a snapshot).
@@ -92,6 +98,11 @@ type AppendLayerFunc func(ctx context.Context, cs content.Store, layers []ocispe
 type ImageResult struct {
 	Image  images.Image
 	Layers []LayerResult
+	// Shared lists the manifests adopted from conversions published in a
+	// registry: source manifest digest -> where it was found.
+	Shared map[digest.Digest]string
+	// Warnings say what went wrong without failing the conversion.
+	Warnings []string
 }
 
 // ConvertImage converts the image srcRef into dstRef (which may be the same
@@ -118,7 +129,7 @@ func (c *Converter) ConvertImage(ctx context.Context, is images.Store, srcRef, d
 	if err != nil {
 		return nil, fmt.Errorf("image %q: %w", srcRef, err)
 	}
-	w := &imageWalk{c: c, opts: opts, done: map[digest.Digest]*manifestOnce{}}
+	w := &imageWalk{c: c, opts: opts, done: map[digest.Digest]*manifestOnce{}, shared: map[digest.Digest]string{}}
 	target, err := w.convert(ctx, src.Target)
 	if err != nil {
 		return nil, err
@@ -139,7 +150,7 @@ func (c *Converter) ConvertImage(ctx context.Context, is images.Store, srcRef, d
 	if err := c.Link(ctx, w.layers...); err != nil {
 		return nil, err
 	}
-	return &ImageResult{Image: img, Layers: w.layers}, nil
+	return &ImageResult{Image: img, Layers: w.layers, Shared: w.shared, Warnings: w.warnings}, nil
 }
 
 type imageWalk struct {
@@ -148,6 +159,9 @@ type imageWalk struct {
 	mu     sync.Mutex
 	layers []LayerResult
 	done   map[digest.Digest]*manifestOnce
+	// shared: source manifest -> where its adopted conversion was found.
+	shared   map[digest.Digest]string
+	warnings []string
 }
 
 // manifestOnce converts a manifest once even when an index lists it twice.
@@ -279,7 +293,6 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 		w.keepAll(manifest.Layers)
 		return w.retype(desc, nil), nil
 	}
-	results := make([]*LayerResult, len(manifest.Layers))
 	converters := make([]LayerConverter, len(manifest.Layers))
 	positions := make([]int, len(manifest.Layers))
 	pos := 0
@@ -298,70 +311,108 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 		}
 		pos++
 	}
-	if w.opts.Layers != nil {
-		configDiffIDs, err := w.diffIDs(ctx, manifest.Config, pos)
-		if err != nil {
-			return nil, err
-		}
-		p := w.opts.Progress
-		for _, l := range manifest.Layers {
-			p.layer(l.Digest, l.Size) // queued, in manifest order
-		}
-		eg, egCtx := errgroup.WithContext(ctx)
-		for i, l := range manifest.Layers {
-			if converters[i] == nil {
-				continue
-			}
-			eg.Go(func() error {
-				lp := p.layer(l.Digest, l.Size)
-				src := Ensured{Desc: l}
-				if w.opts.EnsureLayer != nil {
-					var err error
-					if src, err = w.opts.EnsureLayer(egCtx, l, desc, positions[i], LayerReport{lp: lp}); err != nil {
-						lp.set(StateFailed)
-						return err
-					}
-					if src.Origin != "" {
-						lp.in.Store(0)
-						lp.set(StateQueued) // until a worker takes it
-						lp.setOrigin(src.Origin)
-					}
-				}
-				r, err := w.c.convertTracked(egCtx, converters[i], src.Desc, lp)
-				if err != nil {
-					return err
-				}
-				r.Origin = src.Origin
-				// A rebuilt layer has its own bytes; containerd checked the
-				// snapshot it comes from against the config when it unpacked.
-				if want := configDiffIDs[positions[i]]; src.Origin != OriginSnapshot && r.SourceDiffID != "" && r.SourceDiffID != want {
-					lp.set(StateFailed)
-					return fmt.Errorf("layer %s is %s uncompressed, but config %s says diff_ids[%d] is %s: %w",
-						l.Digest, r.SourceDiffID, manifest.Config.Digest, positions[i], want, errdefs.ErrInvalidArgument)
-				}
-				if w.opts.RequireLossless && len(r.NotLossless) > 0 {
-					lp.set(StateFailed)
-					return fmt.Errorf("layer %s cannot be converted losslessly (%s), and lossless conversion is required: %w",
-						l.Digest, strings.Join(r.NotLossless, "; "), errdefs.ErrInvalidArgument)
-				}
-				results[i] = &r
-				return nil
-			})
-		}
-		if err := eg.Wait(); err != nil {
-			return nil, err
+	if w.opts.Layers == nil {
+		return w.finish(ctx, desc, manifest, lbls, make([]*LayerResult, len(manifest.Layers)), modified, "")
+	}
+	configDiffIDs, err := w.diffIDs(ctx, manifest.Config, pos)
+	if err != nil {
+		return nil, err
+	}
+	p := w.opts.Progress
+	for _, l := range manifest.Layers {
+		p.layer(l.Digest, l.Size) // queued, in manifest order
+	}
+	variant := sharedVariant(converters)
+	if w.opts.Shared != nil && w.opts.AppendLayer == nil && variant != "" {
+		if out, ok := w.fromShared(ctx, desc, manifest, lbls, modified, converters, positions, configDiffIDs, variant); ok {
+			return out, nil
 		}
 	}
+	results := make([]*LayerResult, len(manifest.Layers))
+	eg, egCtx := errgroup.WithContext(ctx)
+	for i, l := range manifest.Layers {
+		if converters[i] == nil {
+			continue
+		}
+		eg.Go(func() error {
+			lp := p.layer(l.Digest, l.Size)
+			src := Ensured{Desc: l}
+			if w.opts.EnsureLayer != nil {
+				var err error
+				if src, err = w.opts.EnsureLayer(egCtx, l, desc, positions[i], LayerReport{lp: lp}); err != nil {
+					lp.set(StateFailed)
+					return err
+				}
+				if src.Origin != "" {
+					lp.in.Store(0)
+					lp.set(StateQueued) // until a worker takes it
+					lp.setOrigin(src.Origin)
+				}
+			}
+			r, err := w.c.convertTracked(egCtx, converters[i], src.Desc, lp)
+			if err != nil {
+				return err
+			}
+			r.Origin = src.Origin
+			// A rebuilt layer has its own bytes; containerd checked the
+			// snapshot it comes from against the config when it unpacked.
+			if want := configDiffIDs[positions[i]]; src.Origin != OriginSnapshot && r.SourceDiffID != "" && r.SourceDiffID != want {
+				lp.set(StateFailed)
+				return fmt.Errorf("layer %s is %s uncompressed, but config %s says diff_ids[%d] is %s: %w",
+					l.Digest, r.SourceDiffID, manifest.Config.Digest, positions[i], want, errdefs.ErrInvalidArgument)
+			}
+			if err := w.checkLossless(l, r.NotLossless); err != nil {
+				lp.set(StateFailed)
+				return err
+			}
+			results[i] = &r
+			return nil
+		})
+	}
+	if err := eg.Wait(); err != nil {
+		return nil, err
+	}
+	return w.finish(ctx, desc, manifest, lbls, results, modified, variant)
+}
+
+// checkLossless refuses a layer that is not lossless when lossless
+// conversion is required.
+func (w *imageWalk) checkLossless(l ocispec.Descriptor, notLossless []string) error {
+	if w.opts.RequireLossless && len(notLossless) > 0 {
+		return fmt.Errorf("layer %s cannot be converted losslessly (%s), and lossless conversion is required: %w",
+			l.Digest, strings.Join(notLossless, "; "), errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// finish records a manifest's layer results and writes the manifest with
+// its converted layers and config (nil when nothing changed).
+func (w *imageWalk) finish(ctx context.Context, desc ocispec.Descriptor, manifest ocispec.Manifest, lbls map[string]string, results []*LayerResult, modified bool, variant string) (*ocispec.Descriptor, error) {
+	out, layers, err := w.assemble(ctx, desc, manifest, lbls, results, modified, variant)
+	if err != nil {
+		return nil, err
+	}
+	w.mu.Lock()
+	w.layers = append(w.layers, layers...)
+	w.mu.Unlock()
+	return out, nil
+}
+
+// assemble writes the manifest desc with the layers of results (nil: the
+// layer as it is) and a config with their diffIDs, labelled as a conversion
+// of desc to variant; it returns the new manifest (nil when nothing changed)
+// and the layers' results. manifest is modified.
+func (w *imageWalk) assemble(ctx context.Context, desc ocispec.Descriptor, manifest ocispec.Manifest, lbls map[string]string, results []*LayerResult, modified bool, variant string) (*ocispec.Descriptor, []LayerResult, error) {
+	var layers []LayerResult
+	var err error
 	changedDiffIDs := map[int]digest.Digest{} // position among layer blobs -> new diffID
-	pos = 0
+	pos := 0
 	for i, l := range manifest.Layers {
 		if !images.IsLayerType(l.MediaType) {
 			continue
 		}
 		if r := results[i]; r != nil {
-			w.mu.Lock()
-			w.layers = append(w.layers, *r)
-			w.mu.Unlock()
+			layers = append(layers, *r)
 			if r.Desc.Digest != l.Digest || !maps.Equal(r.Desc.Annotations, l.Annotations) {
 				manifest.Layers[i] = r.Desc
 				modified = true
@@ -371,7 +422,7 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 				if diffID == "" {
 					// A variant made elsewhere (BuildKit's, say) may lack its label.
 					if diffID, err = w.c.diffPairs.DiffID(ctx, r.Desc); err != nil {
-						return nil, err
+						return nil, nil, err
 					}
 				}
 				changedDiffIDs[pos] = diffID
@@ -390,7 +441,7 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 		oci := !images.IsDockerType(manifest.MediaType)
 		extra, diffID, err := w.opts.AppendLayer(ctx, w.c.cs, manifest.Layers, oci)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		manifest.Layers = append(manifest.Layers, *extra)
 		appended = append(appended, diffID)
@@ -398,18 +449,25 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 	}
 	newConfig, err := w.convertConfig(ctx, manifest.Config, changedDiffIDs, pos, appended)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if newConfig != nil {
 		manifest.Config = *newConfig
 		modified = true
 	}
 	if !modified {
-		return nil, nil
+		return nil, layers, nil
 	}
 	lbls = childLabels(lbls, "l", manifest.Layers)
 	lbls["containerd.io/gc.ref.content.config"] = manifest.Config.Digest.String()
-	return ctdconverter.WriteJSON(ctx, w.c.cs, &manifest, desc, lbls)
+	delete(lbls, labels.ConvertedFrom)
+	delete(lbls, labels.ConvertedVariant)
+	if variant != "" {
+		lbls[labels.ConvertedFrom] = desc.Digest.String()
+		lbls[labels.ConvertedVariant] = variant
+	}
+	out, err := ctdconverter.WriteJSON(ctx, w.c.cs, &manifest, desc, lbls)
+	return out, layers, err
 }
 
 // isImageManifest tells a filesystem image from an artifact: its config is

@@ -30,9 +30,13 @@ const (
 	StateFetching
 	// StateRebuilding: the source layer is being rebuilt from its snapshot.
 	StateRebuilding
+	// StateShared: the variant was converted elsewhere and found through
+	// the registry (a conversion published as a referrer of the source
+	// manifest); nothing was read or converted here.
+	StateShared
 )
 
-var stateNames = [...]string{"queued", "reading", "converting", "committed", "cached", "kept", "failed", "fetching", "rebuilding"}
+var stateNames = [...]string{"queued", "reading", "converting", "committed", "cached", "kept", "failed", "fetching", "rebuilding", "shared"}
 
 // String names the state as progress output shows it.
 func (s LayerState) String() string {
@@ -43,7 +47,7 @@ func (s LayerState) String() string {
 }
 
 // Done reports whether the state is final.
-func (s LayerState) Done() bool { return s >= StateCommitted && s <= StateFailed }
+func (s LayerState) Done() bool { return s >= StateCommitted && s <= StateFailed || s == StateShared }
 
 // Progress tracks every layer of a conversion. It is safe for concurrent use;
 // converters update it and a display polls Snapshot.

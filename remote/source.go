@@ -100,11 +100,7 @@ func AddSource(ctx context.Context, cs content.Manager, d digest.Digest, src Sou
 	if err != nil {
 		return err
 	}
-	host := src.Host
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	key := labels.DistributionSourcePrefix + host
+	key := labels.DistributionSourcePrefix + hostname(src.Host)
 	var repos []string
 	if v := info.Labels[key]; v != "" {
 		repos = strings.Split(v, ",")
@@ -133,4 +129,12 @@ func SourceOf(ref string) (Source, error) {
 		repo = rest[:i]
 	}
 	return Source{Host: host, Repository: repo}, nil
+}
+
+// hostname is host without its port, as distribution-source labels key it.
+func hostname(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		return h
+	}
+	return host
 }

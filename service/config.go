@@ -27,6 +27,9 @@ type Config struct {
 	// RequireLossless refuses layers that cannot be converted byte for byte
 	// (sparse files) in every request.
 	RequireLossless bool
+	// DisableRegistryCache converts every image here, without first
+	// asking the source's registry for a conversion another node published.
+	DisableRegistryCache bool
 	// Limits bound what a layer may make a conversion hold (zero fields:
 	// converter.DefaultLimits; negative: none).
 	Limits converter.Limits
@@ -103,12 +106,16 @@ func ParseConfig(raw map[string]any) (Config, error) {
 				return cfg, fmt.Errorf("rule_queue_length takes a whole number of at least 1, not %v: %w", v, errdefs.ErrInvalidArgument)
 			}
 			cfg.RuleQueueLength = n
-		case "require_lossless":
+		case "require_lossless", "disable_registry_cache":
 			b, ok := v.(bool)
 			if !ok {
-				return cfg, fmt.Errorf("require_lossless takes true or false, not %v: %w", v, errdefs.ErrInvalidArgument)
+				return cfg, fmt.Errorf("%s takes true or false, not %v: %w", k, v, errdefs.ErrInvalidArgument)
 			}
-			cfg.RequireLossless = b
+			if k == "require_lossless" {
+				cfg.RequireLossless = b
+			} else {
+				cfg.DisableRegistryCache = b
+			}
 		case "default_format":
 			s, ok := v.(string)
 			if !ok {
@@ -126,7 +133,7 @@ func ParseConfig(raw map[string]any) (Config, error) {
 			}
 			ck, known := keys[k]
 			if !known {
-				return cfg, fmt.Errorf("unknown configuration key %q (known: workers, default_format, require_lossless, max_*, rules, rule_queue_length, %s): %w",
+				return cfg, fmt.Errorf("unknown configuration key %q (known: workers, default_format, require_lossless, disable_registry_cache, max_*, rules, rule_queue_length, %s): %w",
 					k, strings.Join(slices.Sorted(maps.Keys(keys)), ", "), errdefs.ErrInvalidArgument)
 			}
 			text, ok := scalar(v, ck.field.Kind)
@@ -143,7 +150,7 @@ func ParseConfig(raw map[string]any) (Config, error) {
 // ParseConfig reads back, and what containerd's `config dump` prints.
 func (c Config) TOML() map[string]any {
 	out := map[string]any{"workers": int64(c.Workers), "default_format": c.DefaultFormat, "require_lossless": c.RequireLossless,
-		"rule_queue_length": int64(c.RuleQueueLength)}
+		"disable_registry_cache": c.DisableRegistryCache, "rule_queue_length": int64(c.RuleQueueLength)}
 	if len(c.Rules) > 0 {
 		var rules []any
 		for _, r := range c.Rules {

@@ -15,6 +15,7 @@ import (
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/labels"
+	"github.com/lazyconv/lazyconv/remote"
 )
 
 // Convert is the gRPC handler.
@@ -41,7 +42,12 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	if err != nil {
 		return err
 	}
-	ensure := s.layerSource(registryOptions(req.GetRegistry()).ResolverFor(req.GetSource()), req.GetSource())
+	resolver := registryOptions(req.GetRegistry()).ResolverFor(req.GetSource())
+	ensure := s.layerSource(resolver, req.GetSource())
+	var shared converter.SharedConversions
+	if !s.cfg.DisableRegistryCache && !req.GetNoRegistryCache() {
+		shared = remote.NewSharedConversions(s.cs, resolver, req.GetSource())
+	}
 	progress := converter.NewProgress()
 	before := s.conv.Conversions()
 	m := serviceMetrics()
@@ -58,7 +64,7 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	go func() {
 		res, err := s.conv.ConvertImage(ctx, s.is, req.GetSource(), req.GetTarget(), converter.ImageOptions{
 			Layers: p.layers, AppendLayer: p.appendLayer, DockerToOCI: req.GetOci() || oci, Platforms: pm, Progress: progress,
-			EnsureLayer: ensure, RequireLossless: s.cfg.RequireLossless || req.GetRequireLossless(), Limits: s.cfg.Limits,
+			EnsureLayer: ensure, Shared: shared, RequireLossless: s.cfg.RequireLossless || req.GetRequireLossless(), Limits: s.cfg.Limits,
 		})
 		done <- outcome{res, err}
 	}()
@@ -96,6 +102,13 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 				Name:      out.res.Image.Name,
 				Target:    descriptor(t.MediaType, t.Digest.String(), t.Size, t.Annotations),
 				Converted: s.conv.Conversions() - before,
+				Warnings:  out.res.Warnings,
+			}
+			for src, where := range out.res.Shared {
+				if result.Shared == nil {
+					result.Shared = map[string]string{}
+				}
+				result.Shared[src.String()] = where
 			}
 			for _, l := range out.res.Layers {
 				if l.Origin != "" {

@@ -21,6 +21,7 @@ var wireStates = map[converter.LayerState]api.LayerState{
 	converter.StateFailed:     api.LayerState_LAYER_STATE_FAILED,
 	converter.StateFetching:   api.LayerState_LAYER_STATE_FETCHING,
 	converter.StateRebuilding: api.LayerState_LAYER_STATE_REBUILDING,
+	converter.StateShared:     api.LayerState_LAYER_STATE_SHARED,
 }
 
 var localStates = func() map[api.LayerState]converter.LayerState {

@@ -36,7 +36,7 @@ func serviceMetrics() *metricSet {
 	metricsOnce.Do(func() {
 		ns := metrics.NewNamespace("lazyconv", "", nil)
 		processSet = &metricSet{
-			layers: ns.NewLabeledCounter("layers", "Layers by format and result: committed (converted), cached, kept, failed", "format", "result"),
+			layers: ns.NewLabeledCounter("layers", "Layers by format and result: committed (converted), cached, kept, shared (converted by another node, from the registry), failed", "format", "result"),
 			images: ns.NewLabeledCounter("images", "Image conversions by format and result (converted, failed) and the errdefs class of a failure",
 				"format", "result", "class"),
 			read:      ns.NewLabeledCounter("read_bytes", "Source bytes read by layer conversions", "format"),
@@ -87,6 +87,8 @@ func (m *metricSet) record(ctx context.Context, source, target, format string, l
 			m.layers.WithValues(format, "cached").Inc()
 		case converter.StateKept:
 			m.layers.WithValues(format, "kept").Inc()
+		case converter.StateShared:
+			m.layers.WithValues(format, "shared").Inc()
 		case converter.StateFailed:
 			m.layers.WithValues(format, "failed").Inc()
 		}
@@ -96,7 +98,7 @@ func (m *metricSet) record(ctx context.Context, source, target, format string, l
 	entry := log.G(ctx).WithFields(log.Fields{
 		"image": source, "target": target, "format": format,
 		"converted": counts[converter.StateCommitted], "cached": counts[converter.StateCached],
-		"kept": counts[converter.StateKept], "failed": counts[converter.StateFailed],
+		"kept": counts[converter.StateKept], "shared": counts[converter.StateShared], "failed": counts[converter.StateFailed],
 		"bytes_in": in, "bytes_out": out, "seconds": elapsed.Round(time.Millisecond).Seconds(),
 	})
 	if err != nil {

@@ -5,11 +5,18 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/containerd/platforms"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/labels"
+	"github.com/lazyconv/lazyconv/remote"
 )
 
 // Push is the gRPC handler.
@@ -67,5 +74,53 @@ func (s *Service) PushImage(ctx context.Context, req *api.PushRequest) (*api.Pus
 		return nil, fmt.Errorf("pushing %s: %w", req.GetRef(), err)
 	}
 	t := img.Target
-	return &api.PushResponse{Target: descriptor(t.MediaType, t.Digest.String(), t.Size, t.Annotations)}, nil
+	resp := &api.PushResponse{Target: descriptor(t.MediaType, t.Digest.String(), t.Size, t.Annotations)}
+	resp.Published, resp.Warnings = s.publishConversions(ctx, resolver, req.GetRef(), t, pm)
+	return resp, nil
+}
+
+// publishConversions publishes, in the repository just pushed to, each
+// pushed manifest that lazyconv converted as a referrer of its source
+// manifest, so that other nodes converting that source adopt it. It
+// returns the referrers ("host/repository@digest"), and warnings for those
+// it could not publish: the push itself succeeded.
+func (s *Service) publishConversions(ctx context.Context, resolver remotes.Resolver, ref string, target ocispec.Descriptor, pm platforms.MatchComparer) (published, warnings []string) {
+	src, err := remote.SourceOf(ref)
+	if err != nil {
+		return nil, nil
+	}
+	var manifests []ocispec.Descriptor
+	collect := images.HandlerFunc(func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+		if images.IsManifestType(desc.MediaType) {
+			manifests = append(manifests, desc)
+			return nil, nil
+		}
+		return images.Children(ctx, s.cs, desc)
+	})
+	if err := images.Walk(ctx, images.FilterPlatforms(collect, pm), target); err != nil {
+		return nil, []string{fmt.Sprintf("listing the manifests to publish: %v", err)}
+	}
+	for _, m := range manifests {
+		info, err := s.cs.Info(ctx, m.Digest)
+		if err != nil {
+			continue
+		}
+		from, variant := info.Labels[labels.ConvertedFrom], info.Labels[labels.ConvertedVariant]
+		if from == "" || variant == "" {
+			continue // not a conversion of lazyconv's
+		}
+		subject, err := remote.ManifestOf(ctx, s.cs, digest.Digest(from))
+		if err == nil {
+			var desc ocispec.Descriptor
+			desc, err = remote.PublishReferrer(ctx, resolver, src, remote.ConversionReferrer(subject, variant, m.Digest), "")
+			if err == nil {
+				published = append(published, src.Ref(desc.Digest))
+				continue
+			}
+		}
+		text := fmt.Sprintf("publishing the %s conversion %s of %s: %v", variant, m.Digest, from, err)
+		log.G(ctx).Warn("lazyconv: " + text)
+		warnings = append(warnings, text)
+	}
+	return published, warnings
 }

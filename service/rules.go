@@ -237,11 +237,7 @@ func (r *ruleRunner) convert(ctx context.Context, job ruleJob) {
 	if err != nil {
 		log.G(ctx).WithError(err).WithFields(log.Fields{"image": job.image, "target": target, "format": job.rule.Format}).
 			Warn("lazyconv: rule conversion failed")
-		text := fmt.Sprintf("%s to %s: %v", job.rule.Format, target, err)
-		if len(text) > 1024 {
-			text = text[:1024]
-		}
-		r.setFailure(ctx, img, text)
+		r.setFailure(ctx, img, truncate(fmt.Sprintf("%s to %s: %v", job.rule.Format, target, err)))
 		if r.pub != nil {
 			if perr := r.pub.Publish(ctx, RuleFailedTopic, &RuleFailedEvent{Image: job.image, Target: target, Format: job.rule.Format, Error: err.Error()}); perr != nil {
 				log.G(ctx).WithError(perr).Warn("lazyconv: publishing the rule failure")
@@ -249,9 +245,24 @@ func (r *ruleRunner) convert(ctx context.Context, job ruleJob) {
 		}
 		return
 	}
+	if job.rule.Push {
+		if _, err := r.s.PushImage(ctx, &api.PushRequest{Ref: target}); err != nil {
+			log.G(ctx).WithError(err).WithField("target", target).Warn("lazyconv: rule push failed")
+			r.setFailure(ctx, img, truncate(fmt.Sprintf("pushing %s: %v", target, err)))
+			return
+		}
+	}
 	if _, failed := img.Labels[labels.RuleFailed]; failed {
 		r.setFailure(ctx, img, "")
 	}
+}
+
+// truncate bounds a label's text.
+func truncate(text string) string {
+	if len(text) > 1024 {
+		return text[:1024]
+	}
+	return text
 }
 
 // setFailure records (or, with "", removes) the failure label on the source image.

@@ -19,6 +19,7 @@ import (
 //	  format = "estargz"                     # any format of the table
 //	  tag_suffix = "-esgz"                   # app:1.0 -> app:1.0-esgz
 //	  namespaces = ["default"]               # optional: every namespace when empty
+//	  push = true                            # push the result (and publish the conversion)
 //	  [plugins.'io.containerd.grpc.v1.lazyconv'.rules.options]
 //	    compression-level = 6                # the format's options, by name
 type Rule struct {
@@ -27,6 +28,10 @@ type Rule struct {
 	TagSuffix  string
 	Namespaces []string
 	Options    map[string]string
+	// Push pushes the converted image to the registry its name names
+	// (localhost over plain HTTP, others over HTTPS, without credentials),
+	// which publishes the conversion for other nodes.
+	Push bool
 }
 
 // DefaultRuleQueueLength bounds the rule conversions waiting for their turn.
@@ -39,6 +44,7 @@ type ruleTOML struct {
 	TagSuffix  string         `toml:"tag_suffix"`
 	Namespaces []string       `toml:"namespaces"`
 	Options    map[string]any `toml:"options"`
+	Push       bool           `toml:"push"`
 }
 
 // parseRules reads the rules table as TOML decodes it, through go-toml as
@@ -57,7 +63,7 @@ func parseRules(v any) ([]Rule, error) {
 	}
 	var rules []Rule
 	for i, rt := range doc.Rules {
-		r := Rule{Match: rt.Match, Format: rt.Format, TagSuffix: rt.TagSuffix, Namespaces: rt.Namespaces}
+		r := Rule{Match: rt.Match, Format: rt.Format, TagSuffix: rt.TagSuffix, Namespaces: rt.Namespaces, Push: rt.Push}
 		if r.Options, err = optionTexts(rt.Options); err != nil {
 			return nil, fmt.Errorf("rules[%d].options: %w", i, err)
 		}
@@ -87,6 +93,9 @@ func (r Rule) toml() map[string]any {
 	out := map[string]any{"match": r.Match, "format": r.Format, "tag_suffix": r.TagSuffix}
 	if len(r.Namespaces) > 0 {
 		out["namespaces"] = slices.Clone(r.Namespaces)
+	}
+	if r.Push {
+		out["push"] = true
 	}
 	if len(r.Options) > 0 {
 		opts := map[string]any{}

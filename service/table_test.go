@@ -33,6 +33,7 @@ func TestEveryLayerStateCrossesTheWire(t *testing.T) {
 		{converter.StateFailed, api.LayerState_LAYER_STATE_FAILED},
 		{converter.StateFetching, api.LayerState_LAYER_STATE_FETCHING},
 		{converter.StateRebuilding, api.LayerState_LAYER_STATE_REBUILDING},
+		{converter.StateShared, api.LayerState_LAYER_STATE_SHARED},
 	} {
 		t.Run(tc.local.String(), func(t *testing.T) {
 			st := converter.LayerStatus{Digest: "sha256:00", State: tc.local, BytesIn: 3, BytesOut: 4}
@@ -41,7 +42,7 @@ func TestEveryLayerStateCrossesTheWire(t *testing.T) {
 			assert.Equal(t, st, service.LayerStatus(ev))
 		})
 	}
-	assert.Len(t, api.LayerState_name, 9, "a new wire state needs a row above and in the service's map")
+	assert.Len(t, api.LayerState_name, 10, "a new wire state needs a row above and in the service's map")
 }
 
 func TestConfigParsesTOMLValues(t *testing.T) {

@@ -38,7 +38,7 @@ func extendConvert(ctr *cli.Command) error {
 			others = append(others, f.Name)
 		}
 	}
-	convert.Flags = append(convert.Flags, append(convertcmd.FormatFlags(others...), convertcmd.RequireLosslessFlag)...)
+	convert.Flags = append(convert.Flags, append(convertcmd.FormatFlags(others...), convertcmd.RequireLosslessFlag, convertcmd.NoRegistryCacheFlag)...)
 	convert.Usage += " (lazyconv: --estargz, --zstdchunked, --nydus run in the daemon)"
 	upstreamAction := convert.Action
 	convert.Action = func(ctx context.Context, cmd *cli.Command) error {
@@ -94,7 +94,7 @@ func convertInDaemon(ctx context.Context, cmd *cli.Command, f service.Format) er
 	req := &api.ConvertRequest{
 		Source: src, Target: dst, Format: f.Name, Oci: cmd.Bool("oci"), Options: opts,
 		Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
-		RequireLossless: cmd.Bool("require-lossless"),
+		RequireLossless: cmd.Bool("require-lossless"), NoRegistryCache: cmd.Bool("no-registry-cache"),
 	}
 	result, _, err := convertcmd.Run(ctx, cmd.Root().ErrWriter, false, func(ctx context.Context, onEvent func(*api.ConvertEvent) error) error {
 		stream, err := converter.Convert(ctx, req)
@@ -106,6 +106,9 @@ func convertInDaemon(ctx context.Context, cmd *cli.Command, f service.Format) er
 	})
 	if err != nil {
 		return err
+	}
+	for _, w := range result.GetWarnings() {
+		_, _ = fmt.Fprintln(cmd.Root().ErrWriter, "warning:", w)
 	}
 	_, _ = fmt.Fprintln(cmd.Writer, result.GetTarget().GetDigest())
 	return nil

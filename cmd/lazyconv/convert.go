@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -32,6 +34,7 @@ crosses the socket.`,
 			&cli.BoolFlag{Name: "oci", Usage: "convert Docker media types to OCI ones (eStargz annotations need it)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the new image's digest"},
 			convertcmd.RequireLosslessFlag,
+			convertcmd.NoRegistryCacheFlag,
 		}, convertcmd.FormatFlags()...), append(append([]cli.Flag{}, registryFlags...), platformFlags...)...),
 		DisableSliceFlagSeparator: true,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
@@ -70,12 +73,18 @@ func runConvert(s *session, cmd *cli.Command, req *api.ConvertRequest, start tim
 	if err != nil {
 		return err
 	}
+	for _, w := range result.GetWarnings() {
+		fmt.Fprintln(os.Stderr, "lazyconv: warning:", w)
+	}
 	if cmd.Bool("quiet") {
 		fmt.Fprintln(s.out, result.GetTarget().GetDigest())
 		return nil
 	}
 	fmt.Fprintln(s.out)
 	convertcmd.PrintSummary(s.out, layers, time.Since(start))
+	for _, src := range slices.Sorted(maps.Keys(result.GetShared())) {
+		fmt.Fprintf(s.out, "manifest %s: converted by another node, adopted from %s\n", convertcmd.ShortDigest(src), result.GetShared()[src])
+	}
 	fmt.Fprintf(s.out, "%s %s\n", result.GetName(), result.GetTarget().GetDigest())
 	return nil
 }
@@ -86,7 +95,7 @@ func convertRequest(cmd *cli.Command) (*api.ConvertRequest, error) {
 	req := &api.ConvertRequest{
 		Source: cmd.Args().Get(0), Target: cmd.Args().Get(1), Oci: cmd.Bool("oci"),
 		Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
-		RequireLossless: cmd.Bool("require-lossless"),
+		RequireLossless: cmd.Bool("require-lossless"), NoRegistryCache: cmd.Bool("no-registry-cache"),
 	}
 	// Layers of a lazily pulled image are fetched from their registry on first use.
 	opts := registryOptions(cmd)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -102,6 +103,12 @@ kept in the variant cache).`,
 				return err
 			}
 			fmt.Fprintf(s.out, "pushed %s %s\n", target, resp.GetTarget().GetDigest())
+			for _, p := range resp.GetPublished() {
+				fmt.Fprintf(s.out, "published conversion %s\n", p)
+			}
+			for _, w := range resp.GetWarnings() {
+				fmt.Fprintln(os.Stderr, "lazyconv: warning:", w)
+			}
 			return nil
 		},
 	}

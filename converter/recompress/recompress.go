@@ -75,6 +75,9 @@ func Name(target converter.Compression) string {
 // Variant is the format name, qualified by a non-default level.
 func (c *recompressConverter) Variant() string { return c.variant }
 
+// KeepsDiffID: only the compression changes.
+func (c *recompressConverter) KeepsDiffID() bool { return true }
+
 // MediaType is the source's family with the target compression.
 func (c *recompressConverter) MediaType(src string) string {
 	return converter.LayerMediaType(src, c.target)

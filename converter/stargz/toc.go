@@ -53,6 +53,10 @@ type tocCompressor interface {
 // Variant is the format, qualified by its non-default options.
 func (c *tocConverter) Variant() string { return c.variant }
 
+// KeepsDiffID: zstd:chunked keeps the source's tar (its TOC is in skippable
+// frames); eStargz's TOC and footer are tar entries of their own.
+func (c *tocConverter) KeepsDiffID() bool { return c.out == converter.Zstd }
+
 // MediaType is the output compression's layer type in the source's family.
 func (c *tocConverter) MediaType(src string) string { return converter.LayerMediaType(src, c.out) }
 

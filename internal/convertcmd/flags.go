@@ -163,6 +163,11 @@ func LimitFlags() []cli.Flag {
 var RequireLosslessFlag = &cli.BoolFlag{Name: "require-lossless",
 	Usage: "refuse layers that cannot be converted byte for byte (sparse files) instead of rewriting those entries"}
 
+// NoRegistryCacheFlag converts here without asking the source's registry
+// for a conversion another node published.
+var NoRegistryCacheFlag = &cli.BoolFlag{Name: "no-registry-cache",
+	Usage: "convert here, without adopting a conversion another node published in the source's registry"}
+
 // NativeError turns a conversion service's gRPC error into an errdefs one;
 // a server with no lazyconv API (Unimplemented) becomes ErrNotImplemented
 // with unserved as the message.

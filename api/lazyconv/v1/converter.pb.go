@@ -38,6 +38,8 @@ const (
 	LayerState_LAYER_STATE_FAILED     LayerState = 6
 	LayerState_LAYER_STATE_FETCHING   LayerState = 7
 	LayerState_LAYER_STATE_REBUILDING LayerState = 8
+	// Converted elsewhere: found through the registry, nothing converted here.
+	LayerState_LAYER_STATE_SHARED LayerState = 9
 )
 
 // Enum value maps for LayerState.
@@ -52,6 +54,7 @@ var (
 		6: "LAYER_STATE_FAILED",
 		7: "LAYER_STATE_FETCHING",
 		8: "LAYER_STATE_REBUILDING",
+		9: "LAYER_STATE_SHARED",
 	}
 	LayerState_value = map[string]int32{
 		"LAYER_STATE_QUEUED":     0,
@@ -63,6 +66,7 @@ var (
 		"LAYER_STATE_FAILED":     6,
 		"LAYER_STATE_FETCHING":   7,
 		"LAYER_STATE_REBUILDING": 8,
+		"LAYER_STATE_SHARED":     9,
 	}
 )
 
@@ -376,7 +380,12 @@ func (x *PushRequest) GetRegistry() *RegistryOptions {
 type PushResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The manifest or index pushed.
-	Target        *Descriptor `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	Target *Descriptor `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	// Conversions published as referrers of their source manifests, one per
+	// converted manifest pushed ("host/repository@digest" of each referrer).
+	Published []string `protobuf:"bytes,2,rep,name=published,proto3" json:"published,omitempty"`
+	// What went wrong without failing the push (a referrer the registry refused).
+	Warnings      []string `protobuf:"bytes,3,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -414,6 +423,20 @@ func (*PushResponse) Descriptor() ([]byte, []int) {
 func (x *PushResponse) GetTarget() *Descriptor {
 	if x != nil {
 		return x.Target
+	}
+	return nil
+}
+
+func (x *PushResponse) GetPublished() []string {
+	if x != nil {
+		return x.Published
+	}
+	return nil
+}
+
+func (x *PushResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
 	}
 	return nil
 }
@@ -456,6 +479,10 @@ type ConvertRequest struct {
 	// instead of converting them with those entries rewritten. The service's
 	// require_lossless configuration can only make this stricter.
 	RequireLossless bool `protobuf:"varint,15,opt,name=require_lossless,json=requireLossless,proto3" json:"require_lossless,omitempty"`
+	// Do not look for this conversion in the source's registry (conversions
+	// other nodes published as referrers of the source manifest); convert here.
+	// The service's disable_registry_cache configuration turns it off for all.
+	NoRegistryCache bool `protobuf:"varint,16,opt,name=no_registry_cache,json=noRegistryCache,proto3" json:"no_registry_cache,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -591,6 +618,13 @@ func (x *ConvertRequest) GetOptions() map[string]string {
 func (x *ConvertRequest) GetRequireLossless() bool {
 	if x != nil {
 		return x.RequireLossless
+	}
+	return false
+}
+
+func (x *ConvertRequest) GetNoRegistryCache() bool {
+	if x != nil {
+		return x.NoRegistryCache
 	}
 	return false
 }
@@ -1095,7 +1129,13 @@ type ConvertResult struct {
 	NotLossless map[string]string `protobuf:"bytes,4,rep,name=not_lossless,json=notLossless,proto3" json:"not_lossless,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Layers (by source digest) that were not in the content store, and
 	// where they came from ("snapshot" or "registry").
-	Origins       map[string]string `protobuf:"bytes,5,rep,name=origins,proto3" json:"origins,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Origins map[string]string `protobuf:"bytes,5,rep,name=origins,proto3" json:"origins,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// What went wrong without failing the conversion, e.g. a registry that
+	// could not be asked for a shared conversion (the image was converted here).
+	Warnings []string `protobuf:"bytes,6,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// Manifests (by source digest) adopted from a conversion published in the
+	// registry, and where: "host/repository@digest".
+	Shared        map[string]string `protobuf:"bytes,7,rep,name=shared,proto3" json:"shared,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1161,6 +1201,20 @@ func (x *ConvertResult) GetNotLossless() map[string]string {
 func (x *ConvertResult) GetOrigins() map[string]string {
 	if x != nil {
 		return x.Origins
+	}
+	return nil
+}
+
+func (x *ConvertResult) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
+func (x *ConvertResult) GetShared() map[string]string {
+	if x != nil {
+		return x.Shared
 	}
 	return nil
 }
@@ -1610,9 +1664,11 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\x11force_compression\x18\x03 \x01(\tR\x10forceCompression\x12\x1c\n" +
 	"\tplatforms\x18\x04 \x03(\tR\tplatforms\x12#\n" +
 	"\rall_platforms\x18\x05 \x01(\bR\fallPlatforms\x128\n" +
-	"\bregistry\x18\x06 \x01(\v2\x1c.lazyconv.v1.RegistryOptionsR\bregistry\"?\n" +
+	"\bregistry\x18\x06 \x01(\v2\x1c.lazyconv.v1.RegistryOptionsR\bregistry\"y\n" +
 	"\fPushResponse\x12/\n" +
-	"\x06target\x18\x01 \x01(\v2\x17.lazyconv.v1.DescriptorR\x06target\"\xc1\x05\n" +
+	"\x06target\x18\x01 \x01(\v2\x17.lazyconv.v1.DescriptorR\x06target\x12\x1c\n" +
+	"\tpublished\x18\x02 \x03(\tR\tpublished\x12\x1a\n" +
+	"\bwarnings\x18\x03 \x03(\tR\bwarnings\"\xed\x05\n" +
 	"\x0eConvertRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x16\n" +
@@ -1629,7 +1685,8 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\x14prioritized_manifest\x18\f \x01(\tR\x13prioritizedManifest\x12\x14\n" +
 	"\x05reuse\x18\r \x01(\bR\x05reuse\x12B\n" +
 	"\aoptions\x18\x0e \x03(\v2(.lazyconv.v1.ConvertRequest.OptionsEntryR\aoptions\x12)\n" +
-	"\x10require_lossless\x18\x0f \x01(\bR\x0frequireLossless\x1a:\n" +
+	"\x10require_lossless\x18\x0f \x01(\bR\x0frequireLossless\x12*\n" +
+	"\x11no_registry_cache\x18\x10 \x01(\bR\x0fnoRegistryCache\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"C\n" +
@@ -1687,17 +1744,22 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\vannotations\x18\x04 \x03(\v2(.lazyconv.v1.Descriptor.AnnotationsEntryR\vannotations\x1a>\n" +
 	"\x10AnnotationsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x81\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x98\x04\n" +
 	"\rConvertResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
 	"\x06target\x18\x02 \x01(\v2\x17.lazyconv.v1.DescriptorR\x06target\x12\x1c\n" +
 	"\tconverted\x18\x03 \x01(\x03R\tconverted\x12N\n" +
 	"\fnot_lossless\x18\x04 \x03(\v2+.lazyconv.v1.ConvertResult.NotLosslessEntryR\vnotLossless\x12A\n" +
-	"\aorigins\x18\x05 \x03(\v2'.lazyconv.v1.ConvertResult.OriginsEntryR\aorigins\x1a>\n" +
+	"\aorigins\x18\x05 \x03(\v2'.lazyconv.v1.ConvertResult.OriginsEntryR\aorigins\x12\x1a\n" +
+	"\bwarnings\x18\x06 \x03(\tR\bwarnings\x12>\n" +
+	"\x06shared\x18\a \x03(\v2&.lazyconv.v1.ConvertResult.SharedEntryR\x06shared\x1a>\n" +
 	"\x10NotLosslessEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
 	"\fOriginsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
+	"\vSharedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x81\x01\n" +
 	"\fConvertEvent\x122\n" +
@@ -1724,7 +1786,7 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\aformats\x18\x02 \x03(\v2\x13.lazyconv.v1.FormatR\aformats\x120\n" +
 	"\bbuilders\x18\x03 \x03(\v2\x14.lazyconv.v1.BuilderR\bbuilders\x12%\n" +
 	"\x0edefault_format\x18\x04 \x01(\tR\rdefaultFormat\x12\x18\n" +
-	"\aworkers\x18\x05 \x01(\x05R\aworkers*\xf0\x01\n" +
+	"\aworkers\x18\x05 \x01(\x05R\aworkers*\x88\x02\n" +
 	"\n" +
 	"LayerState\x12\x16\n" +
 	"\x12LAYER_STATE_QUEUED\x10\x00\x12\x17\n" +
@@ -1735,7 +1797,8 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\x10LAYER_STATE_KEPT\x10\x05\x12\x16\n" +
 	"\x12LAYER_STATE_FAILED\x10\x06\x12\x18\n" +
 	"\x14LAYER_STATE_FETCHING\x10\a\x12\x1a\n" +
-	"\x16LAYER_STATE_REBUILDING\x10\b2\xfa\x02\n" +
+	"\x16LAYER_STATE_REBUILDING\x10\b\x12\x16\n" +
+	"\x12LAYER_STATE_SHARED\x10\t2\xfa\x02\n" +
 	"\tConverter\x12C\n" +
 	"\aConvert\x12\x1b.lazyconv.v1.ConvertRequest\x1a\x19.lazyconv.v1.ConvertEvent0\x01\x12S\n" +
 	"\fCheckEStargz\x12 .lazyconv.v1.CheckEStargzRequest\x1a!.lazyconv.v1.CheckEStargzResponse\x12S\n" +
@@ -1756,7 +1819,7 @@ func file_lazyconv_v1_converter_proto_rawDescGZIP() []byte {
 }
 
 var file_lazyconv_v1_converter_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_lazyconv_v1_converter_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_lazyconv_v1_converter_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_lazyconv_v1_converter_proto_goTypes = []any{
 	(LayerState)(0),              // 0: lazyconv.v1.LayerState
 	(*VerifyRequest)(nil),        // 1: lazyconv.v1.VerifyRequest
@@ -1784,6 +1847,7 @@ var file_lazyconv_v1_converter_proto_goTypes = []any{
 	nil,                          // 23: lazyconv.v1.Descriptor.AnnotationsEntry
 	nil,                          // 24: lazyconv.v1.ConvertResult.NotLosslessEntry
 	nil,                          // 25: lazyconv.v1.ConvertResult.OriginsEntry
+	nil,                          // 26: lazyconv.v1.ConvertResult.SharedEntry
 }
 var file_lazyconv_v1_converter_proto_depIdxs = []int32{
 	2,  // 0: lazyconv.v1.VerifyResponse.layers:type_name -> lazyconv.v1.LayerVerification
@@ -1800,25 +1864,26 @@ var file_lazyconv_v1_converter_proto_depIdxs = []int32{
 	13, // 11: lazyconv.v1.ConvertResult.target:type_name -> lazyconv.v1.Descriptor
 	24, // 12: lazyconv.v1.ConvertResult.not_lossless:type_name -> lazyconv.v1.ConvertResult.NotLosslessEntry
 	25, // 13: lazyconv.v1.ConvertResult.origins:type_name -> lazyconv.v1.ConvertResult.OriginsEntry
-	12, // 14: lazyconv.v1.ConvertEvent.layer:type_name -> lazyconv.v1.LayerProgress
-	14, // 15: lazyconv.v1.ConvertEvent.result:type_name -> lazyconv.v1.ConvertResult
-	19, // 16: lazyconv.v1.CapabilitiesResponse.formats:type_name -> lazyconv.v1.Format
-	20, // 17: lazyconv.v1.CapabilitiesResponse.builders:type_name -> lazyconv.v1.Builder
-	6,  // 18: lazyconv.v1.Converter.Convert:input_type -> lazyconv.v1.ConvertRequest
-	16, // 19: lazyconv.v1.Converter.CheckEStargz:input_type -> lazyconv.v1.CheckEStargzRequest
-	18, // 20: lazyconv.v1.Converter.Capabilities:input_type -> lazyconv.v1.CapabilitiesRequest
-	4,  // 21: lazyconv.v1.Converter.Push:input_type -> lazyconv.v1.PushRequest
-	1,  // 22: lazyconv.v1.Converter.Verify:input_type -> lazyconv.v1.VerifyRequest
-	15, // 23: lazyconv.v1.Converter.Convert:output_type -> lazyconv.v1.ConvertEvent
-	17, // 24: lazyconv.v1.Converter.CheckEStargz:output_type -> lazyconv.v1.CheckEStargzResponse
-	21, // 25: lazyconv.v1.Converter.Capabilities:output_type -> lazyconv.v1.CapabilitiesResponse
-	5,  // 26: lazyconv.v1.Converter.Push:output_type -> lazyconv.v1.PushResponse
-	3,  // 27: lazyconv.v1.Converter.Verify:output_type -> lazyconv.v1.VerifyResponse
-	23, // [23:28] is the sub-list for method output_type
-	18, // [18:23] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	26, // 14: lazyconv.v1.ConvertResult.shared:type_name -> lazyconv.v1.ConvertResult.SharedEntry
+	12, // 15: lazyconv.v1.ConvertEvent.layer:type_name -> lazyconv.v1.LayerProgress
+	14, // 16: lazyconv.v1.ConvertEvent.result:type_name -> lazyconv.v1.ConvertResult
+	19, // 17: lazyconv.v1.CapabilitiesResponse.formats:type_name -> lazyconv.v1.Format
+	20, // 18: lazyconv.v1.CapabilitiesResponse.builders:type_name -> lazyconv.v1.Builder
+	6,  // 19: lazyconv.v1.Converter.Convert:input_type -> lazyconv.v1.ConvertRequest
+	16, // 20: lazyconv.v1.Converter.CheckEStargz:input_type -> lazyconv.v1.CheckEStargzRequest
+	18, // 21: lazyconv.v1.Converter.Capabilities:input_type -> lazyconv.v1.CapabilitiesRequest
+	4,  // 22: lazyconv.v1.Converter.Push:input_type -> lazyconv.v1.PushRequest
+	1,  // 23: lazyconv.v1.Converter.Verify:input_type -> lazyconv.v1.VerifyRequest
+	15, // 24: lazyconv.v1.Converter.Convert:output_type -> lazyconv.v1.ConvertEvent
+	17, // 25: lazyconv.v1.Converter.CheckEStargz:output_type -> lazyconv.v1.CheckEStargzResponse
+	21, // 26: lazyconv.v1.Converter.Capabilities:output_type -> lazyconv.v1.CapabilitiesResponse
+	5,  // 27: lazyconv.v1.Converter.Push:output_type -> lazyconv.v1.PushResponse
+	3,  // 28: lazyconv.v1.Converter.Verify:output_type -> lazyconv.v1.VerifyResponse
+	24, // [24:29] is the sub-list for method output_type
+	19, // [19:24] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_lazyconv_v1_converter_proto_init() }
@@ -1838,7 +1903,7 @@ func file_lazyconv_v1_converter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lazyconv_v1_converter_proto_rawDesc), len(file_lazyconv_v1_converter_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,112 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/remotes"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/labels"
+)
+
+// ConversionReferrer is the referrer announcing that subject was converted
+// to variant, giving the converted manifest (in the same repository).
+func ConversionReferrer(subject ocispec.Descriptor, variant string, converted digest.Digest) Referrer {
+	return Referrer{Subject: subject, ArtifactType: labels.ConversionArtifactType, Annotations: map[string]string{
+		labels.VariantAnnotation:           variant,
+		labels.ConvertedManifestAnnotation: converted.String(),
+	}}
+}
+
+// SharedConversions finds conversions published by other nodes in the
+// registry a source image came from: the referrers of its manifest.
+type SharedConversions struct {
+	cs       content.Store
+	resolver remotes.Resolver
+	imageRef string
+}
+
+// NewSharedConversions looks in the repository of imageRef (the image's
+// name, when it names a registry) and in those its manifests were pulled
+// from (their distribution-source labels), through resolver.
+func NewSharedConversions(cs content.Store, resolver remotes.Resolver, imageRef string) *SharedConversions {
+	return &SharedConversions{cs: cs, resolver: resolver, imageRef: imageRef}
+}
+
+// Lookup lists the published conversions of manifest to variant whose
+// converted manifest is in the same repository, from the first repository
+// that has any. A manifest known in no registry has none.
+func (s *SharedConversions) Lookup(ctx context.Context, manifest ocispec.Descriptor, variant string) ([]converter.SharedConversion, error) {
+	var sources []Source
+	if src, err := SourceOf(s.imageRef); err == nil {
+		sources = append(sources, src)
+	}
+	if info, err := s.cs.Info(ctx, manifest.Digest); err == nil {
+		for _, src := range Sources(info) {
+			// Labels name hosts without their port: the image's own
+			// repository is asked once, at its port.
+			if len(sources) == 0 || src.Repository != sources[0].Repository || src.Host != hostname(sources[0].Host) {
+				sources = append(sources, src)
+			}
+		}
+	}
+	var errs []error
+	for _, src := range sources {
+		found, err := s.lookupIn(ctx, src, manifest.Digest, variant)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if len(found) > 0 {
+			return found, nil
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return nil, nil
+}
+
+func (s *SharedConversions) lookupIn(ctx context.Context, src Source, subject digest.Digest, variant string) ([]converter.SharedConversion, error) {
+	listed, err := ListReferrers(ctx, s.resolver, src, subject, labels.ConversionArtifactType)
+	if err != nil {
+		return nil, err
+	}
+	var out []converter.SharedConversion
+	for _, r := range listed {
+		if r.ArtifactType != labels.ConversionArtifactType || r.Annotations[labels.VariantAnnotation] != variant {
+			continue
+		}
+		converted, err := digest.Parse(r.Annotations[labels.ConvertedManifestAnnotation])
+		if err != nil {
+			continue
+		}
+		_, desc, err := s.resolver.Resolve(ctx, src.Ref(converted))
+		if errdefs.IsNotFound(err) {
+			continue // announced, but not there (deleted since)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("resolving %s: %w", src.Ref(converted), err)
+		}
+		if desc.Digest != converted {
+			continue
+		}
+		out = append(out, converter.SharedConversion{
+			Manifest: desc,
+			Where:    src.Host + "/" + src.Repository,
+			Read: func(ctx context.Context, d ocispec.Descriptor) ([]byte, error) {
+				return ReadBlob(ctx, s.resolver, src, d, MaxManifestBytes)
+			},
+			Adopt: func(ctx context.Context) error { return AddSource(ctx, s.cs, desc.Digest, src) },
+		})
+	}
+	return out, nil
+}
+
+var _ converter.SharedConversions = (*SharedConversions)(nil)
