@@ -72,8 +72,11 @@ func PublishReferrer(ctx context.Context, resolver remotes.Resolver, src Source,
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	repo := src.Host + "/" + src.Repository
-	pusher, err := resolver.Pusher(ctx, repo+"@"+desc.Digest.String())
+	ref := src.Host + "/" + src.Repository + "@" + desc.Digest.String()
+	if tag != "" {
+		ref = src.Host + "/" + src.Repository + ":" + tag
+	}
+	pusher, err := resolver.Pusher(ctx, ref)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
@@ -88,15 +91,6 @@ func PublishReferrer(ctx context.Context, resolver remotes.Resolver, src Source,
 	}
 	if err := pushBytes(ctx, pusher, desc, b); err != nil {
 		return ocispec.Descriptor{}, err
-	}
-	if tag != "" {
-		tagged, err := resolver.Pusher(ctx, repo+":"+tag)
-		if err != nil {
-			return ocispec.Descriptor{}, err
-		}
-		if err := pushBytes(ctx, tagged, desc, b); err != nil {
-			return ocispec.Descriptor{}, err
-		}
 	}
 	listed, err := ListReferrers(ctx, resolver, src, r.Subject.Digest, "")
 	if err != nil {

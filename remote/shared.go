@@ -43,19 +43,8 @@ func NewSharedConversions(cs content.Store, resolver remotes.Resolver, imageRef 
 // converted manifest is in the same repository, from the first repository
 // that has any. A manifest known in no registry has none.
 func (s *SharedConversions) Lookup(ctx context.Context, manifest ocispec.Descriptor, variant string) ([]converter.SharedConversion, error) {
-	var sources []Source
-	if src, err := SourceOf(s.imageRef); err == nil {
-		sources = append(sources, src)
-	}
-	if info, err := s.cs.Info(ctx, manifest.Digest); err == nil {
-		for _, src := range Sources(info) {
-			// Labels name hosts without their port: the image's own
-			// repository is asked once, at its port.
-			if len(sources) == 0 || src.Repository != sources[0].Repository || src.Host != hostname(sources[0].Host) {
-				sources = append(sources, src)
-			}
-		}
-	}
+	info, _ := s.cs.Info(ctx, manifest.Digest)
+	sources := Repositories(s.imageRef, info)
 	var errs []error
 	for _, src := range sources {
 		found, err := s.lookupIn(ctx, src, manifest.Digest, variant)

@@ -138,3 +138,20 @@ func hostname(host string) string {
 	}
 	return host
 }
+
+// Repositories lists where an image's manifest can be looked up: the
+// repository of imageRef (the image's name, when it names a registry),
+// then those the manifest's distribution-source labels (info) name, less
+// that one (labels name hosts without their port).
+func Repositories(imageRef string, info content.Info) []Source {
+	var out []Source
+	if src, err := SourceOf(imageRef); err == nil {
+		out = append(out, src)
+	}
+	for _, src := range Sources(info) {
+		if len(out) == 0 || src.Repository != out[0].Repository || src.Host != hostname(out[0].Host) {
+			out = append(out, src)
+		}
+	}
+	return out
+}

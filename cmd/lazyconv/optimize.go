@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -14,6 +16,7 @@ import (
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/lazyconv/lazyconv/internal/convertcmd"
 	"github.com/lazyconv/lazyconv/recorder"
+	"github.com/lazyconv/lazyconv/remote"
 	"github.com/lazyconv/lazyconv/service"
 )
 
@@ -29,7 +32,13 @@ so unlike 'image convert --estargz' the output is not lossless.
 
 The record (--record-in) is JSON lines in stargz-snapshotter's recorder format:
 {"path": "...", "manifestDigest": "...", "layerIndex": N}. An entry's layer index
-is honoured; entries without one go to the topmost layer holding the file.`,
+is honoured; entries without one go to the topmost layer holding the file.
+
+Records travel through the registry as OCI referrers of the source manifest
+(artifactType application/vnd.lazyconv.record.v1+json): --record-out-ref REPO
+publishes the record as applied in REPO (tagged, if REPO has a tag), and
+--record-in-ref REF reads the record REF names, or with "auto" the newest
+record referring to the source manifest in the source's repository.`,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "record-in", Usage: "record of accessed files (JSON lines)"},
 			&cli.BoolFlag{Name: "run", Usage: "record by running the image's entrypoint with runc, watching its files with fanotify (needs root)"},
@@ -37,6 +46,8 @@ is honoured; entries without one go to the topmost layer holding the file.`,
 			&cli.StringFlag{Name: "args", Usage: `with --run: the workload's arguments as a JSON array (default: entrypoint and command)`},
 			&cli.StringSliceFlag{Name: "env", Usage: "with --run: K=V added to the workload's environment (repeatable)"},
 			&cli.StringFlag{Name: "record-out", Usage: "write the record as applied (with layer indexes) to FILE"},
+			&cli.StringFlag{Name: "record-in-ref", Usage: `read the record from the registry: REF (host/repo:tag or @digest), or "auto" for the newest referring to the source`},
+			&cli.StringFlag{Name: "record-out-ref", Usage: "publish the record as applied as a referrer of the source manifest in REPO[:TAG]"},
 			&cli.BoolFlag{Name: "reuse", Usage: "keep layers that already are eStargz"},
 			&cli.BoolFlag{Name: "oci", Usage: "convert Docker media types to OCI ones"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the new image's digest"},
@@ -55,8 +66,14 @@ is honoured; entries without one go to the topmost layer holding the file.`,
 			if err != nil {
 				return err
 			}
-			if cmd.Bool("run") == (cmd.String("record-in") != "") {
-				return fmt.Errorf("image optimize takes either --record-in FILE or --run: %w", errdefs.ErrInvalidArgument)
+			sources := 0
+			for _, set := range []bool{cmd.Bool("run"), cmd.String("record-in") != "", cmd.String("record-in-ref") != ""} {
+				if set {
+					sources++
+				}
+			}
+			if sources != 1 {
+				return fmt.Errorf("image optimize takes one of --record-in FILE, --record-in-ref REF and --run: %w", errdefs.ErrInvalidArgument)
 			}
 			var runArgs []string
 			if a := cmd.String("args"); a != "" {
@@ -105,9 +122,23 @@ is honoured; entries without one go to the topmost layer holding the file.`,
 			if err != nil {
 				return err
 			}
+			if ref := cmd.String("record-in-ref"); ref != "" {
+				if entries, err = recordFromRegistry(s, cmd, ref, src, ix); err != nil {
+					return err
+				}
+			}
 			perLayer := recorder.PerLayer(ix, entries)
+			record, err := appliedRecord(ix, perLayer)
+			if err != nil {
+				return err
+			}
 			if out := cmd.String("record-out"); out != "" {
-				if err := writeRecord(out, ix, perLayer); err != nil {
+				if err := os.WriteFile(out, record, 0o644); err != nil {
+					return err
+				}
+			}
+			if ref := cmd.String("record-out-ref"); ref != "" {
+				if err := publishRecord(s, cmd, ref, ix, record); err != nil {
 					return err
 				}
 			}
@@ -129,23 +160,82 @@ is honoured; entries without one go to the topmost layer holding the file.`,
 	}
 }
 
-// writeRecord writes the record as applied: every file with its manifest and layer.
-func writeRecord(path string, ix *recorder.Index, perLayer map[int][]string) error {
+// appliedRecord is the record as applied: every file with its manifest and
+// layer, as JSON lines.
+func appliedRecord(ix *recorder.Index, perLayer map[int][]string) ([]byte, error) {
 	var entries []recorder.Entry
 	for layer := 0; layer < ix.Layers(); layer++ {
 		for _, p := range perLayer[layer] {
 			entries = append(entries, recorder.Entry{Path: p, ManifestDigest: ix.Manifest().String(), LayerIndex: &layer})
 		}
 	}
-	f, err := os.Create(path)
+	var b bytes.Buffer
+	err := recorder.Write(&b, entries)
+	return b.Bytes(), err
+}
+
+// publishRecord publishes the record as a referrer of the source manifest
+// in repo (tagged with repo's tag, if any).
+func publishRecord(s *session, cmd *cli.Command, repo string, ix *recorder.Index, record []byte) error {
+	src, err := remote.SourceOf(repo)
 	if err != nil {
 		return err
 	}
-	if err := recorder.Write(f, entries); err != nil {
-		f.Close()
+	tag := ""
+	if name, _, _ := strings.Cut(repo, "@"); strings.LastIndex(name, ":") > strings.LastIndex(name, "/") {
+		tag = name[strings.LastIndex(name, ":")+1:]
+	}
+	subject, err := remote.ManifestOf(s.ctx, s.client.ContentStore(), ix.Manifest())
+	if err != nil {
 		return err
 	}
-	return f.Close()
+	r := remote.RecordReferrer(subject, record, recorder.MediaType, time.Now())
+	desc, err := remote.PublishReferrer(s.ctx, registryOptions(cmd).ResolverFor(repo), src, r, tag)
+	if err != nil {
+		return fmt.Errorf("publishing the record: %w", err)
+	}
+	if !cmd.Bool("quiet") {
+		fmt.Fprintf(s.out, "published record %s\n", src.Ref(desc.Digest))
+	}
+	return nil
+}
+
+// recordFromRegistry reads the record ref names, or with "auto" the newest
+// referring to the source manifest in the source's repository (its name's,
+// else where its manifest was pulled from). A record of another manifest
+// is refused.
+func recordFromRegistry(s *session, cmd *cli.Command, ref, image string, ix *recorder.Index) ([]recorder.Entry, error) {
+	if ref == "auto" {
+		info, _ := s.client.ContentStore().Info(s.ctx, ix.Manifest())
+		sources := remote.Repositories(image, info)
+		if len(sources) == 0 {
+			return nil, fmt.Errorf("--record-in-ref auto: %s names no registry and its manifest records none: %w", image, errdefs.ErrNotFound)
+		}
+		var err error
+		for _, src := range sources {
+			if ref, err = remote.LatestRecord(s.ctx, registryOptions(cmd).ResolverFor(src.Host+"/"+src.Repository), src, ix.Manifest()); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	record, subject, err := remote.FetchRecord(s.ctx, registryOptions(cmd).ResolverFor(ref), ref)
+	if err != nil {
+		return nil, err
+	}
+	if subject.Digest != ix.Manifest() {
+		return nil, fmt.Errorf("the record %s is of manifest %s, not %s's %s: %w", ref, subject.Digest, image, ix.Manifest(), errdefs.ErrInvalidArgument)
+	}
+	entries, err := recorder.Read(bytes.NewReader(record))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", ref, err)
+	}
+	if !cmd.Bool("quiet") {
+		fmt.Fprintf(s.out, "read record %s (%d files)\n", ref, len(entries))
+	}
+	return entries, nil
 }
 
 // optimizedFlags are the options of optimized eStargz (eStargz's own).

@@ -1,0 +1,179 @@
+package integration
+
+import (
+	"io"
+	stdlog "log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// convertedDigest is the digest a conversion's output ends with ("NAME DIGEST").
+func convertedDigest(t *testing.T, out string) string {
+	t.Helper()
+	m := regexp.MustCompile(`(sha256:[0-9a-f]{64})\s*$`).FindStringSubmatch(out)
+	require.NotNil(t, m, "no digest at the end of:\n%s", out)
+	return m[1]
+}
+
+// anyBlobGET reports whether the log has a GET of any of the given blobs.
+func anyBlobGET(log string, digests []string) []string {
+	var got []string
+	for _, d := range digests {
+		if strings.Contains(log, "/blobs/"+d+" ") {
+			got = append(got, d)
+		}
+	}
+	return got
+}
+
+// Two nodes, one registry: node A converts and pushes, which publishes the
+// conversion as a referrer of the source manifest; node B, from a lazy
+// pull, adopts it without converting (or reading) a layer.
+func TestFleetConvertsOnce(t *testing.T) {
+	requireRoot(t)
+	reg := startRegistry(t)
+	a := startDaemon(t, bins.containerdLazyconv, testConfig)
+	b := startDaemon(t, bins.containerdLazyconv, testConfig)
+	src := reg.host + "/fleet/app:v1"
+	pushSource(t, a, src)
+
+	// Node A: lazy pull, convert, push (publishes the conversion).
+	mustLazyconv(t, "--address", a.address, "image", "pull", "--lazy", "--plain-http", src)
+	outA := mustLazyconv(t, "--address", a.address, "image", "convert", "--estargz", "--oci", "--plain-http", src, src+"-esgz")
+	digestA := convertedDigest(t, outA)
+	assert.Contains(t, outA, "committed")
+	assert.NotContains(t, outA, "warning", "nothing published yet is no error")
+	pushed := mustLazyconv(t, "--address", a.address, "image", "push", "--plain-http", src+"-esgz")
+	assert.Contains(t, pushed, "published conversion "+reg.host+"/fleet/app@sha256:")
+	again := mustLazyconv(t, "--address", a.address, "image", "push", "--plain-http", src+"-esgz")
+	assert.Contains(t, again, "published conversion", "publishing again names the same referrer")
+	convertedLayers := sourceLayers(t, a, src+"-esgz")
+	var layerDigests []string
+	for _, l := range convertedLayers {
+		layerDigests = append(layerDigests, l.Digest.String())
+	}
+
+	// Node B: lazy pull of the same source, then convert: nothing converted.
+	mustLazyconv(t, "--address", b.address, "image", "pull", "--lazy", "--plain-http", src)
+	for _, l := range sourceLayers(t, b, src) {
+		layerDigests = append(layerDigests, l.Digest.String())
+	}
+	_, offset := reg.logSince(t, 0)
+	outB := mustLazyconv(t, "--address", b.address, "image", "convert", "--estargz", "--oci", "--plain-http", src, src+"-esgz")
+	assert.Equal(t, digestA, convertedDigest(t, outB), "node B gets node A's digest")
+	assert.Len(t, regexp.MustCompile(`(?m)^sha256:\S+\s+shared .* from registry$`).FindAllString(outB, -1), 3, "every layer shared:\n%s", outB)
+	assert.Contains(t, outB, "adopted from "+reg.host+"/fleet/app@"+digestA)
+	assert.NotContains(t, outB, "committed")
+	log, offset := reg.logSince(t, offset)
+	assert.Empty(t, anyBlobGET(log, layerDigests), "node B read no layer blob")
+
+	// B's image pushes elsewhere with cross-repository mounts only.
+	mustLazyconv(t, "--address", b.address, "image", "push", "--plain-http", reg.host+"/mirror/app:esgz", src+"-esgz")
+	log, offset = reg.logSince(t, offset)
+	for _, l := range convertedLayers {
+		assert.Contains(t, log, "mount="+l.Digest.String()+"&from=fleet/app", "layer %s is mounted", l.Digest)
+		assert.NotContains(t, log, "digest="+strings.Replace(l.Digest.String(), ":", "%3A", 1), "layer %s is not uploaded", l.Digest)
+	}
+
+	// --no-registry-cache converts here.
+	outLocal := mustLazyconv(t, "--address", b.address, "image", "convert", "--estargz", "--oci", "--plain-http", "--no-registry-cache", src, src+"-local")
+	assert.Equal(t, digestA, convertedDigest(t, outLocal), "a local conversion gives the same digest")
+	assert.Contains(t, outLocal, "committed")
+}
+
+// An access record made on node A travels as a referrer of the source
+// manifest and optimizes the image on node B to the same digest.
+func TestFleetSharesAccessRecords(t *testing.T) {
+	requireRoot(t)
+	reg := startRegistry(t)
+	a := startDaemon(t, bins.containerdLazyconv, testConfig)
+	b := startDaemon(t, bins.containerdLazyconv, testConfig)
+	src := reg.host + "/records/app:v1"
+	pushSource(t, a, src)
+	record := filepath.Join(t.TempDir(), "record.jsonl")
+	require.NoError(t, os.WriteFile(record, []byte(`{"path":"bin/tool"}`+"\n"+`{"path":"etc/os-release"}`+"\n"), 0o644))
+
+	mustLazyconv(t, "--address", a.address, "image", "pull", "--plain-http", src)
+	outA := mustLazyconv(t, "--address", a.address, "image", "optimize", "--plain-http", "--oci", "--record-in", record,
+		"--record-out-ref", reg.host+"/records/app:v1-record", src, src+"-opt")
+	assert.Contains(t, outA, "published record "+reg.host+"/records/app@sha256:")
+
+	mustLazyconv(t, "--address", b.address, "image", "pull", "--plain-http", src)
+	outB := mustLazyconv(t, "--address", b.address, "image", "optimize", "--plain-http", "--oci", "--record-in-ref", "auto", src, src+"-opt")
+	assert.Contains(t, outB, "(2 files)")
+	assert.Equal(t, convertedDigest(t, outA), convertedDigest(t, outB), "the same record optimizes to the same digest")
+
+	byTag := mustLazyconv(t, "--address", b.address, "image", "optimize", "--plain-http", "--oci", "--record-in-ref", reg.host+"/records/app:v1-record", src, src+"-opt2")
+	assert.Equal(t, convertedDigest(t, outA), convertedDigest(t, byTag))
+
+	// A record of another manifest (the optimized image's) is refused.
+	other := src + "-opt"
+	mustLazyconv(t, "--address", a.address, "image", "push", "--plain-http", other)
+	mustLazyconv(t, "--address", b.address, "image", "pull", "--plain-http", other)
+	out, err := lazyconv(t, "--address", b.address, "image", "optimize", "--plain-http", "--record-in-ref", reg.host+"/records/app:v1-record", other, other+"-opt")
+	if assert.Error(t, err) {
+		assert.Contains(t, out, "is of manifest")
+	}
+}
+
+// brokenReferrersProxy forwards to a registry but answers 500 to every
+// referrers listing (the API and the tag schema's index) and to a manifest
+// with a subject.
+func brokenReferrersProxy(t *testing.T, registryHost string) string {
+	t.Helper()
+	target, err := url.Parse("http://" + registryHost)
+	require.NoError(t, err)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ErrorLog = stdlog.New(io.Discard, "", 0)
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/referrers/") || strings.Contains(r.URL.Path, "/manifests/sha256-") {
+			http.Error(w, "broken", http.StatusInternalServerError)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := &http.Server{Handler: handler}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
+}
+
+// A registry that cannot list referrers: conversions are made locally, with
+// a warning, and pushes succeed with a warning that nothing was published.
+func TestFleetDegradesToLocalConversion(t *testing.T) {
+	requireRoot(t)
+	reg := startRegistry(t)
+	d := startDaemon(t, bins.containerdLazyconv, testConfig)
+	proxied := brokenReferrersProxy(t, reg.host)
+	src := proxied + "/broken/app:v1"
+	pushSource(t, d, src)
+
+	mustLazyconv(t, "--address", d.address, "image", "pull", "--lazy", "--plain-http", src)
+	out := mustLazyconv(t, "--address", d.address, "image", "convert", "--zstdchunked", "--plain-http", src, src+"-zstd")
+	assert.Contains(t, out, "warning: looking for a published zstdchunked conversion")
+	assert.Contains(t, out, "converting here")
+	assert.Contains(t, out, "committed")
+	pushed := mustLazyconv(t, "--address", d.address, "image", "push", "--plain-http", src+"-zstd")
+	assert.Contains(t, pushed, "pushed "+src+"-zstd")
+	assert.Contains(t, pushed, "warning: publishing the zstdchunked conversion")
+
+	// Through the registry itself (no referrers API, the tag schema works):
+	// the conversion published there is found by a second namespace.
+	direct := reg.host + "/broken/app:v1"
+	mustLazyconv(t, "--address", d.address, "image", "push", "--plain-http", direct+"-zstd", src+"-zstd")
+	mustLazyconv(t, "--address", d.address, "-n", "other", "image", "pull", "--lazy", "--plain-http", direct)
+	out = mustLazyconv(t, "--address", d.address, "-n", "other", "image", "convert", "--zstdchunked", "--plain-http", direct, direct+"-zstd")
+	assert.Contains(t, out, "adopted from "+reg.host+"/broken/app@")
+}
