@@ -1,0 +1,170 @@
+package converter_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/converter/convertertest"
+	"github.com/lazyconv/lazyconv/converter/stargz"
+	"github.com/lazyconv/lazyconv/labels"
+)
+
+// publishedIn serves conversions from another node's store, as a registry
+// holding what that node pushed would.
+type publishedIn struct {
+	node      *convertertest.Fixture
+	manifests []ocispec.Descriptor
+	err       error
+	adopted   int
+}
+
+func (p *publishedIn) Lookup(_ context.Context, _ ocispec.Descriptor, _ string) ([]converter.SharedConversion, error) {
+	var out []converter.SharedConversion
+	for _, m := range p.manifests {
+		out = append(out, converter.SharedConversion{
+			Manifest: m, Where: "node-a/app",
+			Read: func(_ context.Context, d ocispec.Descriptor) ([]byte, error) {
+				return content.ReadBlob(p.node.Ctx, p.node.CS, d)
+			},
+			Adopt: func(context.Context) error { p.adopted++; return nil },
+		})
+	}
+	return out, p.err
+}
+
+// publish writes a doctored manifest, and its config if doctored too (nil:
+// the published config as it is), to node a's store.
+func publish(t *testing.T, a *convertertest.Fixture, m ocispec.Manifest, cfg *ocispec.Image) ocispec.Descriptor {
+	t.Helper()
+	if cfg != nil {
+		b, err := json.Marshal(cfg)
+		require.NoError(t, err)
+		m.Config = a.PutBlob(t, b, ocispec.MediaTypeImageConfig, nil)
+	}
+	b, err := json.Marshal(m)
+	require.NoError(t, err)
+	return a.PutBlob(t, b, ocispec.MediaTypeImageManifest, nil)
+}
+
+// convertedOn converts the test image on a fresh node and returns it, the
+// node and its manifest and config.
+func convertedOn(t *testing.T, lc converter.LayerConverter) (*convertertest.Fixture, ocispec.Descriptor, ocispec.Manifest, ocispec.Image) {
+	t.Helper()
+	a := convertertest.NewFixture(t)
+	a.TestImage(t, "example.com/app:v1", false)
+	res, err := a.Conv.ConvertImage(a.Ctx, a.Store.ImageStore(), "example.com/app:v1", "example.com/app:conv", converter.ImageOptions{Layers: converter.Every(lc)})
+	require.NoError(t, err)
+	m := convertertest.ReadJSON[ocispec.Manifest](t, a, res.Image.Target)
+	return a, res.Image.Target, m, convertertest.ReadJSON[ocispec.Image](t, a, m.Config)
+}
+
+func TestSharedConversionIsAdoptedWithoutConvertingALayer(t *testing.T) {
+	lc, err := stargz.NewEStargz(stargz.DefaultEStargzOptions())
+	require.NoError(t, err)
+	a, published, _, _ := convertedOn(t, lc)
+
+	b := convertertest.NewFixture(t)
+	src := b.TestImage(t, "example.com/app:v1", false)
+	shared := &publishedIn{node: a, manifests: []ocispec.Descriptor{published}}
+	progress := converter.NewProgress()
+	res, err := b.Conv.ConvertImage(b.Ctx, b.Store.ImageStore(), "example.com/app:v1", "example.com/app:conv",
+		converter.ImageOptions{Layers: converter.Every(lc), Shared: shared, Progress: progress})
+	require.NoError(t, err)
+	assert.Equal(t, published.Digest, res.Image.Target.Digest, "node B's image is node A's")
+	assert.Zero(t, b.Conv.Conversions(), "no layer converted")
+	assert.Empty(t, res.Warnings)
+	assert.Equal(t, "node-a/app@"+published.Digest.String(), res.Shared[src.Digest])
+	assert.Equal(t, 1, shared.adopted)
+	for _, s := range progress.Snapshot() {
+		assert.Equal(t, converter.StateShared, s.State)
+		assert.Equal(t, converter.OriginRegistry, s.Origin)
+		assert.NotEmpty(t, s.Output)
+	}
+	info, err := b.CS.Info(b.Ctx, res.Image.Target.Digest)
+	require.NoError(t, err)
+	assert.Equal(t, src.Digest.String(), info.Labels[labels.ConvertedFrom], "the manifest says what it converts, for publishing")
+	assert.Equal(t, lc.Variant(), info.Labels[labels.ConvertedVariant])
+
+	// The layers of B's source are local, but not the converted ones: the
+	// variant cache is not told of a blob it cannot serve.
+	m := convertertest.ReadJSON[ocispec.Manifest](t, b, res.Image.Target)
+	for _, l := range m.Layers {
+		_, err := b.CS.Info(b.Ctx, l.Digest)
+		assert.True(t, errdefs.IsNotFound(err), "converted layer %s stays remote", l.Digest)
+	}
+}
+
+// A published conversion is adopted only if it rebuilds from the source:
+// anything else is converted here, with a warning saying why. (What it
+// cannot tell without reading layers: whether an eStargz layer, whose
+// diffID is its own, holds its source's files; the registry is trusted
+// as far as anyone who can push the source's repository.)
+func TestSharedConversionThatDoesNotCheckOutIsConvertedHere(t *testing.T) {
+	esgz, err := stargz.NewEStargz(stargz.DefaultEStargzOptions())
+	require.NoError(t, err)
+	zstd, err := stargz.NewZstdChunked(stargz.DefaultZstdChunkedOptions())
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name   string
+		lc     converter.LayerConverter
+		doctor func(m *ocispec.Manifest, cfg *ocispec.Image) bool // true: the config changed
+		lookup error
+		want   string
+	}{
+		{name: "layer dropped", lc: esgz, want: "lists 2 layers, the source 3",
+			doctor: func(m *ocispec.Manifest, cfg *ocispec.Image) bool {
+				m.Layers = m.Layers[:2]
+				cfg.RootFS.DiffIDs = cfg.RootFS.DiffIDs[:2]
+				return true
+			}},
+		{name: "config changed", lc: esgz, want: "not the published manifest",
+			doctor: func(_ *ocispec.Manifest, cfg *ocispec.Image) bool {
+				cfg.Config.Env = append(cfg.Config.Env, "INJECTED=1")
+				return true
+			}},
+		{name: "media type of another format", lc: esgz, want: "has media type",
+			doctor: func(m *ocispec.Manifest, _ *ocispec.Image) bool {
+				m.Layers[0].MediaType = ocispec.MediaTypeImageLayerZstd
+				return false
+			}},
+		{name: "zstd:chunked with another tar", lc: zstd, want: "keeps the source's tar",
+			doctor: func(_ *ocispec.Manifest, cfg *ocispec.Image) bool {
+				cfg.RootFS.DiffIDs[1] = digest.FromString("other")
+				return true
+			}},
+		{name: "registry error", lc: esgz, lookup: errors.New("registry says 500"), want: "registry says 500; converting here"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, honest, m, cfg := convertedOn(t, tc.lc)
+			shared := &publishedIn{node: a, err: tc.lookup}
+			if tc.doctor != nil {
+				var doctored *ocispec.Image
+				if tc.doctor(&m, &cfg) {
+					doctored = &cfg
+				}
+				shared.manifests = []ocispec.Descriptor{publish(t, a, m, doctored)}
+			}
+			b := convertertest.NewFixture(t)
+			b.TestImage(t, "example.com/app:v1", false)
+			res, err := b.Conv.ConvertImage(b.Ctx, b.Store.ImageStore(), "example.com/app:v1", "example.com/app:conv",
+				converter.ImageOptions{Layers: converter.Every(tc.lc), Shared: shared})
+			require.NoError(t, err)
+			assert.Equal(t, honest.Digest, res.Image.Target.Digest, "converted here, to the honest digest")
+			assert.Equal(t, int64(3), b.Conv.Conversions())
+			assert.Empty(t, res.Shared)
+			assert.Zero(t, shared.adopted)
+			require.Len(t, res.Warnings, 1)
+			assert.Contains(t, res.Warnings[0], tc.want)
+		})
+	}
+}
