@@ -50,12 +50,14 @@ bench: build daemons
 	$(GO) test -run '^$$' -bench . -benchtime 3x -benchmem ./converter/...
 	$(GO) run ./hack/benchreport -bin bin
 
-# containerd-lazyconv, lazyconv's ctr, the lazyconvd sidecar, and a stock containerd v2.4 (from the Go module proxy).
+# containerd-lazyconv, lazyconv's ctr, the lazyconvd sidecar, and a stock containerd v2.4 and distribution's
+# registry (from the Go module proxy).
 daemons:
 	$(GO) build -tags "no_btrfs $(LIBDEFLATE)" -ldflags "$(LDFLAGS)" -o bin/containerd-lazyconv ./cmd/containerd-lazyconv
 	$(GO) build -tags "no_btrfs $(LIBDEFLATE)" -o bin/ctr ./cmd/ctr
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/lazyconvd ./cmd/lazyconvd
 	test -x bin/stock/containerd || GOBIN=$(CURDIR)/bin/stock $(GO) install -tags no_btrfs github.com/containerd/containerd/v2/cmd/containerd@v2.4.2
+	test -x bin/registry || GOBIN=$(CURDIR)/bin $(GO) install github.com/distribution/distribution/v3/cmd/registry@v3.1.2
 
 clean:
 	rm -rf bin .cache

@@ -210,4 +210,3 @@ func readSharedJSON(ctx context.Context, sc SharedConversion, desc ocispec.Descr
 	}
 	return nil
 }
-

@@ -79,7 +79,7 @@ func TestFleetConvertsOnce(t *testing.T) {
 
 	// B's image pushes elsewhere with cross-repository mounts only.
 	mustLazyconv(t, "--address", b.address, "image", "push", "--plain-http", reg.host+"/mirror/app:esgz", src+"-esgz")
-	log, offset = reg.logSince(t, offset)
+	log, _ = reg.logSince(t, offset)
 	for _, l := range convertedLayers {
 		assert.Contains(t, log, "mount="+l.Digest.String()+"&from=fleet/app", "layer %s is mounted", l.Digest)
 		assert.NotContains(t, log, "digest="+strings.Replace(l.Digest.String(), ":", "%3A", 1), "layer %s is not uploaded", l.Digest)

@@ -225,4 +225,3 @@ func ManifestOf(ctx context.Context, cs content.Store, d digest.Digest) (ocispec
 	}
 	return ocispec.Descriptor{MediaType: m.MediaType, Digest: d, Size: info.Size}, nil
 }
-

@@ -41,6 +41,7 @@ func main() {
 	hostileOnly := flag.Bool("hostile-only", false, "run only the hostile-input section")
 	memoryOnly := flag.Bool("memory-only", false, "run only the daemon memory measurement")
 	compareOnly := flag.Bool("compare-only", false, "run only the side-by-side comparison with nativeconverter")
+	fleetOnly := flag.Bool("fleet-only", false, "run only the two-node fleet measurement")
 	childSide := flag.String("child", "", "internal: convert once as lazyconv (ours) or nativeconverter (peer)")
 	childFormat := flag.String("child-format", "", "internal: the child's format")
 	childLayers := flag.String("child-layers", "", "internal: the child's layers (JSON)")
@@ -69,6 +70,15 @@ func main() {
 				return err
 			}
 			return daemonMemory(work, *binDir, layers)
+		})
+		return
+	case *fleetOnly:
+		only(func(work string) error {
+			layers, err := generateLayers(work, "fleet", *multi, int64(*multiMiB)<<20)
+			if err != nil {
+				return err
+			}
+			return fleetSection(work, *binDir, layers, *runs)
 		})
 		return
 	case *hostileOnly:
@@ -133,6 +143,9 @@ func run(runs, multi, multiMiB, files, bigMiB, modeMiB int, binDir string) error
 			return err
 		}
 		if err := daemonMemory(work, binDir, loads[0].layers); err != nil {
+			return err
+		}
+		if err := fleetSection(work, binDir, loads[0].layers, runs); err != nil {
 			return err
 		}
 	}

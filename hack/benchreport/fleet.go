@@ -1,0 +1,142 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// fleetSection measures a fleet of two nodes sharing one registry: node A
+// converts a lazily pulled multi-layer image and pushes it (publishing the
+// conversion as a referrer of the source manifest); node B, from its own
+// lazy pull, adopts it. It prints node B's time as a fraction of node A's.
+func fleetSection(work, binDir string, layers []generated, runs int) error {
+	bin := func(name string) string { return filepath.Join(binDir, name) }
+	for _, b := range []string{"lazyconv", "containerd-lazyconv", "registry"} {
+		if _, err := os.Stat(bin(b)); err != nil {
+			fmt.Printf("\nfleet: skipped, %s not built (make bench builds it)\n", bin(b))
+			return nil
+		}
+	}
+	if os.Geteuid() != 0 {
+		fmt.Println("\nfleet: skipped, containerd needs root")
+		return nil
+	}
+	archive := filepath.Join(work, "fleet.tar")
+	if err := writeArchive(archive, "bench/fleet:src", layers); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("/tmp", "lcf")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	host, stopRegistry, err := startRegistry(bin("registry"), filepath.Join(dir, "registry"))
+	if err != nil {
+		return err
+	}
+	defer stopRegistry()
+	nodeA, err := startContainerd(bin("containerd-lazyconv"), filepath.Join(dir, "a"))
+	if err != nil {
+		return err
+	}
+	defer nodeA.stop()
+	nodeB, err := startContainerd(bin("containerd-lazyconv"), filepath.Join(dir, "b"))
+	if err != nil {
+		return err
+	}
+	defer nodeB.stop()
+	cli := func(node *containerdProcess, ns string, args ...string) (string, error) {
+		out, err := exec.Command(bin("lazyconv"), append([]string{"--address", node.address, "-n", ns}, args...)...).CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("lazyconv %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return string(out), nil
+	}
+	if _, err := cli(nodeA, "import", "image", "import", archive); err != nil {
+		return err
+	}
+	var secsA, secsB []float64
+	for run := range runs {
+		// A repository per run: nothing published by an earlier run is found.
+		src := fmt.Sprintf("%s/bench/fleet%d:src", host, run)
+		ns := fmt.Sprintf("r%d", run)
+		steps := []struct {
+			node *containerdProcess
+			ns   string
+			args []string
+			secs *[]float64
+		}{
+			{nodeA, "import", []string{"image", "push", src, "bench/fleet:src"}, nil},
+			{nodeA, ns, []string{"image", "pull", "--lazy", src}, nil},
+			{nodeA, ns, []string{"image", "convert", "--estargz", "--oci", src, src + "-esgz"}, &secsA},
+			{nodeA, ns, []string{"image", "push", src + "-esgz"}, nil},
+			{nodeB, ns, []string{"image", "pull", "--lazy", src}, nil},
+			{nodeB, ns, []string{"image", "convert", "--estargz", "--oci", src, src + "-esgz"}, &secsB},
+		}
+		for _, s := range steps {
+			start := time.Now()
+			out, err := cli(s.node, s.ns, s.args...)
+			if err != nil {
+				return err
+			}
+			if s.secs != nil {
+				*s.secs = append(*s.secs, time.Since(start).Seconds())
+			}
+			if s.secs == &secsB && !strings.Contains(out, "adopted from") {
+				return fmt.Errorf("node B converted instead of adopting node A's conversion:\n%s", out)
+			}
+		}
+	}
+	var tarTotal int64
+	for _, l := range layers {
+		tarTotal += l.TarBytes
+	}
+	a, b := median(secsA), median(secsB)
+	fmt.Printf("\nfleet: one registry, two nodes, %d layers, %s of files, eStargz level 9, from lazy pulls (CLI process included)\n", len(layers), fmtMiB(tarTotal))
+	fmt.Printf("%-44s %9.2fs\n", "node A converts (fetching its layers)", a)
+	fmt.Printf("%-44s %9.2fs\n", "node B adopts A's conversion", b)
+	fmt.Printf("%-44s %9.1f %%  (target < 5 %%)\n", "node B's time as a fraction of node A's", 100*b/a)
+	return nil
+}
+
+// startRegistry runs distribution's registry on a free port of 127.0.0.1.
+func startRegistry(bin, dir string) (string, func(), error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	host := l.Addr().String()
+	l.Close()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", nil, err
+	}
+	cfg := filepath.Join(dir, "config.yml")
+	text := fmt.Sprintf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), host)
+	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+		return "", nil, err
+	}
+	cmd := exec.Command(bin, "serve", cfg)
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+	err = waitFor(func() bool {
+		resp, err := http.Get("http://" + host + "/v2/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	if err != nil {
+		stop()
+		return "", nil, fmt.Errorf("registry: %w", err)
+	}
+	return host, stop, nil
+}
