@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -176,4 +177,37 @@ func TestFleetDegradesToLocalConversion(t *testing.T) {
 	mustLazyconv(t, "--address", d.address, "-n", "other", "image", "pull", "--lazy", "--plain-http", direct)
 	out = mustLazyconv(t, "--address", d.address, "-n", "other", "image", "convert", "--zstdchunked", "--plain-http", direct, direct+"-zstd")
 	assert.Contains(t, out, "adopted from "+reg.host+"/broken/app@")
+}
+
+// A rule with push = true pushes what it converts, which publishes the
+// conversion: another node adopts it.
+func TestFleetRulePushPublishes(t *testing.T) {
+	requireRoot(t)
+	reg := startRegistry(t)
+	a := startDaemon(t, bins.containerdLazyconv, testConfig+`
+[[plugins.'io.containerd.grpc.v1.lazyconv'.rules]]
+  match = "`+reg.host+`/rules/*"
+  format = "zstdchunked"
+  tag_suffix = "-zstd"
+  push = true
+`)
+	b := startDaemon(t, bins.containerdLazyconv, testConfig)
+	src := reg.host + "/rules/app:v1"
+	pushSource(t, b, src)
+	mustLazyconv(t, "--address", a.address, "image", "pull", "--lazy", "--plain-http", src)
+
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		log, _ := reg.logSince(t, 0)
+		if strings.Contains(log, `"PUT /v2/rules/app/manifests/v1-zstd `) && strings.Contains(log, `"PUT /v2/rules/app/manifests/sha256-`) {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the rule never pushed and published:\n%s", a.logText())
+		time.Sleep(100 * time.Millisecond)
+	}
+	mustLazyconv(t, "--address", b.address, "image", "pull", "--lazy", "--plain-http", src)
+	out := mustLazyconv(t, "--address", b.address, "image", "convert", "--zstdchunked", "--plain-http", src, src+"-zstd")
+	assert.Contains(t, out, "adopted from "+reg.host+"/rules/app@")
+	pulled := mustLazyconv(t, "--address", b.address, "-n", "check", "image", "pull", "--lazy", "--plain-http", src+"-zstd")
+	assert.Contains(t, pulled, convertedDigest(t, out), "the rule's pushed image is the one adopted")
 }

@@ -94,16 +94,21 @@ func TestRulesAreValidated(t *testing.T) {
 		{"rules": []any{map[string]any{"match": "x/*", "format": "estargz", "tag_suffix": "-e", "x": 1}}}, // unknown key
 		{"rules": []any{map[string]any{"match": "x/*", "format": "estargz", "tag_suffix": "-e",
 			"options": map[string]any{"compression-level": int64(42)}}}}, // bad option
+		{"rules": []any{map[string]any{"match": "x/*", "format": "estargz", "tag_suffix": "-e", "push": "yes"}}}, // push is a boolean
 		{"rule_queue_length": int64(0)},
+		{"disable_registry_cache": "true"},
 	} {
 		_, err := service.ParseConfig(raw)
 		assert.Error(t, err, "%v", raw)
 	}
 	cfg, err := service.ParseConfig(map[string]any{"rules": []any{map[string]any{"match": "x/*", "format": "zstdchunked", "tag_suffix": "-zc",
-		"namespaces": []any{"builds"}, "options": map[string]any{"compression-level": int64(9)}}}})
+		"namespaces": []any{"builds"}, "options": map[string]any{"compression-level": int64(9)}, "push": true}},
+		"disable_registry_cache": true})
 	require.NoError(t, err)
 	require.Len(t, cfg.Rules, 1)
 	assert.Equal(t, map[string]string{"compression-level": "9"}, cfg.Rules[0].Options)
+	assert.True(t, cfg.Rules[0].Push)
+	assert.True(t, cfg.DisableRegistryCache)
 	back, err := service.ParseConfig(cfg.TOML())
 	require.NoError(t, err)
 	assert.Equal(t, cfg, back, "TOML() reads back as itself")
