@@ -44,7 +44,11 @@ func TestFleetConvertsOnce(t *testing.T) {
 	requireRoot(t)
 	reg := startRegistry(t)
 	a := startDaemon(t, bins.containerdLazyconv, testConfig)
-	b := startDaemon(t, bins.containerdLazyconv, testConfig)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	metricsB := "http://" + l.Addr().String() + "/v1/metrics"
+	l.Close()
+	b := startDaemon(t, bins.containerdLazyconv, testConfig+"\n[plugins.'io.containerd.server.v1.metrics']\n  address = \""+l.Addr().String()+"\"\n")
 	src := reg.host + "/fleet/app:v1"
 	pushSource(t, a, src)
 
@@ -75,6 +79,8 @@ func TestFleetConvertsOnce(t *testing.T) {
 	assert.Len(t, regexp.MustCompile(`(?m)^sha256:\S+\s+shared .* from registry$`).FindAllString(outB, -1), 3, "every layer shared:\n%s", outB)
 	assert.Contains(t, outB, "adopted from "+reg.host+"/fleet/app@"+digestA)
 	assert.NotContains(t, outB, "committed")
+	assert.Equal(t, 3.0, scrape(t, metricsB, `lazyconv_layers_total{format="estargz",result="shared"}`), "node B's metrics say so")
+	assert.Zero(t, scrape(t, metricsB, `lazyconv_layers_total{format="estargz",result="committed"}`))
 	log, offset := reg.logSince(t, offset)
 	assert.Empty(t, anyBlobGET(log, layerDigests), "node B read no layer blob")
 
