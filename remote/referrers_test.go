@@ -72,11 +72,12 @@ func TestRepositoriesAskTheImagesOwnFirstAndOnce(t *testing.T) {
 		info  content.Info
 		want  []Source
 	}{
-		{"name only", "127.0.0.1:5000/app:v1", content.Info{}, []Source{{"127.0.0.1:5000", "app"}}},
+		{"imported: a registry name but no source", "127.0.0.1:5000/app:v1", content.Info{}, nil},
 		{"label of the same repository, without the port", "127.0.0.1:5000/app:v1", info(map[string]string{"127.0.0.1": "app"}),
 			[]Source{{"127.0.0.1:5000", "app"}}},
 		{"labels of other repositories", "127.0.0.1:5000/app:v1", info(map[string]string{"127.0.0.1": "app,mirror/app", "registry.example": "team/app"}),
 			[]Source{{"127.0.0.1:5000", "app"}, {"127.0.0.1", "mirror/app"}, {"registry.example", "team/app"}}},
+		{"pulled under another name", "127.0.0.1:5000/renamed:v1", info(map[string]string{"127.0.0.1": "app"}), []Source{{"127.0.0.1", "app"}}},
 		{"a local name", "app:v1", info(map[string]string{"registry.example": "team/app"}), []Source{{"registry.example", "team/app"}}},
 		{"nowhere", "app:v1", content.Info{}, nil},
 	} {

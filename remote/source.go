@@ -139,19 +139,22 @@ func hostname(host string) string {
 	return host
 }
 
-// Repositories lists where an image's manifest can be looked up: the
-// repository of imageRef (the image's name, when it names a registry),
-// then those the manifest's distribution-source labels (info) name, less
-// that one (labels name hosts without their port).
+// Repositories lists the repositories an image's manifest came from, to
+// look for what was published about it: those its distribution-source
+// labels (info) name, which containerd's pulls and lazyconv's lazy pull
+// write (an imported image has none, whatever its name says). The image's
+// own repository (imageRef, when it is one of them) comes first, with the
+// port its name gives (labels name hosts without their port).
 func Repositories(imageRef string, info content.Info) []Source {
-	var out []Source
-	if src, err := SourceOf(imageRef); err == nil {
-		out = append(out, src)
+	labelled := Sources(info)
+	own, err := SourceOf(imageRef)
+	if err != nil {
+		return labelled
 	}
-	for _, src := range Sources(info) {
-		if len(out) == 0 || src.Repository != out[0].Repository || src.Host != hostname(out[0].Host) {
-			out = append(out, src)
+	for i, src := range labelled {
+		if src.Repository == own.Repository && src.Host == hostname(own.Host) {
+			return append([]Source{own}, append(labelled[:i:i], labelled[i+1:]...)...)
 		}
 	}
-	return out
+	return labelled
 }
