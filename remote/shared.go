@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/remotes"
@@ -23,6 +24,14 @@ func ConversionReferrer(subject ocispec.Descriptor, variant string, converted di
 		labels.ConvertedManifestAnnotation: converted.String(),
 	}}
 }
+
+// LookupTimeout bounds asking one repository for the conversions of a
+// manifest, so that an unreachable registry delays a conversion by no more.
+var LookupTimeout = 15 * time.Second
+
+// maxCandidates bounds the published conversions of one variant tried: a
+// repository listing more gets its first ones tried, not one request each.
+const maxCandidates = 4
 
 // SharedConversions finds conversions published by other nodes in the
 // registry a source image came from: the referrers of its manifest.
@@ -63,12 +72,17 @@ func (s *SharedConversions) Lookup(ctx context.Context, manifest ocispec.Descrip
 }
 
 func (s *SharedConversions) lookupIn(ctx context.Context, src Source, subject digest.Digest, variant string) ([]converter.SharedConversion, error) {
+	ctx, cancel := context.WithTimeout(ctx, LookupTimeout)
+	defer cancel()
 	listed, err := ListReferrers(ctx, s.resolver, src, subject, labels.ConversionArtifactType)
 	if err != nil {
 		return nil, err
 	}
 	var out []converter.SharedConversion
 	for _, r := range listed {
+		if len(out) == maxCandidates {
+			break
+		}
 		if r.ArtifactType != labels.ConversionArtifactType || r.Annotations[labels.VariantAnnotation] != variant {
 			continue
 		}
@@ -90,6 +104,8 @@ func (s *SharedConversions) lookupIn(ctx context.Context, src Source, subject di
 			Manifest: desc,
 			Where:    src.Host + "/" + src.Repository,
 			Read: func(ctx context.Context, d ocispec.Descriptor) ([]byte, error) {
+				ctx, cancel := context.WithTimeout(ctx, LookupTimeout)
+				defer cancel()
 				return ReadBlob(ctx, s.resolver, src, d, MaxManifestBytes)
 			},
 			Adopt: func(ctx context.Context) error { return AddSource(ctx, s.cs, desc.Digest, src) },

@@ -29,7 +29,12 @@ Layers already converted (by lazyconv, for this or any image sharing them) come
 from the variant cache without being read. eStargz conversion is lossless:
 unpacking a converted layer yields the source tar byte for byte. Against a
 daemon the conversion runs inside it (or in the lazyconvd sidecar); no blob
-crosses the socket.`,
+crosses the socket.
+
+An image pulled from a registry is first looked up there: a conversion another
+node pushed (published as a referrer of the source manifest) is adopted without
+converting or reading a layer, if it rebuilds from the source to the same
+digest. --no-registry-cache converts here.`,
 		Flags: append(append([]cli.Flag{
 			&cli.BoolFlag{Name: "oci", Usage: "convert Docker media types to OCI ones (eStargz annotations need it)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the new image's digest"},
