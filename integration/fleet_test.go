@@ -84,13 +84,19 @@ func TestFleetConvertsOnce(t *testing.T) {
 	log, offset := reg.logSince(t, offset)
 	assert.Empty(t, anyBlobGET(log, layerDigests), "node B read no layer blob")
 
-	// B's image pushes elsewhere with cross-repository mounts only.
+	// B's image, its layers still remote, pushes elsewhere with cross-repository mounts only.
 	mustLazyconv(t, "--address", b.address, "image", "push", "--plain-http", reg.host+"/mirror/app:esgz", src+"-esgz")
-	log, _ = reg.logSince(t, offset)
+	log, offset = reg.logSince(t, offset)
 	for _, l := range convertedLayers {
 		assert.Contains(t, log, "mount="+l.Digest.String()+"&from=fleet/app", "layer %s is mounted", l.Digest)
 		assert.NotContains(t, log, "digest="+strings.Replace(l.Digest.String(), ":", "%3A", 1), "layer %s is not uploaded", l.Digest)
 	}
+
+	// What B adopted unread can be checked: verify fetches the layers.
+	verified := mustLazyconv(t, "--address", b.address, "image", "verify", src+"-esgz")
+	assert.Contains(t, verified, "3 lazy-pull layers verified")
+	log, _ = reg.logSince(t, offset)
+	assert.Len(t, anyBlobGET(log, layerDigests), 3, "verify fetched the three converted layers")
 
 	// --no-registry-cache converts here.
 	outLocal := mustLazyconv(t, "--address", b.address, "image", "convert", "--estargz", "--oci", "--plain-http", "--no-registry-cache", src, src+"-local")

@@ -11,6 +11,7 @@ import (
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/lazyconv/lazyconv/converter/stargz"
+	"github.com/lazyconv/lazyconv/remote"
 )
 
 // Verify is the gRPC handler.
@@ -40,21 +41,35 @@ func (s *Service) VerifyImage(ctx context.Context, req *api.VerifyRequest) (*api
 	if err != nil {
 		return nil, err
 	}
-	var layers []ocispec.Descriptor
+	// Layers not here (a lazy pull, a conversion adopted from the registry)
+	// are fetched from where their manifest came from.
+	type layerOf struct{ layer, manifest ocispec.Descriptor }
+	var layers []layerOf
 	handler := images.HandlerFunc(func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
-		if images.IsLayerType(desc.MediaType) {
-			layers = append(layers, desc)
-			return nil, nil
+		children, err := images.Children(ctx, s.cs, desc)
+		if images.IsManifestType(desc.MediaType) {
+			for _, c := range children {
+				if images.IsLayerType(c.MediaType) {
+					layers = append(layers, layerOf{c, desc})
+				}
+			}
+			return nil, err
 		}
-		return images.Children(ctx, s.cs, desc)
+		return children, err
 	})
 	if err := images.Walk(ctx, images.FilterPlatforms(handler, pm), img.Target); err != nil {
 		return nil, err
 	}
 	resp := &api.VerifyResponse{}
-	for _, l := range layers {
+	resolver := remote.RegistryOptions{}.ResolverFor(req.GetRef())
+	for _, lm := range layers {
+		l := lm.layer
 		lv := &api.LayerVerification{Digest: l.Digest.String()}
-		rep, err := stargz.Verify(ctx, s.cs, l)
+		err := s.fetcher.Ensure(ctx, resolver, l, lm.manifest, req.GetRef(), nil)
+		var rep stargz.Report
+		if err == nil {
+			rep, err = stargz.Verify(ctx, s.cs, l)
+		}
 		if err != nil {
 			if ctxErr := ctx.Err(); ctxErr != nil {
 				return nil, ctxErr
