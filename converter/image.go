@@ -323,7 +323,7 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 		p.layer(l.Digest, l.Size) // queued, in manifest order
 	}
 	variant := sharedVariant(converters)
-	if w.opts.Shared != nil && w.opts.AppendLayer == nil && variant != "" {
+	if w.opts.Shared != nil && w.opts.AppendLayer == nil && variant != "" && !w.allCached(ctx, manifest.Layers, variant) {
 		if out, ok := w.fromShared(ctx, desc, manifest, lbls, modified, converters, positions, configDiffIDs, variant); ok {
 			return out, nil
 		}

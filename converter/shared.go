@@ -64,6 +64,22 @@ func sharedVariant(converters []LayerConverter) string {
 	return variant
 }
 
+// allCached reports whether every layer's variant is in the local cache (no
+// need to ask a registry for what is here).
+func (w *imageWalk) allCached(ctx context.Context, layers []ocispec.Descriptor, variant string) bool {
+	for _, l := range layers {
+		info, err := w.c.cs.Info(ctx, l.Digest)
+		if err != nil {
+			return false
+		}
+		vd, ok := labels.Variant(info, variant)
+		if !ok || !w.local(ctx, vd) {
+			return false
+		}
+	}
+	return true
+}
+
 // warn notes a problem that does not fail the conversion.
 func (w *imageWalk) warn(ctx context.Context, text string) {
 	log.G(ctx).Warn("lazyconv: " + text)
@@ -83,7 +99,14 @@ func (w *imageWalk) fromShared(ctx context.Context, desc ocispec.Descriptor, man
 		w.warn(ctx, fmt.Sprintf("looking for a published %s conversion of %s: %v; converting here", variant, desc.Digest, err))
 		return nil, false
 	}
+	want := manifest.MediaType
+	if want == "" {
+		want = desc.MediaType
+	}
 	for _, sc := range found {
+		if sc.Manifest.MediaType != want {
+			continue // a conversion with other media types (Docker kept, or made OCI): not this one
+		}
 		out, layers, err := w.tryShared(ctx, desc, manifest, lbls, modified, converters, positions, configDiffIDs, variant, sc)
 		if err == nil {
 			err = sc.Adopt(ctx)

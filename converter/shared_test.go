@@ -168,3 +168,44 @@ func TestSharedConversionThatDoesNotCheckOutIsConvertedHere(t *testing.T) {
 		})
 	}
 }
+
+// A conversion published with other media types (the source's Docker types
+// made OCI) is not this request's: converted here, without a warning.
+func TestSharedConversionWithOtherMediaTypesIsNotTried(t *testing.T) {
+	lc, err := stargz.NewZstdChunked(stargz.DefaultZstdChunkedOptions())
+	require.NoError(t, err)
+	a := convertertest.NewFixture(t)
+	a.TestImage(t, "example.com/app:v1", true)
+	published, err := a.Conv.ConvertImage(a.Ctx, a.Store.ImageStore(), "example.com/app:v1", "example.com/app:oci",
+		converter.ImageOptions{Layers: converter.Every(lc), DockerToOCI: true})
+	require.NoError(t, err)
+
+	b := convertertest.NewFixture(t)
+	b.TestImage(t, "example.com/app:v1", true)
+	shared := &publishedIn{node: a, manifests: []ocispec.Descriptor{published.Image.Target}}
+	res, err := b.Conv.ConvertImage(b.Ctx, b.Store.ImageStore(), "example.com/app:v1", "example.com/app:docker",
+		converter.ImageOptions{Layers: converter.Every(lc), Shared: shared})
+	require.NoError(t, err)
+	assert.NotEqual(t, published.Image.Target.Digest, res.Image.Target.Digest)
+	assert.Empty(t, res.Warnings)
+	assert.Empty(t, res.Shared)
+	assert.Positive(t, b.Conv.Conversions())
+
+	// With --oci it is this request's, but B has every layer's variant
+	// now: the registry is not asked.
+	shared.err = errors.New("not to be asked")
+	res, err = b.Conv.ConvertImage(b.Ctx, b.Store.ImageStore(), "example.com/app:v1", "example.com/app:oci",
+		converter.ImageOptions{Layers: converter.Every(lc), Shared: shared, DockerToOCI: true})
+	require.NoError(t, err)
+	assert.Equal(t, published.Image.Target.Digest, res.Image.Target.Digest, "the same digest from the local cache")
+	assert.Empty(t, res.Shared)
+	assert.Empty(t, res.Warnings, "the registry was not asked")
+
+	c := convertertest.NewFixture(t)
+	c.TestImage(t, "example.com/app:v1", true)
+	res, err = c.Conv.ConvertImage(c.Ctx, c.Store.ImageStore(), "example.com/app:v1", "example.com/app:oci",
+		converter.ImageOptions{Layers: converter.Every(lc), Shared: &publishedIn{node: a, manifests: []ocispec.Descriptor{published.Image.Target}}, DockerToOCI: true})
+	require.NoError(t, err)
+	assert.Equal(t, published.Image.Target.Digest, res.Image.Target.Digest)
+	assert.Len(t, res.Shared, 1, "a node without the variants adopts it")
+}
