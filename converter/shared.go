@@ -180,13 +180,13 @@ func (w *imageWalk) tryShared(ctx context.Context, desc ocispec.Descriptor, mani
 // sharedLayer checks one layer of a published conversion against its
 // source l and returns its result (nil for a layer the plan leaves as it is).
 func (w *imageWalk) sharedLayer(ctx context.Context, l, published ocispec.Descriptor, lc LayerConverter, variant string, diffID, srcDiffID digest.Digest) (*LayerResult, error) {
-	if lc == nil || published.Digest == l.Digest {
-		if published.Digest != l.Digest {
-			return nil, fmt.Errorf("%s should be the source layer %s: %w", published.Digest, l.Digest, errdefs.ErrInvalidArgument)
-		}
-		if lc == nil {
-			return nil, nil
-		}
+	if lc == nil && published.Digest != l.Digest {
+		return nil, fmt.Errorf("%s should be the source layer %s: %w", published.Digest, l.Digest, errdefs.ErrInvalidArgument)
+	}
+	if lc == nil {
+		return nil, nil
+	}
+	if published.Digest == l.Digest { // already in the format
 		return &LayerResult{Source: l, Desc: published, DiffID: srcDiffID, SourceDiffID: srcDiffID, State: StateKept}, nil
 	}
 	want := lc.MediaType(l.MediaType)

@@ -26,14 +26,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", 
 // the lazyconv CLI, and prints throughputs and ratios.
 func compareModes(work, binDir string, layers []generated, runs int) error {
 	bin := func(name string) string { return filepath.Join(binDir, name) }
-	for _, b := range []string{"lazyconv", "lazyconvd", "containerd-lazyconv", "stock/containerd"} {
-		if _, err := os.Stat(bin(b)); err != nil {
-			fmt.Printf("\nin-daemon vs sidecar vs embedded: skipped, %s not built (make bench builds it)\n", bin(b))
-			return nil
-		}
-	}
-	if os.Geteuid() != 0 {
-		fmt.Println("\nin-daemon vs sidecar vs embedded: skipped, containerd needs root")
+	if !canRun("in-daemon vs sidecar vs embedded", binDir, "lazyconv", "lazyconvd", "containerd-lazyconv", "stock/containerd") {
 		return nil
 	}
 	archive := filepath.Join(work, "modes.tar")
@@ -107,6 +100,22 @@ func compareModes(work, binDir string, layers []generated, runs int) error {
 		}
 	}
 	return nil
+}
+
+// canRun reports whether a section running daemons can run here: as root,
+// with the named binaries of binDir built; if not, it says why.
+func canRun(section, binDir string, names ...string) bool {
+	for _, name := range names {
+		if _, err := os.Stat(filepath.Join(binDir, name)); err != nil {
+			fmt.Printf("\n%s: skipped, %s not built (make bench builds it)\n", section, filepath.Join(binDir, name))
+			return false
+		}
+	}
+	if os.Geteuid() != 0 {
+		fmt.Printf("\n%s: skipped, containerd needs root\n", section)
+		return false
+	}
+	return true
 }
 
 func writeArchive(path, name string, layers []generated) error {

@@ -17,14 +17,7 @@ import (
 // lazy pull, adopts it. It prints node B's time as a fraction of node A's.
 func fleetSection(work, binDir string, layers []generated, runs int) error {
 	bin := func(name string) string { return filepath.Join(binDir, name) }
-	for _, b := range []string{"lazyconv", "containerd-lazyconv", "registry"} {
-		if _, err := os.Stat(bin(b)); err != nil {
-			fmt.Printf("\nfleet: skipped, %s not built (make bench builds it)\n", bin(b))
-			return nil
-		}
-	}
-	if os.Geteuid() != 0 {
-		fmt.Println("\nfleet: skipped, containerd needs root")
+	if !canRun("fleet", binDir, "lazyconv", "containerd-lazyconv", "registry") {
 		return nil
 	}
 	archive := filepath.Join(work, "fleet.tar")

@@ -17,8 +17,7 @@ import (
 // after (target: back within 20 MB of idle within 30 s).
 func daemonMemory(work, binDir string, layers []generated) error {
 	bin := filepath.Join(binDir, "containerd-lazyconv")
-	if _, err := os.Stat(bin); err != nil || os.Geteuid() != 0 {
-		fmt.Println("daemon memory: skipped (needs root and make daemons)")
+	if !canRun("daemon memory", binDir, "containerd-lazyconv") {
 		return nil
 	}
 	dir := filepath.Join(work, "memory")
