@@ -40,21 +40,24 @@ const (
 	LayerState_LAYER_STATE_REBUILDING LayerState = 8
 	// Converted elsewhere: found through the registry, nothing converted here.
 	LayerState_LAYER_STATE_SHARED LayerState = 9
+	// A published conversion's layer is being checked against its source.
+	LayerState_LAYER_STATE_VERIFYING LayerState = 10
 )
 
 // Enum value maps for LayerState.
 var (
 	LayerState_name = map[int32]string{
-		0: "LAYER_STATE_QUEUED",
-		1: "LAYER_STATE_READING",
-		2: "LAYER_STATE_CONVERTING",
-		3: "LAYER_STATE_COMMITTED",
-		4: "LAYER_STATE_CACHED",
-		5: "LAYER_STATE_KEPT",
-		6: "LAYER_STATE_FAILED",
-		7: "LAYER_STATE_FETCHING",
-		8: "LAYER_STATE_REBUILDING",
-		9: "LAYER_STATE_SHARED",
+		0:  "LAYER_STATE_QUEUED",
+		1:  "LAYER_STATE_READING",
+		2:  "LAYER_STATE_CONVERTING",
+		3:  "LAYER_STATE_COMMITTED",
+		4:  "LAYER_STATE_CACHED",
+		5:  "LAYER_STATE_KEPT",
+		6:  "LAYER_STATE_FAILED",
+		7:  "LAYER_STATE_FETCHING",
+		8:  "LAYER_STATE_REBUILDING",
+		9:  "LAYER_STATE_SHARED",
+		10: "LAYER_STATE_VERIFYING",
 	}
 	LayerState_value = map[string]int32{
 		"LAYER_STATE_QUEUED":     0,
@@ -67,6 +70,7 @@ var (
 		"LAYER_STATE_FETCHING":   7,
 		"LAYER_STATE_REBUILDING": 8,
 		"LAYER_STATE_SHARED":     9,
+		"LAYER_STATE_VERIFYING":  10,
 	}
 )
 
@@ -483,8 +487,12 @@ type ConvertRequest struct {
 	// other nodes published as referrers of the source manifest); convert here.
 	// The service's disable_registry_cache configuration turns it off for all.
 	NoRegistryCache bool `protobuf:"varint,16,opt,name=no_registry_cache,json=noRegistryCache,proto3" json:"no_registry_cache,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Replace the target image even when it exists and lazyconv did not make
+	// it (an image lazyconv made, whose labels say so, is always updated).
+	// Without it, such a target is refused with AlreadyExists.
+	Overwrite     bool `protobuf:"varint,17,opt,name=overwrite,proto3" json:"overwrite,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConvertRequest) Reset() {
@@ -625,6 +633,13 @@ func (x *ConvertRequest) GetRequireLossless() bool {
 func (x *ConvertRequest) GetNoRegistryCache() bool {
 	if x != nil {
 		return x.NoRegistryCache
+	}
+	return false
+}
+
+func (x *ConvertRequest) GetOverwrite() bool {
+	if x != nil {
+		return x.Overwrite
 	}
 	return false
 }
@@ -946,7 +961,10 @@ type LayerProgress struct {
 	// Where the layer came from when its blob was not in the content store:
 	// "snapshot" (rebuilt from the unpacked snapshot: the same files, other
 	// tar bytes) or "registry" (fetched); "" otherwise.
-	Origin        string `protobuf:"bytes,10,opt,name=origin,proto3" json:"origin,omitempty"`
+	Origin string `protobuf:"bytes,10,opt,name=origin,proto3" json:"origin,omitempty"`
+	// For a shared layer: it was fetched and checked against its source here
+	// (false: adopted unread from a trusted publisher).
+	Verified      bool `protobuf:"varint,11,opt,name=verified,proto3" json:"verified,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1049,6 +1067,13 @@ func (x *LayerProgress) GetOrigin() string {
 		return x.Origin
 	}
 	return ""
+}
+
+func (x *LayerProgress) GetVerified() bool {
+	if x != nil {
+		return x.Verified
+	}
+	return false
 }
 
 type Descriptor struct {
@@ -1668,7 +1693,7 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\fPushResponse\x12/\n" +
 	"\x06target\x18\x01 \x01(\v2\x17.lazyconv.v1.DescriptorR\x06target\x12\x1c\n" +
 	"\tpublished\x18\x02 \x03(\tR\tpublished\x12\x1a\n" +
-	"\bwarnings\x18\x03 \x03(\tR\bwarnings\"\xed\x05\n" +
+	"\bwarnings\x18\x03 \x03(\tR\bwarnings\"\x8b\x06\n" +
 	"\x0eConvertRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x16\n" +
@@ -1686,7 +1711,8 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\x05reuse\x18\r \x01(\bR\x05reuse\x12B\n" +
 	"\aoptions\x18\x0e \x03(\v2(.lazyconv.v1.ConvertRequest.OptionsEntryR\aoptions\x12)\n" +
 	"\x10require_lossless\x18\x0f \x01(\bR\x0frequireLossless\x12*\n" +
-	"\x11no_registry_cache\x18\x10 \x01(\bR\x0fnoRegistryCache\x1a:\n" +
+	"\x11no_registry_cache\x18\x10 \x01(\bR\x0fnoRegistryCache\x12\x1c\n" +
+	"\toverwrite\x18\x11 \x01(\bR\toverwrite\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"C\n" +
@@ -1720,7 +1746,7 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\n" +
 	"chunk_size\x18\x02 \x01(\x03H\x01R\tchunkSize\x88\x01\x01B\x14\n" +
 	"\x12_compression_levelB\r\n" +
-	"\v_chunk_size\"\xc2\x02\n" +
+	"\v_chunk_size\"\xde\x02\n" +
 	"\rLayerProgress\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12-\n" +
@@ -1734,7 +1760,8 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"elapsed_ns\x18\b \x01(\x03R\telapsedNs\x12!\n" +
 	"\fnot_lossless\x18\t \x01(\tR\vnotLossless\x12\x16\n" +
 	"\x06origin\x18\n" +
-	" \x01(\tR\x06origin\"\xe3\x01\n" +
+	" \x01(\tR\x06origin\x12\x1a\n" +
+	"\bverified\x18\v \x01(\bR\bverified\"\xe3\x01\n" +
 	"\n" +
 	"Descriptor\x12\x1d\n" +
 	"\n" +
@@ -1786,7 +1813,7 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\aformats\x18\x02 \x03(\v2\x13.lazyconv.v1.FormatR\aformats\x120\n" +
 	"\bbuilders\x18\x03 \x03(\v2\x14.lazyconv.v1.BuilderR\bbuilders\x12%\n" +
 	"\x0edefault_format\x18\x04 \x01(\tR\rdefaultFormat\x12\x18\n" +
-	"\aworkers\x18\x05 \x01(\x05R\aworkers*\x88\x02\n" +
+	"\aworkers\x18\x05 \x01(\x05R\aworkers*\xa3\x02\n" +
 	"\n" +
 	"LayerState\x12\x16\n" +
 	"\x12LAYER_STATE_QUEUED\x10\x00\x12\x17\n" +
@@ -1798,7 +1825,9 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\x12LAYER_STATE_FAILED\x10\x06\x12\x18\n" +
 	"\x14LAYER_STATE_FETCHING\x10\a\x12\x1a\n" +
 	"\x16LAYER_STATE_REBUILDING\x10\b\x12\x16\n" +
-	"\x12LAYER_STATE_SHARED\x10\t2\xfa\x02\n" +
+	"\x12LAYER_STATE_SHARED\x10\t\x12\x19\n" +
+	"\x15LAYER_STATE_VERIFYING\x10\n" +
+	"2\xfa\x02\n" +
 	"\tConverter\x12C\n" +
 	"\aConvert\x12\x1b.lazyconv.v1.ConvertRequest\x1a\x19.lazyconv.v1.ConvertEvent0\x01\x12S\n" +
 	"\fCheckEStargz\x12 .lazyconv.v1.CheckEStargzRequest\x1a!.lazyconv.v1.CheckEStargzResponse\x12S\n" +
