@@ -139,7 +139,14 @@ func (c *Converter) ConvertImage(ctx context.Context, is images.Store, srcRef, d
 	if target != nil {
 		dst.Target = *target
 	}
-	img, err := is.Update(ctx, dst, "target")
+	// Labelled as lazyconv's, so that converting onto it again needs no overwrite.
+	dst.Labels = map[string]string{labels.ImageConvertedFrom: srcRef}
+	for k, v := range src.Labels {
+		if k != labels.ImageConvertedFrom {
+			dst.Labels[k] = v
+		}
+	}
+	img, err := is.Update(ctx, dst, "target", "labels."+labels.ImageConvertedFrom)
 	if errdefs.IsNotFound(err) && dstRef != srcRef {
 		dst.CreatedAt, dst.UpdatedAt = time.Time{}, time.Time{}
 		img, err = is.Create(ctx, dst)
@@ -162,6 +169,16 @@ type imageWalk struct {
 	// shared: source manifest -> where its adopted conversion was found.
 	shared   map[digest.Digest]string
 	warnings []string
+	// indexes converts each index once per depth (indexVisit -> *manifestOnce):
+	// an index listing another many times, at many levels, costs one
+	// conversion per level, not a product of their lengths.
+	indexes sync.Map
+}
+
+// indexVisit is an index at a depth of nesting.
+type indexVisit struct {
+	digest digest.Digest
+	depth  int64
 }
 
 // manifestOnce converts a manifest once even when an index lists it twice.
@@ -226,9 +243,28 @@ func (w *imageWalk) retype(orig ocispec.Descriptor, out *ocispec.Descriptor) *oc
 	return &cur
 }
 
+// convertIndex converts an index, once per depth of nesting whoever lists
+// it, refusing one nested beyond MaxIndexDepth before reading it.
 func (w *imageWalk) convertIndex(ctx context.Context, desc ocispec.Descriptor) (*ocispec.Descriptor, error) {
+	ctx, depth, err := enterIndex(ctx, desc)
+	if err != nil {
+		return nil, err
+	}
+	v, _ := w.indexes.LoadOrStore(indexVisit{desc.Digest, depth}, &manifestOnce{})
+	m := v.(*manifestOnce)
+	m.once.Do(func() { m.desc, m.err = w.convertIndexOnce(ctx, desc) })
+	if m.err != nil || m.desc == nil {
+		return nil, m.err
+	}
+	// The descriptor of whoever lists it, with the new blob.
+	out := desc
+	out.Digest, out.Size = m.desc.Digest, m.desc.Size
+	return &out, nil
+}
+
+func (w *imageWalk) convertIndexOnce(ctx context.Context, desc ocispec.Descriptor) (*ocispec.Descriptor, error) {
 	var index ocispec.Index
-	lbls, err := ctdconverter.ReadJSON(ctx, w.c.cs, &index, desc)
+	lbls, err := ReadDocument(ctx, w.c.cs, &index, desc)
 	if err != nil {
 		return nil, fmt.Errorf("reading index %s: %w", desc.Digest, err)
 	}
@@ -278,7 +314,7 @@ func (w *imageWalk) convertIndex(ctx context.Context, desc ocispec.Descriptor) (
 
 func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor) (*ocispec.Descriptor, error) {
 	var manifest ocispec.Manifest
-	lbls, err := ctdconverter.ReadJSON(ctx, w.c.cs, &manifest, desc)
+	lbls, err := ReadDocument(ctx, w.c.cs, &manifest, desc)
 	if err != nil {
 		return nil, fmt.Errorf("reading manifest %s: %w", desc.Digest, err)
 	}
@@ -467,6 +503,11 @@ func (w *imageWalk) assemble(ctx context.Context, desc ocispec.Descriptor, manif
 		lbls[labels.ConvertedVariant] = variant
 	}
 	out, err := ctdconverter.WriteJSON(ctx, w.c.cs, &manifest, desc, lbls)
+	if err == nil && variant != "" {
+		// Made (or rebuilt) here: whatever adopted it unread before, it is
+		// now a conversion of this node's own.
+		err = labels.Set(ctx, w.c.cs, out.Digest, map[string]string{labels.AdoptedUnverified: ""})
+	}
 	return out, layers, err
 }
 
@@ -499,11 +540,8 @@ func (w *imageWalk) diffIDs(ctx context.Context, desc ocispec.Descriptor, layerC
 	var cfg struct {
 		RootFS ocispec.RootFS `json:"rootfs"`
 	}
-	if _, err := ctdconverter.ReadJSON(ctx, w.c.cs, &cfg, desc); err != nil {
-		if errdefs.IsNotFound(err) {
-			return nil, fmt.Errorf("reading config %s: %w", desc.Digest, err)
-		}
-		return nil, fmt.Errorf("reading config %s: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
+	if _, err := ReadDocument(ctx, w.c.cs, &cfg, desc); err != nil {
+		return nil, fmt.Errorf("reading config %s: %w", desc.Digest, err)
 	}
 	if len(cfg.RootFS.DiffIDs) != layerCount {
 		return nil, fmt.Errorf("config %s lists %d diff_ids for %d layers: %w",
@@ -520,7 +558,7 @@ func (w *imageWalk) convertConfig(ctx context.Context, desc ocispec.Descriptor, 
 		return w.retype(desc, nil), nil
 	}
 	var cfg ctdconverter.DualConfig
-	lbls, err := ctdconverter.ReadJSON(ctx, w.c.cs, &cfg, desc)
+	lbls, err := ReadDocument(ctx, w.c.cs, &cfg, desc)
 	if err != nil {
 		return nil, fmt.Errorf("reading config %s: %w", desc.Digest, err)
 	}

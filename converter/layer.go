@@ -40,6 +40,9 @@ type LayerResult struct {
 	// Origin is where the source came from when it was not in the content
 	// store (OriginSnapshot, OriginRegistry), else "".
 	Origin string
+	// Verified, for a StateShared layer, says it was fetched and checked
+	// against its source here (false: adopted unread from a trusted publisher).
+	Verified bool
 	// links are the labels to write once the whole conversion succeeded.
 	links []labelUpdate
 	// variant names the converter that produced Desc.

@@ -19,11 +19,37 @@ type Limits struct {
 	// MaxTOCBytes bounds the uncompressed size of a table of contents read
 	// from a layer (is it eStargz, its TOC digest, verification).
 	MaxTOCBytes int64
+	// MaxZstdWindow bounds the window a zstd frame may declare, which is
+	// the history its decoder holds (and touches once the frame's output
+	// is larger): 22 KB of zstd can declare 512 MiB. The default, 128 MiB
+	// (2^27), is `zstd --long`'s default and what the zstd CLI decodes
+	// without being told more; levels 1-19 use at most 8 MiB.
+	MaxZstdWindow int64
+	// MaxDocumentBytes bounds an index, manifest or config read whole to
+	// be converted. The default is the largest manifest containerd's
+	// resolver fetches (docker.MaxManifestSize, 4*1048*1048 bytes).
+	MaxDocumentBytes int64
+	// MaxIndexDepth bounds the nesting of image indexes: the image's own
+	// index is at depth 1, an index it lists at 2. Image layouts nest 2.
+	MaxIndexDepth int64
 }
+
+// Default limits: see the Limits fields.
+const (
+	DefaultMaxEntries       = 1 << 20
+	DefaultMaxTrailingBytes = 1 << 20
+	DefaultMaxExpandedBytes = 4 << 30
+	DefaultMaxTOCBytes      = 64 << 20
+	DefaultMaxZstdWindow    = 1 << 27
+	DefaultMaxDocumentBytes = 4 * 1048 * 1048
+	DefaultMaxIndexDepth    = 4
+)
 
 // DefaultLimits are the limits when none are configured.
 func DefaultLimits() Limits {
-	return Limits{MaxEntries: 1 << 20, MaxTrailingBytes: 1 << 20, MaxExpandedBytes: 4 << 30, MaxTOCBytes: 64 << 20}
+	return Limits{MaxEntries: DefaultMaxEntries, MaxTrailingBytes: DefaultMaxTrailingBytes,
+		MaxExpandedBytes: DefaultMaxExpandedBytes, MaxTOCBytes: DefaultMaxTOCBytes, MaxZstdWindow: DefaultMaxZstdWindow,
+		MaxDocumentBytes: DefaultMaxDocumentBytes, MaxIndexDepth: DefaultMaxIndexDepth}
 }
 
 // WithDefaults fills the zero fields with DefaultLimits.
@@ -32,6 +58,8 @@ func (l Limits) WithDefaults() Limits {
 	for _, p := range []struct{ v, d *int64 }{
 		{&l.MaxEntries, &d.MaxEntries}, {&l.MaxTrailingBytes, &d.MaxTrailingBytes},
 		{&l.MaxExpandedBytes, &d.MaxExpandedBytes}, {&l.MaxTOCBytes, &d.MaxTOCBytes},
+		{&l.MaxZstdWindow, &d.MaxZstdWindow}, {&l.MaxDocumentBytes, &d.MaxDocumentBytes},
+		{&l.MaxIndexDepth, &d.MaxIndexDepth},
 	} {
 		if *p.v == 0 {
 			*p.v = *p.d

@@ -32,11 +32,15 @@ const (
 	StateRebuilding
 	// StateShared: the variant was converted elsewhere and found through
 	// the registry (a conversion published as a referrer of the source
-	// manifest); nothing was read or converted here.
+	// manifest); nothing was converted here (its layers were fetched and
+	// checked against the source unless its publisher is trusted).
 	StateShared
+	// StateVerifying: a published conversion's layer is being checked
+	// against its source.
+	StateVerifying
 )
 
-var stateNames = [...]string{"queued", "reading", "converting", "committed", "cached", "kept", "failed", "fetching", "rebuilding", "shared"}
+var stateNames = [...]string{"queued", "reading", "converting", "committed", "cached", "kept", "failed", "fetching", "rebuilding", "shared", "verifying"}
 
 // String names the state as progress output shows it.
 func (s LayerState) String() string {
@@ -75,8 +79,10 @@ type LayerStatus struct {
 	NotLossless string
 	// Origin is where the layer came from when it was not in the content
 	// store: OriginSnapshot or OriginRegistry ("" otherwise).
-	Origin  string
-	Elapsed time.Duration // since the layer left the queue
+	Origin string
+	// Verified: a shared layer fetched and checked against its source here.
+	Verified bool
+	Elapsed  time.Duration // since the layer left the queue
 }
 
 type layerProgress struct {
@@ -91,6 +97,7 @@ type layerProgress struct {
 	outSize  int64
 	note     string
 	origin   string
+	verified bool
 }
 
 // layer returns the tracker of a source layer, creating it on first use. A nil
@@ -151,13 +158,19 @@ func (l *layerProgress) setOrigin(origin string) {
 	l.mu.Unlock()
 }
 
+func (l *layerProgress) setVerified(v bool) {
+	l.mu.Lock()
+	l.verified = v
+	l.mu.Unlock()
+}
+
 func (l *layerProgress) status() LayerStatus {
 	s := LayerStatus{
 		Digest: l.digest, Size: l.size, State: LayerState(l.state.Load()),
 		BytesIn: l.in.Load(), BytesOut: l.out.Load(),
 	}
 	l.mu.Lock()
-	s.Output, s.OutSize, s.NotLossless, s.Origin = l.output, l.outSize, l.note, l.origin
+	s.Output, s.OutSize, s.NotLossless, s.Origin, s.Verified = l.output, l.outSize, l.note, l.origin, l.verified
 	l.mu.Unlock()
 	if start := l.started.Load(); start != 0 {
 		end := l.finished.Load()

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync/atomic"
 
+	"github.com/containerd/containerd/v2/core/content"
 	ctdconverter "github.com/containerd/containerd/v2/core/images/converter"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/lazyconv/lazyconv/labels"
 )
@@ -38,6 +41,37 @@ type SharedConversion struct {
 	// and its blobs are in that repository, so that its layers are fetched
 	// from there on first use and mounted from there on a push.
 	Adopt func(ctx context.Context) error
+	// Trusted says the repository matches the operator's trusted
+	// publishers: its conversion is adopted without reading its layers.
+	// Any other is adopted only once each layer is fetched (Fetch) and
+	// checked against its source.
+	Trusted bool
+	// Fetch makes a blob of that repository local, under ctx's lease;
+	// bytesIn, if not nil, is advanced by the bytes fetched.
+	Fetch func(ctx context.Context, desc ocispec.Descriptor, bytesIn *atomic.Int64) error
+}
+
+// PublishedVerifier is implemented by layer converters that can check a
+// variant made elsewhere against its source without converting anything
+// (lossless eStargz and zstd:chunked: payload and TOC; recompressions: the
+// diffID). A published conversion whose layers' converter has none is
+// adopted only from a trusted publisher.
+type PublishedVerifier interface {
+	// VerifyPublished checks the local blob desc, published as this
+	// converter's variant of a layer whose uncompressed digest is
+	// sourceDiffID, and returns what a local conversion records of it.
+	// A blob that does not check out is ErrInvalidArgument, saying why.
+	VerifyPublished(ctx context.Context, cs content.Store, desc ocispec.Descriptor, sourceDiffID digest.Digest) (Verified, error)
+}
+
+// Verified is what a verification found a published layer to be.
+type Verified struct {
+	// DiffID is the blob's uncompressed digest.
+	DiffID digest.Digest
+	// Annotations are the descriptor annotations a local conversion gives
+	// the blob, recomputed from it: the published descriptor must carry
+	// exactly these.
+	Annotations map[string]string
 }
 
 // DiffIDKeeper is implemented by layer converters whose output decompresses
@@ -111,6 +145,9 @@ func (w *imageWalk) fromShared(ctx context.Context, desc ocispec.Descriptor, man
 		if err == nil {
 			err = sc.Adopt(ctx)
 		}
+		if err == nil && out != nil {
+			err = w.markUnverified(ctx, out.Digest, sc)
+		}
 		if err != nil {
 			w.warn(ctx, fmt.Sprintf("the %s conversion of %s published in %s (%s) is not used: %v", variant, desc.Digest, sc.Where, sc.Manifest.Digest, err))
 			continue
@@ -119,6 +156,7 @@ func (w *imageWalk) fromShared(ctx context.Context, desc ocispec.Descriptor, man
 			lp := w.opts.Progress.layer(r.Source.Digest, r.Source.Size)
 			lp.setOutput(r.Desc.Digest, r.Desc.Size, r.Desc.Annotations[labels.NotLosslessAnnotation])
 			lp.setOrigin(OriginRegistry)
+			lp.setVerified(r.Verified)
 			lp.set(r.State)
 		}
 		w.mu.Lock()
@@ -155,7 +193,7 @@ func (w *imageWalk) tryShared(ctx context.Context, desc ocispec.Descriptor, mani
 	}
 	results := make([]*LayerResult, len(manifest.Layers))
 	for i, l := range manifest.Layers {
-		r, err := w.sharedLayer(ctx, l, published.Layers[i], converters[i], variant, cfg.RootFS.DiffIDs[positions[i]], configDiffIDs[positions[i]])
+		r, err := w.sharedLayer(ctx, l, published.Layers[i], converters[i], variant, cfg.RootFS.DiffIDs[positions[i]], configDiffIDs[positions[i]], sc.Trusted)
 		if err != nil {
 			return nil, nil, fmt.Errorf("layer %d: %w", i, err)
 		}
@@ -174,12 +212,108 @@ func (w *imageWalk) tryShared(ctx context.Context, desc ocispec.Descriptor, mani
 		}
 		return nil, nil, fmt.Errorf("the source rebuilt with its layers is %s, not the published manifest: %w", got, errdefs.ErrInvalidArgument)
 	}
+	if !sc.Trusted {
+		if err := w.verifyShared(ctx, layers, converters, manifest.Layers, sc); err != nil {
+			return nil, nil, err
+		}
+	}
 	return out, layers, nil
+}
+
+// verifyShared fetches the layers of a published conversion that are not
+// the source's own and checks each against its source, on the converter's
+// workers; layers that pass are linked to their sources in the variant
+// cache, as a local conversion would be.
+func (w *imageWalk) verifyShared(ctx context.Context, layers []LayerResult, converters []LayerConverter, sources []ocispec.Descriptor, sc SharedConversion) error {
+	byDigest := map[digest.Digest]LayerConverter{}
+	for i, l := range sources {
+		byDigest[l.Digest] = converters[i]
+	}
+	eg, egCtx := errgroup.WithContext(ctx)
+	for i := range layers {
+		r := &layers[i]
+		if r.State != StateShared {
+			continue
+		}
+		pv, ok := byDigest[r.Source.Digest].(PublishedVerifier)
+		if !ok {
+			return fmt.Errorf("%s layers cannot be checked against their source here (adopt them only from trusted_publishers): %w", r.variant, errdefs.ErrNotImplemented)
+		}
+		eg.Go(func() error {
+			if err := w.verifyLayer(egCtx, r, pv, sc); err != nil {
+				return fmt.Errorf("layer %s (%s): %w", r.Desc.Digest, r.Source.Digest, err)
+			}
+			return nil
+		})
+	}
+	return eg.Wait()
+}
+
+// verifyLayer fetches and checks one published layer.
+func (w *imageWalk) verifyLayer(ctx context.Context, r *LayerResult, pv PublishedVerifier, sc SharedConversion) error {
+	lp := w.opts.Progress.layer(r.Source.Digest, r.Source.Size)
+	if !w.local(ctx, r.Desc.Digest) {
+		lp.set(StateFetching)
+		if err := sc.Fetch(ctx, r.Desc, &lp.in); err != nil {
+			return err
+		}
+	}
+	select {
+	case w.c.workers <- struct{}{}:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	defer func() { <-w.c.workers }()
+	lp.set(StateVerifying)
+	v, err := pv.VerifyPublished(ctx, w.c.cs, r.Desc, r.SourceDiffID)
+	if err != nil {
+		return err
+	}
+	if v.DiffID != r.DiffID {
+		return fmt.Errorf("it is %s uncompressed, but the published config says %s: %w", v.DiffID, r.DiffID, errdefs.ErrInvalidArgument)
+	}
+	if !maps.Equal(v.Annotations, r.Desc.Annotations) && (len(v.Annotations) > 0 || len(r.Desc.Annotations) > 0) {
+		return fmt.Errorf("its descriptor's annotations %v are not what it holds (%v): %w", r.Desc.Annotations, v.Annotations, errdefs.ErrInvalidArgument)
+	}
+	r.Verified = true
+	w.linkShared(ctx, r)
+	return nil
+}
+
+// linkShared records a shared pair in the local variant cache, where both
+// blobs are here (content labels need the blob).
+func (w *imageWalk) linkShared(ctx context.Context, r *LayerResult) {
+	if w.local(ctx, r.Source.Digest) && w.local(ctx, r.Desc.Digest) {
+		r.links = []labelUpdate{
+			{dgst: r.Source.Digest, labels: map[string]string{labels.VariantKey(r.variant): r.Desc.Digest.String(), labels.Uncompressed: r.SourceDiffID.String()}},
+			{dgst: r.Desc.Digest, labels: sharedBlobLabels(r)},
+		}
+	}
+}
+
+// sharedBlobLabels are what a local conversion labels its blob with: the
+// back-reference, its diffID and its descriptor's annotations (from which
+// the variant cache rebuilds the descriptor).
+func sharedBlobLabels(r *LayerResult) map[string]string {
+	out := map[string]string{labels.VariantBackRefKey(r.variant): r.Source.Digest.String(), labels.Uncompressed: r.DiffID.String()}
+	labels.AnnotationsToLabels(r.Desc.Annotations, out)
+	return out
+}
+
+// markUnverified labels a converted manifest adopted unread from a trusted
+// publisher (which is then never published again from here), and clears
+// the label of one that was verified.
+func (w *imageWalk) markUnverified(ctx context.Context, d digest.Digest, sc SharedConversion) error {
+	value := ""
+	if sc.Trusted {
+		value = sc.Where
+	}
+	return labels.Set(ctx, w.c.cs, d, map[string]string{labels.AdoptedUnverified: value})
 }
 
 // sharedLayer checks one layer of a published conversion against its
 // source l and returns its result (nil for a layer the plan leaves as it is).
-func (w *imageWalk) sharedLayer(ctx context.Context, l, published ocispec.Descriptor, lc LayerConverter, variant string, diffID, srcDiffID digest.Digest) (*LayerResult, error) {
+func (w *imageWalk) sharedLayer(ctx context.Context, l, published ocispec.Descriptor, lc LayerConverter, variant string, diffID, srcDiffID digest.Digest, trusted bool) (*LayerResult, error) {
 	if lc == nil && published.Digest != l.Digest {
 		return nil, fmt.Errorf("%s should be the source layer %s: %w", published.Digest, l.Digest, errdefs.ErrInvalidArgument)
 	}
@@ -193,26 +327,31 @@ func (w *imageWalk) sharedLayer(ctx context.Context, l, published ocispec.Descri
 	if published.MediaType != want && published.MediaType != ctdconverter.ConvertDockerMediaTypeToOCI(want) {
 		return nil, fmt.Errorf("%s has media type %q, not %s's %q: %w", published.Digest, published.MediaType, variant, want, errdefs.ErrInvalidArgument)
 	}
+	if len(published.URLs) > 0 {
+		return nil, fmt.Errorf("%s lists URLs to fetch it from (%v), which would send this node's requests anywhere: %w", published.Digest, published.URLs, errdefs.ErrInvalidArgument)
+	}
+	if len(published.Data) > 0 {
+		return nil, fmt.Errorf("%s embeds its data in the descriptor: %w", published.Digest, errdefs.ErrInvalidArgument)
+	}
 	r := &LayerResult{Source: l, Desc: published, DiffID: diffID, SourceDiffID: srcDiffID, State: StateShared, Origin: OriginRegistry, variant: variant}
 	notLossless := published.Annotations[labels.NotLosslessAnnotation]
 	if notLossless != "" {
+		if !trusted {
+			return nil, fmt.Errorf("%s is not lossless (%s): only a lossless conversion can be checked against its source: %w", published.Digest, notLossless, errdefs.ErrInvalidArgument)
+		}
 		r.NotLossless = []string{notLossless}
 		if err := w.checkLossless(l, r.NotLossless); err != nil {
 			return nil, err
 		}
 	}
-	if k, ok := lc.(DiffIDKeeper); ok && k.KeepsDiffID() && notLossless == "" && diffID != srcDiffID {
+	if k, ok := lc.(DiffIDKeeper); ok && k.KeepsDiffID() && diffID != srcDiffID {
 		return nil, fmt.Errorf("%s uncompresses to %s, but %s keeps the source's tar (%s): %w", published.Digest, diffID, variant, srcDiffID, errdefs.ErrInvalidArgument)
 	}
 	if u := published.Annotations[labels.Uncompressed]; u != "" && u != diffID.String() {
 		return nil, fmt.Errorf("%s is annotated %s uncompressed, but its config says %s: %w", published.Digest, u, diffID, errdefs.ErrInvalidArgument)
 	}
-	// Where both blobs are here, the local variant cache learns the pair.
-	if w.local(ctx, l.Digest) && w.local(ctx, published.Digest) {
-		r.links = []labelUpdate{
-			{dgst: l.Digest, labels: map[string]string{labels.VariantKey(variant): published.Digest.String(), labels.Uncompressed: srcDiffID.String()}},
-			{dgst: published.Digest, labels: map[string]string{labels.VariantBackRefKey(variant): l.Digest.String(), labels.Uncompressed: diffID.String()}},
-		}
+	if trusted { // verified layers are linked once checked
+		w.linkShared(ctx, r)
 	}
 	return r, nil
 }

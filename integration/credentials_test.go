@@ -14,7 +14,8 @@ import (
 // it without the credentials. Both registries accept the same account, so a
 // leak would be let in and seen in the second one's log. The second listens
 // on 127.0.0.1:80: distribution-source labels name hosts without a port, as
-// containerd writes them.
+// containerd writes them. The same holds for the conversion a push with
+// --force-compression runs first.
 func TestCredentialsStayWithTheNamedRegistry(t *testing.T) {
 	requireRoot(t)
 	named := startAuthRegistry(t, "", "alice", "secret")
@@ -50,6 +51,16 @@ func TestCredentialsStayWithTheNamedRegistry(t *testing.T) {
 	}
 	assert.Positive(t, blobs("401"), "the other registry was asked, and challenged:\n%s", log)
 	assert.Zero(t, blobs("200"), "the other registry never saw the credentials:\n%s", log)
+
+	// A push to the named registry that converts on the way: the credentials
+	// are the push target's, not those of the registry the local image's
+	// layers come from.
+	out, err = lazyconv(t, "--address", d.address, "image", "push", "--force-compression", "estargz", "--plain-http", "--user", "alice:secret",
+		named.host+"/creds/pushed:v1", inOther)
+	require.Error(t, err, "the local image's layers could only come from the other registry with the push target's credentials:\n%s", out)
+	log, offset = other.logSince(t, offset)
+	assert.Positive(t, blobs("401"), "the other registry was asked, and challenged:\n%s", log)
+	assert.Zero(t, blobs("200"), "the other registry never saw the push target's credentials:\n%s", log)
 
 	// Named, the same registry gets them: the conversion works.
 	lc("image", "convert", "--estargz", "--oci", "--plain-http", "--user", "alice:secret", inOther, other.host+"/creds/app:esgz")

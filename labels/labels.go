@@ -175,6 +175,18 @@ const NotLosslessAnnotation = "lazyconv.io/not-lossless"
 // value says to what and why. A later successful conversion removes it.
 const RuleFailed = "lazyconv.io/rule-failed"
 
+// ImageConvertedFrom is on an image that lazyconv stored as a conversion's
+// target; its value is the name of the image it was converted from. It is
+// what shows that lazyconv made the image: the service converts onto such an
+// image again without being asked to overwrite it, and refuses to replace
+// any other existing image unless the request says to overwrite.
+const ImageConvertedFrom = "lazyconv.io/converted-from-image"
+
+// AdoptedUnverified is on a converted manifest adopted, unread, from a
+// conversion a trusted publisher published (value: "host/repository"):
+// lazyconv publishes again only conversions it made or verified itself.
+const AdoptedUnverified = "lazyconv.io/adopted-unverified"
+
 // LeaseConverting marks the leases lazyconv creates for conversions in flight
 // (value: what is being converted). A lease so marked that outlives its
 // process (a crash, kill -9) is deleted when the service starts again, so

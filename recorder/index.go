@@ -32,11 +32,13 @@ const (
 )
 
 // layerFiles is what one layer holds: files (any non-directory entry and
-// directories), whiteouts (deleted paths) and opaque directories.
+// directories), whiteouts (deleted paths) and opaque directories, and how
+// much a tmpfs needs to hold its entries (pages, see tmpfsBytes).
 type layerFiles struct {
 	present  map[string]bool
 	whiteout map[string]bool
 	opaque   map[string]bool
+	bytes    int64
 }
 
 // Index tells, for each path, which layer of an image holds it.
@@ -50,6 +52,40 @@ func (ix *Index) Manifest() digest.Digest { return ix.manifest }
 
 // Layers is the number of layers indexed.
 func (ix *Index) Layers() int { return len(ix.layers) }
+
+// unpackedBytes bounds what a tmpfs needs to hold every layer unpacked on
+// top of each other: the sum over all layers, so entries that a later layer
+// replaces or deletes are counted too.
+func (ix *Index) unpackedBytes() int64 {
+	var n int64
+	for _, lf := range ix.layers {
+		n += lf.bytes
+	}
+	return n
+}
+
+// tmpfsPage is the unit in which tmpfs accounts file data.
+const tmpfsPage = 4096
+
+// tmpfsBytes is what one entry costs a tmpfs, at most: its data in whole
+// pages for a regular file, a page for a symlink (long targets take one) or a
+// device, nothing for a directory or a hard link (which shares its target).
+func tmpfsBytes(typ byte, size int64) int64 {
+	switch typ {
+	case tar.TypeDir, tar.TypeLink:
+		return 0
+	case tar.TypeReg: // Go's tar reader reports old-style and sparse files as TypeReg
+		if size < 0 {
+			return 0
+		}
+		return (size + tmpfsPage - 1) / tmpfsPage * tmpfsPage
+	default:
+		return tmpfsPage
+	}
+}
+
+// tocTypes are the tar type flags of a TOC entry's types.
+var tocTypes = map[string]byte{"dir": tar.TypeDir, "reg": tar.TypeReg, "hardlink": tar.TypeLink, "symlink": tar.TypeSymlink}
 
 // BuildIndex indexes every layer of the image's manifest for the platform.
 // An eStargz or zstd:chunked layer is indexed from its TOC (footer and TOC
@@ -125,6 +161,7 @@ func indexLayer(ctx context.Context, cs content.Store, desc ocispec.Descriptor) 
 			return lf, fmt.Errorf("layer %s: entry %q: %w", desc.Digest, h.Name, err)
 		}
 		lf.add(h.Name)
+		lf.bytes += tmpfsBytes(h.Typeflag, h.Size)
 	}
 }
 
@@ -132,6 +169,11 @@ func walkTOC(e *estargz.TOCEntry, dir string, lf *layerFiles) {
 	e.ForeachChild(func(base string, c *estargz.TOCEntry) bool {
 		p := path.Join(dir, base)
 		lf.add(p)
+		typ, ok := tocTypes[c.Type]
+		if !ok {
+			typ = tar.TypeChar // a device or a fifo: a page, as tmpfsBytes counts them
+		}
+		lf.bytes += tmpfsBytes(typ, c.Size)
 		if c.Type == "dir" {
 			walkTOC(c, p, lf)
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/remotes"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/lazyconv/lazyconv/internal/layerio"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -59,7 +60,27 @@ func (f *Fetcher) Ensure(ctx context.Context, resolver remotes.Resolver, desc, p
 		return fmt.Errorf("blob %s is missing and manifest %s records no registry to fetch it from: %w",
 			desc.Digest, parent.Digest, errdefs.ErrNotFound)
 	}
-	_, err, _ = f.flights.Do(desc.Digest.String(), func() (any, error) {
+	return f.ensure(ctx, resolver, desc, sources, bytesIn)
+}
+
+// EnsureFrom makes desc local when it is missing, fetching it from src
+// alone (a published conversion's repository), as Ensure does.
+func (f *Fetcher) EnsureFrom(ctx context.Context, resolver remotes.Resolver, desc ocispec.Descriptor, src Source, bytesIn *atomic.Int64) error {
+	if _, err := f.cs.Info(ctx, desc.Digest); err == nil {
+		return nil
+	} else if !errdefs.IsNotFound(err) {
+		return err
+	}
+	return f.ensure(ctx, resolver, desc, []Source{src}, bytesIn)
+}
+
+// ensure fetches desc from the first of sources that serves it, once per
+// (namespace, digest) at a time, and holds it under ctx's lease.
+func (f *Fetcher) ensure(ctx context.Context, resolver remotes.Resolver, desc ocispec.Descriptor, sources []Source, bytesIn *atomic.Int64) error {
+	// Keyed by namespace too: a blob committed in another namespace is not
+	// this one's, and neither are its caller's credentials or cancellation.
+	ns, _ := namespaces.Namespace(ctx)
+	_, err, _ := f.flights.Do(ns+"\x00"+desc.Digest.String(), func() (any, error) {
 		// Another caller may have finished just before this one asked.
 		if _, err := f.cs.Info(ctx, desc.Digest); err == nil {
 			return nil, nil

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -38,14 +41,17 @@ const maxCandidates = 4
 type SharedConversions struct {
 	cs       content.Store
 	resolver remotes.Resolver
+	fetcher  *Fetcher
 	imageRef string
+	trusted  Publishers
 }
 
-// NewSharedConversions looks in the repository of imageRef (the image's
-// name, when it names a registry) and in those its manifests were pulled
-// from (their distribution-source labels), through resolver.
-func NewSharedConversions(cs content.Store, resolver remotes.Resolver, imageRef string) *SharedConversions {
-	return &SharedConversions{cs: cs, resolver: resolver, imageRef: imageRef}
+// NewSharedConversions looks in the repository of imageRef (the name being
+// converted, when its manifest was pulled from there) and in those of the
+// manifest's distribution sources that trusted names, through resolver;
+// fetcher fetches the layers of a conversion to verify.
+func NewSharedConversions(cs content.Store, resolver remotes.Resolver, fetcher *Fetcher, imageRef string, trusted Publishers) *SharedConversions {
+	return &SharedConversions{cs: cs, resolver: resolver, fetcher: fetcher, imageRef: imageRef, trusted: trusted}
 }
 
 // Lookup lists the published conversions of manifest to variant whose
@@ -53,9 +59,8 @@ func NewSharedConversions(cs content.Store, resolver remotes.Resolver, imageRef 
 // that has any. A manifest known in no registry has none.
 func (s *SharedConversions) Lookup(ctx context.Context, manifest ocispec.Descriptor, variant string) ([]converter.SharedConversion, error) {
 	info, _ := s.cs.Info(ctx, manifest.Digest)
-	sources := Repositories(s.imageRef, info)
 	var errs []error
-	for _, src := range sources {
+	for _, src := range s.repositories(info) {
 		found, err := s.lookupIn(ctx, src, manifest.Digest, variant)
 		if err != nil {
 			errs = append(errs, err)
@@ -69,6 +74,30 @@ func (s *SharedConversions) Lookup(ctx context.Context, manifest ocispec.Descrip
 		return nil, errors.Join(errs...)
 	}
 	return nil, nil
+}
+
+// repositories are the ones asked about a manifest (info): the repository
+// of the name being converted, with its port, when the manifest was pulled
+// from it (an imported image, which has no distribution sources, is asked
+// nowhere, whatever its name says); then any other repository the
+// manifest's distribution sources name that is a trusted publisher. A
+// repository that merely served the same manifest is never asked: anyone
+// who can push there could publish a conversion.
+func (s *SharedConversions) repositories(info content.Info) []Source {
+	var out []Source
+	own, err := SourceOf(s.imageRef)
+	if err == nil && Pulled(info, own) {
+		out = append(out, own)
+	}
+	for _, src := range Sources(info) {
+		if len(out) > 0 && src.Repository == own.Repository && (src.Host == own.Host || src.Host == hostname(own.Host)) {
+			continue
+		}
+		if s.trusted.Trusts(src) {
+			out = append(out, src)
+		}
+	}
+	return out
 }
 
 func (s *SharedConversions) lookupIn(ctx context.Context, src Source, subject digest.Digest, variant string) ([]converter.SharedConversion, error) {
@@ -108,10 +137,53 @@ func (s *SharedConversions) lookupIn(ctx context.Context, src Source, subject di
 				defer cancel()
 				return ReadBlob(ctx, s.resolver, src, d, MaxManifestBytes)
 			},
-			Adopt: func(ctx context.Context) error { return AddSource(ctx, s.cs, desc.Digest, src) },
+			Adopt:   func(ctx context.Context) error { return AddSource(ctx, s.cs, desc.Digest, src) },
+			Trusted: s.trusted.Trusts(src),
+			Fetch: func(ctx context.Context, d ocispec.Descriptor, bytesIn *atomic.Int64) error {
+				d.URLs = nil // fetched from the repository, nowhere else
+				return s.fetcher.EnsureFrom(ctx, s.resolver, d, src, bytesIn)
+			},
 		})
 	}
 	return out, nil
 }
 
 var _ converter.SharedConversions = (*SharedConversions)(nil)
+
+// Publishers are the repositories whose published conversions are adopted
+// without reading their layers: patterns on "host/repository" (the host
+// with its port, if any) in path.Match's syntax, where "*" does not cross a
+// "/"; a pattern ending in "/**" also matches every repository below it.
+type Publishers []string
+
+// Validate reports a malformed pattern with ErrInvalidArgument.
+func (p Publishers) Validate() error {
+	for _, pattern := range p {
+		if _, err := path.Match(strings.TrimSuffix(pattern, "/**"), ""); err != nil || pattern == "" {
+			return fmt.Errorf("trusted_publishers: bad pattern %q: %w", pattern, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+// Trusts reports whether src matches a pattern.
+func (p Publishers) Trusts(src Source) bool {
+	name := src.Host + "/" + src.Repository
+	for _, pattern := range p {
+		if prefix, ok := strings.CutSuffix(pattern, "/**"); ok {
+			if ok, _ := path.Match(prefix, name); ok {
+				return true
+			}
+			for dir := path.Dir(name); dir != "." && dir != "/"; dir = path.Dir(dir) {
+				if ok, _ := path.Match(prefix, dir); ok {
+					return true
+				}
+			}
+			continue
+		}
+		if ok, _ := path.Match(pattern, name); ok {
+			return true
+		}
+	}
+	return false
+}

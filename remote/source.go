@@ -75,12 +75,25 @@ type Source struct {
 func (s Source) Ref(d digest.Digest) string { return s.Host + "/" + s.Repository + "@" + d.String() }
 
 // Sources lists the repositories a blob's distribution-source labels name,
-// in a stable order.
+// in a stable order. containerd keys those labels by the host name without
+// its port; lazyconv also writes one keyed by host:port (AddSource), and a
+// repository labelled both ways is listed once, with its port.
 func Sources(info content.Info) []Source {
+	all := labels.DistributionSources(info)
+	withPort := map[Source]bool{}
+	for host, repos := range all {
+		if h := hostname(host); h != host {
+			for _, r := range repos {
+				withPort[Source{Host: h, Repository: r}] = true
+			}
+		}
+	}
 	var out []Source
-	for host, repos := range labels.DistributionSources(info) {
+	for host, repos := range all {
 		for _, r := range repos {
-			out = append(out, Source{Host: host, Repository: r})
+			if src := (Source{Host: host, Repository: r}); !withPort[src] {
+				out = append(out, src)
+			}
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -93,25 +106,33 @@ func Sources(info content.Info) []Source {
 }
 
 // AddSource records on a blob that it exists in src, merging the repository
-// into the host's list without duplicates. As containerd's own handler and
-// pusher do, the label is keyed by the host name without its port.
+// into the host's list without duplicates. The label is keyed by the host
+// name without its port, as containerd's own handler and pusher key it (its
+// pusher mounts from it), and, when the host has a port, by host:port too,
+// so that lookups and fetches reach a registry on a port of its own.
 func AddSource(ctx context.Context, cs content.Manager, d digest.Digest, src Source) error {
 	info, err := cs.Info(ctx, d)
 	if err != nil {
 		return err
 	}
-	key := labels.DistributionSourcePrefix + hostname(src.Host)
-	var repos []string
-	if v := info.Labels[key]; v != "" {
-		repos = strings.Split(v, ",")
+	keys := []string{labels.DistributionSourcePrefix + hostname(src.Host)}
+	if hostname(src.Host) != src.Host {
+		keys = append(keys, labels.DistributionSourcePrefix+src.Host)
 	}
-	if slices.Contains(repos, src.Repository) {
-		return nil
+	update := map[string]string{}
+	for _, key := range keys {
+		var repos []string
+		if v := info.Labels[key]; v != "" {
+			repos = strings.Split(v, ",")
+		}
+		if slices.Contains(repos, src.Repository) {
+			continue
+		}
+		repos = append(repos, src.Repository)
+		sort.Strings(repos)
+		update[key] = strings.Join(repos, ",")
 	}
-	repos = append(repos, src.Repository)
-	sort.Strings(repos)
-	value := strings.Join(repos, ",")
-	if _, err := cs.Update(ctx, content.Info{Digest: d, Labels: map[string]string{key: value}}, "labels."+key); err != nil {
+	if err := labels.Set(ctx, cs, d, update); err != nil {
 		return fmt.Errorf("recording source %s/%s on %s: %w", src.Host, src.Repository, d, err)
 	}
 	return nil
@@ -139,12 +160,24 @@ func hostname(host string) string {
 	return host
 }
 
+// Pulled reports whether the blob's distribution-source labels (info)
+// say it came from src: its host with the port, or its host name alone as
+// containerd's pulls label it.
+func Pulled(info content.Info, src Source) bool {
+	for _, s := range Sources(info) {
+		if s.Repository == src.Repository && (s.Host == src.Host || s.Host == hostname(src.Host)) {
+			return true
+		}
+	}
+	return false
+}
+
 // Repositories lists the repositories an image's manifest came from, to
-// look for what was published about it: those its distribution-source
+// look for records published about it: those its distribution-source
 // labels (info) name, which containerd's pulls and lazyconv's lazy pull
 // write (an imported image has none, whatever its name says). The image's
 // own repository (imageRef, when it is one of them) comes first, with the
-// port its name gives (labels name hosts without their port).
+// port its name gives.
 func Repositories(imageRef string, info content.Info) []Source {
 	labelled := Sources(info)
 	own, err := SourceOf(imageRef)
@@ -152,7 +185,7 @@ func Repositories(imageRef string, info content.Info) []Source {
 		return labelled
 	}
 	for i, src := range labelled {
-		if src.Repository == own.Repository && src.Host == hostname(own.Host) {
+		if src.Repository == own.Repository && (src.Host == own.Host || src.Host == hostname(own.Host)) {
 			return append([]Source{own}, append(labelled[:i:i], labelled[i+1:]...)...)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/converter/options"
+	"github.com/lazyconv/lazyconv/remote"
 )
 
 // Config is the conversion service's configuration: the plugin's section of
@@ -30,6 +31,12 @@ type Config struct {
 	// DisableRegistryCache converts every image here, without first
 	// asking the source's registry for a conversion another node published.
 	DisableRegistryCache bool
+	// TrustedPublishers are the repositories ("host/repository" patterns,
+	// see remote.Publishers) whose published conversions are adopted
+	// without reading their layers. Any other repository's conversion is
+	// adopted only once each of its layers is fetched and checked against
+	// its source. Empty by default.
+	TrustedPublishers []string
 	// Limits bound what a layer may make a conversion hold (zero fields:
 	// converter.DefaultLimits; negative: none).
 	Limits converter.Limits
@@ -116,6 +123,12 @@ func ParseConfig(raw map[string]any) (Config, error) {
 			} else {
 				cfg.DisableRegistryCache = b
 			}
+		case "trusted_publishers":
+			list, ok := stringList(v)
+			if !ok {
+				return cfg, fmt.Errorf("trusted_publishers takes a list of strings, not %v: %w", v, errdefs.ErrInvalidArgument)
+			}
+			cfg.TrustedPublishers = list
 		case "default_format":
 			s, ok := v.(string)
 			if !ok {
@@ -133,7 +146,7 @@ func ParseConfig(raw map[string]any) (Config, error) {
 			}
 			ck, known := keys[k]
 			if !known {
-				return cfg, fmt.Errorf("unknown configuration key %q (known: workers, default_format, require_lossless, disable_registry_cache, max_*, rules, rule_queue_length, %s): %w",
+				return cfg, fmt.Errorf("unknown configuration key %q (known: workers, default_format, require_lossless, disable_registry_cache, trusted_publishers, max_*, rules, rule_queue_length, %s): %w",
 					k, strings.Join(slices.Sorted(maps.Keys(keys)), ", "), errdefs.ErrInvalidArgument)
 			}
 			text, ok := scalar(v, ck.field.Kind)
@@ -151,6 +164,13 @@ func ParseConfig(raw map[string]any) (Config, error) {
 func (c Config) TOML() map[string]any {
 	out := map[string]any{"workers": int64(c.Workers), "default_format": c.DefaultFormat, "require_lossless": c.RequireLossless,
 		"disable_registry_cache": c.DisableRegistryCache, "rule_queue_length": int64(c.RuleQueueLength)}
+	if len(c.TrustedPublishers) > 0 {
+		var list []any
+		for _, p := range c.TrustedPublishers {
+			list = append(list, p)
+		}
+		out["trusted_publishers"] = list
+	}
 	if len(c.Rules) > 0 {
 		var rules []any
 		for _, r := range c.Rules {
@@ -186,7 +206,27 @@ func limitFields(l *converter.Limits) map[string]*int64 {
 	return map[string]*int64{
 		"max_entries": &l.MaxEntries, "max_trailing_bytes": &l.MaxTrailingBytes,
 		"max_expanded_bytes": &l.MaxExpandedBytes, "max_toc_bytes": &l.MaxTOCBytes,
+		"max_zstd_window": &l.MaxZstdWindow, "max_document_bytes": &l.MaxDocumentBytes, "max_index_depth": &l.MaxIndexDepth,
 	}
+}
+
+// stringList reads a TOML array of strings.
+func stringList(v any) ([]string, bool) {
+	switch l := v.(type) {
+	case []string:
+		return l, true
+	case []any:
+		out := make([]string, 0, len(l))
+		for _, e := range l {
+			s, ok := e.(string)
+			if !ok {
+				return nil, false
+			}
+			out = append(out, s)
+		}
+		return out, true
+	}
+	return nil, false
 }
 
 func asInt(v any) (int, bool) {
@@ -220,6 +260,9 @@ func (c Config) validate() error {
 		if err := r.validate(); err != nil {
 			return fmt.Errorf("rules[%d]: %w", i, err)
 		}
+	}
+	if err := remote.Publishers(c.TrustedPublishers).Validate(); err != nil {
+		return err
 	}
 	if c.Workers < 0 {
 		return fmt.Errorf("workers must not be negative, got %d: %w", c.Workers, errdefs.ErrInvalidArgument)

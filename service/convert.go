@@ -34,6 +34,9 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	if req.GetSource() == "" || req.GetTarget() == "" {
 		return fmt.Errorf("source and target are required: %w", errdefs.ErrInvalidArgument)
 	}
+	if err := s.checkOverwrite(ctx, req); err != nil {
+		return err
+	}
 	p, format, oci, err := s.planRequest(ctx, req)
 	if err != nil {
 		return err
@@ -46,7 +49,7 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	ensure := s.layerSource(resolver, req.GetSource())
 	var shared converter.SharedConversions
 	if !s.cfg.DisableRegistryCache && !req.GetNoRegistryCache() {
-		shared = remote.NewSharedConversions(s.cs, resolver, req.GetSource())
+		shared = remote.NewSharedConversions(s.cs, resolver, s.fetcher, req.GetSource(), remote.Publishers(s.cfg.TrustedPublishers))
 	}
 	progress := converter.NewProgress()
 	before := s.conv.Conversions()

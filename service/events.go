@@ -22,6 +22,7 @@ var wireStates = map[converter.LayerState]api.LayerState{
 	converter.StateFetching:   api.LayerState_LAYER_STATE_FETCHING,
 	converter.StateRebuilding: api.LayerState_LAYER_STATE_REBUILDING,
 	converter.StateShared:     api.LayerState_LAYER_STATE_SHARED,
+	converter.StateVerifying:  api.LayerState_LAYER_STATE_VERIFYING,
 }
 
 var localStates = func() map[api.LayerState]converter.LayerState {
@@ -45,7 +46,7 @@ func LayerEvent(st converter.LayerStatus) *api.LayerProgress {
 		Digest: st.Digest.String(), Size: st.Size, State: wireState(st.State),
 		BytesIn: st.BytesIn, BytesOut: st.BytesOut,
 		OutputDigest: st.Output.String(), OutputSize: st.OutSize, ElapsedNs: int64(st.Elapsed), NotLossless: st.NotLossless,
-		Origin: st.Origin,
+		Origin: st.Origin, Verified: st.Verified,
 	}
 }
 
@@ -55,6 +56,6 @@ func LayerStatus(p *api.LayerProgress) converter.LayerStatus {
 		Digest: digest.Digest(p.GetDigest()), Size: p.GetSize(), State: localState(p.GetState()),
 		BytesIn: p.GetBytesIn(), BytesOut: p.GetBytesOut(),
 		Output: digest.Digest(p.GetOutputDigest()), OutSize: p.GetOutputSize(), Elapsed: time.Duration(p.GetElapsedNs()),
-		NotLossless: p.GetNotLossless(), Origin: p.GetOrigin(),
+		NotLossless: p.GetNotLossless(), Origin: p.GetOrigin(), Verified: p.GetVerified(),
 	}
 }

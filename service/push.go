@@ -48,8 +48,8 @@ func (s *Service) PushImage(ctx context.Context, req *api.PushRequest) (*api.Pus
 	if format := req.GetForceCompression(); format != "" {
 		tmp := fmt.Sprintf("%s-lazyconv-push-%s", local, format)
 		err := s.ConvertImage(ctx, &api.ConvertRequest{
-			Source: local, Target: tmp, Format: format, Oci: true,
-			Platforms: req.GetPlatforms(), AllPlatforms: req.GetAllPlatforms(), Registry: req.GetRegistry(),
+			Source: local, Target: tmp, Format: format, Oci: true, Overwrite: true,
+			Platforms: req.GetPlatforms(), AllPlatforms: req.GetAllPlatforms(), Registry: sameRegistry(req.GetRegistry(), req.GetRef(), local),
 		}, func(*api.ConvertEvent) error { return nil })
 		if err != nil {
 			return nil, fmt.Errorf("converting %s to %s before the push: %w", local, format, err)
@@ -109,6 +109,9 @@ func (s *Service) publishConversions(ctx context.Context, resolver remotes.Resol
 		if from == "" || variant == "" {
 			continue // not a conversion of lazyconv's
 		}
+		if where := info.Labels[labels.AdoptedUnverified]; where != "" {
+			continue // adopted unread from a trusted publisher (where): not this node's to vouch for
+		}
 		subject, err := remote.ManifestOf(ctx, s.cs, digest.Digest(from))
 		if err == nil {
 			var desc ocispec.Descriptor
@@ -123,4 +126,17 @@ func (s *Service) publishConversions(ctx context.Context, resolver remotes.Resol
 		warnings = append(warnings, text)
 	}
 	return published, warnings
+}
+
+// sameRegistry returns the registry options given for the registry of ref
+// when other names the same registry, and none otherwise: credentials and
+// plain HTTP given for a push's target never go to the registry another
+// image's layers come from.
+func sameRegistry(opts *api.RegistryOptions, ref, other string) *api.RegistryOptions {
+	a, errA := remote.SourceOf(ref)
+	b, errB := remote.SourceOf(other)
+	if errA != nil || errB != nil || a.Host != b.Host {
+		return nil
+	}
+	return opts
 }

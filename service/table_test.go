@@ -34,6 +34,7 @@ func TestEveryLayerStateCrossesTheWire(t *testing.T) {
 		{converter.StateFetching, api.LayerState_LAYER_STATE_FETCHING},
 		{converter.StateRebuilding, api.LayerState_LAYER_STATE_REBUILDING},
 		{converter.StateShared, api.LayerState_LAYER_STATE_SHARED},
+		{converter.StateVerifying, api.LayerState_LAYER_STATE_VERIFYING},
 	} {
 		t.Run(tc.local.String(), func(t *testing.T) {
 			st := converter.LayerStatus{Digest: "sha256:00", State: tc.local, BytesIn: 3, BytesOut: 4}

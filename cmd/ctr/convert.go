@@ -38,7 +38,7 @@ func extendConvert(ctr *cli.Command) error {
 			others = append(others, f.Name)
 		}
 	}
-	convert.Flags = append(convert.Flags, append(convertcmd.FormatFlags(others...), convertcmd.RequireLosslessFlag, convertcmd.NoRegistryCacheFlag)...)
+	convert.Flags = append(convert.Flags, append(convertcmd.FormatFlags(others...), convertcmd.RequireLosslessFlag, convertcmd.NoRegistryCacheFlag, convertcmd.OverwriteFlag)...)
 	convert.Usage += " (lazyconv: --estargz, --zstdchunked, --nydus run in the daemon)"
 	upstreamAction := convert.Action
 	convert.Action = func(ctx context.Context, cmd *cli.Command) error {
@@ -95,6 +95,7 @@ func convertInDaemon(ctx context.Context, cmd *cli.Command, f service.Format) er
 		Source: src, Target: dst, Format: f.Name, Oci: cmd.Bool("oci"), Options: opts,
 		Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
 		RequireLossless: cmd.Bool("require-lossless"), NoRegistryCache: cmd.Bool("no-registry-cache"),
+		Overwrite: cmd.Bool("overwrite"),
 	}
 	result, _, err := convertcmd.Run(ctx, cmd.Root().ErrWriter, false, func(ctx context.Context, onEvent func(*api.ConvertEvent) error) error {
 		stream, err := converter.Convert(ctx, req)

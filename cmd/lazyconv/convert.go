@@ -34,12 +34,17 @@ crosses the socket.
 An image pulled from a registry is first looked up there: a conversion another
 node pushed (published as a referrer of the source manifest) is adopted without
 converting or reading a layer, if it rebuilds from the source to the same
-digest. --no-registry-cache converts here.`,
+digest. --no-registry-cache converts here.
+
+DST may be SRC (in-place conversion). A DST that exists and that lazyconv did
+not make (pulled, imported, tagged, built) is refused unless --overwrite is
+given; one lazyconv made, by an earlier conversion or a rule, is replaced.`,
 		Flags: append(append([]cli.Flag{
 			&cli.BoolFlag{Name: "oci", Usage: "convert Docker media types to OCI ones (eStargz annotations need it)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the new image's digest"},
 			convertcmd.RequireLosslessFlag,
 			convertcmd.NoRegistryCacheFlag,
+			convertcmd.OverwriteFlag,
 		}, convertcmd.FormatFlags()...), append(append([]cli.Flag{}, registryFlags...), platformFlags...)...),
 		DisableSliceFlagSeparator: true,
 		Action: func(ctx context.Context, cmd *cli.Command) error {
@@ -101,6 +106,7 @@ func convertRequest(cmd *cli.Command) (*api.ConvertRequest, error) {
 		Source: cmd.Args().Get(0), Target: cmd.Args().Get(1), Oci: cmd.Bool("oci"),
 		Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
 		RequireLossless: cmd.Bool("require-lossless"), NoRegistryCache: cmd.Bool("no-registry-cache"),
+		Overwrite: cmd.Bool("overwrite"),
 	}
 	// Layers of a lazily pulled image are fetched from their registry on first use.
 	opts := registryOptions(cmd)

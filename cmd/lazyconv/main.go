@@ -39,6 +39,7 @@ func app() *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "root", Usage: "embedded store directory (containerd metadata DB + content store, no daemon); chosen when set, or when no containerd socket exists", Value: localstore.DefaultRoot(), Sources: cli.EnvVars("LAZYCONV_ROOT")},
 			&cli.StringFlag{Name: "address", Aliases: []string{"a"}, Usage: "containerd's socket (daemon mode)", Value: defaultAddress, Sources: cli.EnvVars("CONTAINERD_ADDRESS")},
+			&cli.StringSliceFlag{Name: "trusted-publisher", Usage: "embedded store: a repository pattern (host/repository, path.Match syntax, /** for everything below) whose published conversions are adopted without reading their layers (repeatable; the daemon's is trusted_publishers)"},
 			&cli.StringFlag{Name: "converter-address", Usage: "lazyconvd sidecar socket serving the conversion API (daemon mode)", Sources: cli.EnvVars("LAZYCONV_CONVERTER_ADDRESS")},
 			&cli.StringFlag{Name: "namespace", Aliases: []string{"n"}, Usage: "containerd namespace", Value: namespaces.Default, Sources: cli.EnvVars("CONTAINERD_NAMESPACE")},
 			&cli.BoolFlag{Name: "debug", Usage: "debug logging"},

@@ -45,6 +45,11 @@ record referring to the source manifest in the source's repository.`,
 			&cli.IntFlag{Name: "period", Usage: "with --run: seconds the workload may run", Value: 10},
 			&cli.StringFlag{Name: "args", Usage: `with --run: the workload's arguments as a JSON array (default: entrypoint and command)`},
 			&cli.StringSliceFlag{Name: "env", Usage: "with --run: K=V added to the workload's environment (repeatable)"},
+			&cli.StringFlag{Name: "run-user", Usage: "with --run: run the workload as USER[:GROUP] (default: the image's user, else 65534:65534)"},
+			&cli.StringFlag{Name: "run-userns", Usage: "with --run: user namespace for the workload: auto (where the kernel allows one), require or off", Value: "auto"},
+			&cli.Int64Flag{Name: "run-pids-limit", Usage: "with --run: processes and threads the workload may have (-1: no limit)", Value: recorder.DefaultPidsLimit},
+			&cli.Int64Flag{Name: "run-memory-limit", Usage: "with --run: bytes of memory, swap included, the workload may use (-1: no limit)", Value: recorder.DefaultMemoryLimit},
+			&cli.Int64Flag{Name: "run-tmpfs-size", Usage: "with --run: bytes the workload may write to its root filesystem, and the size of its other tmpfs mounts (-1: no limit)", Value: recorder.DefaultTmpfsSize},
 			&cli.StringFlag{Name: "record-out", Usage: "write the record as applied (with layer indexes) to FILE"},
 			&cli.StringFlag{Name: "record-in-ref", Usage: `read the record from the registry: REF (host/repo:tag or @digest), or "auto" for the newest referring to the source`},
 			&cli.StringFlag{Name: "record-out-ref", Usage: "publish the record as applied as a referrer of the source manifest in REPO[:TAG]"},
@@ -52,6 +57,7 @@ record referring to the source manifest in the source's repository.`,
 			&cli.BoolFlag{Name: "oci", Usage: "convert Docker media types to OCI ones"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the new image's digest"},
 			convertcmd.RequireLosslessFlag,
+			convertcmd.OverwriteFlag,
 		}, append(append(optimizedFlags(), registryFlags...), platformFlags...)...),
 		Action: func(ctx context.Context, cmd *cli.Command) error {
 			if cmd.Args().Len() != 2 {
@@ -110,8 +116,14 @@ record referring to the source manifest in the source's repository.`,
 				if !cmd.Bool("quiet") {
 					fmt.Fprintf(s.out, "running %s for up to %ds to record the files it reads\n", src, cmd.Int("period"))
 				}
+				userns, err := recorder.ParseUserNamespaceMode(cmd.String("run-userns"))
+				if err != nil {
+					return err
+				}
 				rec, err := recorder.RunAndRecord(s.ctx, s.client.ContentStore(), img.Target, pm, recorder.RunOptions{
 					Period: time.Duration(cmd.Int("period")) * time.Second, Args: runArgs, Env: cmd.StringSlice("env"),
+					User: cmd.String("run-user"), UserNamespace: userns, PidsLimit: cmd.Int64("run-pids-limit"),
+					MemoryLimit: cmd.Int64("run-memory-limit"), TmpfsSize: cmd.Int64("run-tmpfs-size"),
 				})
 				if err != nil {
 					return err
@@ -146,7 +158,7 @@ record referring to the source manifest in the source's repository.`,
 				Source: src, Target: dst, Format: service.FormatEStargzOptimized, Oci: cmd.Bool("oci"),
 				Platforms: cmd.StringSlice("platform"), AllPlatforms: cmd.Bool("all-platforms"),
 				Options: opts, PrioritizedManifest: ix.Manifest().String(), Reuse: cmd.Bool("reuse"),
-				RequireLossless: cmd.Bool("require-lossless"),
+				RequireLossless: cmd.Bool("require-lossless"), Overwrite: cmd.Bool("overwrite"),
 			}
 			for layer, paths := range perLayer {
 				req.Prioritized = append(req.Prioritized, &api.LayerFiles{LayerIndex: int32(layer), Paths: paths})

@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
+	"strconv"
 
+	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/containerd/errdefs"
 	"github.com/pelletier/go-toml/v2"
 
@@ -13,10 +16,21 @@ import (
 
 // config is lazyconvd's configuration file.
 type config struct {
-	// Address is the unix socket lazyconvd serves on (mode 0660).
-	Address string `toml:"address"`
+	// Address is the unix socket lazyconvd serves on.
+	Address string
+	// SocketMode is the socket's permission bits (default 0660). Whoever can
+	// connect to the socket can do to the namespaces it serves what a
+	// containerd client can do with images: convert onto and push them.
+	SocketMode os.FileMode
+	// SocketGroup is the group the socket belongs to, by name or number (""
+	// leaves lazyconvd's own group).
+	SocketGroup string
 	// ContainerdAddress is containerd's socket.
-	ContainerdAddress string `toml:"containerd_address"`
+	ContainerdAddress string
+	// AllowedNamespaces are the containerd namespaces the socket serves: a
+	// request for any other is refused with PermissionDenied. Empty (the
+	// default) serves every namespace.
+	AllowedNamespaces []string
 	// Converter is the conversion service's configuration, as the plugin's.
 	Converter service.Config
 }
@@ -24,13 +38,17 @@ type config struct {
 // file is the configuration file as TOML decodes it.
 type file struct {
 	Address           string         `toml:"address"`
+	SocketMode        string         `toml:"socket_mode"`
+	SocketGroup       string         `toml:"socket_group"`
 	ContainerdAddress string         `toml:"containerd_address"`
+	AllowedNamespaces []string       `toml:"allowed_namespaces"`
 	Converter         map[string]any `toml:"converter"`
 }
 
 func defaultConfig() config {
 	return config{
 		Address:           "/run/lazyconv/lazyconvd.sock",
+		SocketMode:        0o660,
 		ContainerdAddress: "/run/containerd/containerd.sock",
 		Converter:         service.DefaultConfig(),
 	}
@@ -48,14 +66,47 @@ func loadConfig(path string) (config, error) {
 		return cfg, err
 	}
 	defer f.Close()
-	raw := file{Address: cfg.Address, ContainerdAddress: cfg.ContainerdAddress}
+	raw := file{Address: cfg.Address, SocketMode: fmt.Sprintf("%04o", cfg.SocketMode), ContainerdAddress: cfg.ContainerdAddress}
 	dec := toml.NewDecoder(f).DisallowUnknownFields()
 	if err := dec.Decode(&raw); err != nil {
 		return cfg, fmt.Errorf("%s: %v: %w", path, err, errdefs.ErrInvalidArgument)
 	}
-	cfg.Address, cfg.ContainerdAddress = raw.Address, raw.ContainerdAddress
+	cfg.Address, cfg.ContainerdAddress, cfg.SocketGroup = raw.Address, raw.ContainerdAddress, raw.SocketGroup
+	mode, err := strconv.ParseUint(raw.SocketMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return cfg, fmt.Errorf("%s: socket_mode %q: want permission bits in octal, such as \"0660\": %w", path, raw.SocketMode, errdefs.ErrInvalidArgument)
+	}
+	cfg.SocketMode = os.FileMode(mode)
+	for _, ns := range raw.AllowedNamespaces {
+		if err := identifiers.Validate(ns); err != nil {
+			return cfg, fmt.Errorf("%s: allowed_namespaces: %w", path, err)
+		}
+	}
+	if len(raw.AllowedNamespaces) > 0 {
+		cfg.AllowedNamespaces = raw.AllowedNamespaces
+	}
 	if cfg.Converter, err = service.ParseConfig(raw.Converter); err != nil {
 		return cfg, fmt.Errorf("%s: [converter]: %w", path, err)
 	}
 	return cfg, nil
+}
+
+// socketGID is the group id SocketGroup names, by number or by name (-1
+// for none: the socket keeps lazyconvd's group).
+func (c config) socketGID() (int, error) {
+	if c.SocketGroup == "" {
+		return -1, nil
+	}
+	if gid, err := strconv.Atoi(c.SocketGroup); err == nil && gid >= 0 {
+		return gid, nil
+	}
+	g, err := user.LookupGroup(c.SocketGroup)
+	if err != nil {
+		return -1, fmt.Errorf("socket_group %q: %v: %w", c.SocketGroup, err, errdefs.ErrInvalidArgument)
+	}
+	gid, err := strconv.Atoi(g.Gid)
+	if err != nil {
+		return -1, fmt.Errorf("socket_group %q: gid %q: %w", c.SocketGroup, g.Gid, errdefs.ErrInvalidArgument)
+	}
+	return gid, nil
 }

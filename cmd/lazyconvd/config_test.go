@@ -61,6 +61,39 @@ func TestConfigLoading(t *testing.T) {
 			require.Error(t, err)
 			assert.True(t, errdefs.IsInvalidArgument(err))
 		}},
+		{"socket and namespaces", "socket_mode = \"0600\"\nsocket_group = \"42\"\nallowed_namespaces = [\"default\", \"builds\"]\n", func(t *testing.T, cfg config, err error) {
+			require.NoError(t, err)
+			assert.Equal(t, os.FileMode(0o600), cfg.SocketMode)
+			assert.Equal(t, []string{"default", "builds"}, cfg.AllowedNamespaces)
+			gid, err := cfg.socketGID()
+			require.NoError(t, err)
+			assert.Equal(t, 42, gid)
+		}},
+		{"no allowed namespaces means all", "allowed_namespaces = []\n", func(t *testing.T, cfg config, err error) {
+			require.NoError(t, err)
+			assert.Nil(t, cfg.AllowedNamespaces)
+			gid, err := cfg.socketGID()
+			require.NoError(t, err)
+			assert.Equal(t, -1, gid, "no socket_group keeps lazyconvd's")
+		}},
+		{"a socket mode that is no permission bits is an error", "socket_mode = \"1777\"\n", func(t *testing.T, _ config, err error) {
+			require.Error(t, err)
+			assert.True(t, errdefs.IsInvalidArgument(err))
+		}},
+		{"a socket mode that is not octal is an error", "socket_mode = \"rw-rw----\"\n", func(t *testing.T, _ config, err error) {
+			require.Error(t, err)
+			assert.True(t, errdefs.IsInvalidArgument(err))
+		}},
+		{"a namespace that is no containerd identifier is an error", "allowed_namespaces = [\"../k8s.io\"]\n", func(t *testing.T, _ config, err error) {
+			require.Error(t, err)
+			assert.True(t, errdefs.IsInvalidArgument(err))
+		}},
+		{"an unknown socket group is an error", "socket_group = \"no-such-group-here\"\n", func(t *testing.T, cfg config, err error) {
+			require.NoError(t, err, "groups are looked up when the socket is made")
+			_, err = cfg.socketGID()
+			require.Error(t, err)
+			assert.True(t, errdefs.IsInvalidArgument(err))
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "lazyconvd.toml")

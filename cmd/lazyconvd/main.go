@@ -6,19 +6,17 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/log"
-	"google.golang.org/grpc"
 
 	"github.com/lazyconv/lazyconv/service"
 )
@@ -50,6 +48,10 @@ func run(ctx context.Context, configPath, address, containerdAddress string) err
 	if containerdAddress != "" {
 		cfg.ContainerdAddress = containerdAddress
 	}
+	gid, err := cfg.socketGID()
+	if err != nil {
+		return err
+	}
 	client, err := containerd.New(cfg.ContainerdAddress)
 	if err != nil {
 		return fmt.Errorf("connecting to containerd at %s: %w", cfg.ContainerdAddress, err)
@@ -75,25 +77,24 @@ func run(ctx context.Context, configPath, address, containerdAddress string) err
 	if err := os.MkdirAll(filepath.Dir(cfg.Address), 0o711); err != nil {
 		return err
 	}
-	if err := os.Remove(cfg.Address); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	l, err := net.Listen("unix", cfg.Address)
+	l, err := listenSocket(cfg.Address, cfg.SocketMode, gid)
 	if err != nil {
 		return err
 	}
-	if err := os.Chmod(cfg.Address, 0o660); err != nil {
-		l.Close()
-		return err
-	}
-	server := grpc.NewServer()
+	server := newServer(cfg.AllowedNamespaces)
 	if err := svc.Register(server); err != nil {
+		l.Close()
 		return err
 	}
 	go func() {
 		<-ctx.Done()
 		server.GracefulStop()
 	}()
-	log.G(ctx).Infof("lazyconvd %s serving on %s, converting in containerd at %s", version, cfg.Address, cfg.ContainerdAddress)
+	served := "every namespace"
+	if len(cfg.AllowedNamespaces) > 0 {
+		served = "namespaces " + strings.Join(cfg.AllowedNamespaces, ", ")
+	}
+	log.G(ctx).Infof("lazyconvd %s serving %s on %s (mode %04o), converting in containerd at %s",
+		version, served, cfg.Address, cfg.SocketMode, cfg.ContainerdAddress)
 	return server.Serve(l)
 }

@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"math/bits"
+	"strings"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/stargz-snapshotter/estargz"
@@ -32,9 +34,10 @@ type Hostile struct {
 // HostileImages is the corpus of hostile and inconsistent images every
 // conversion path must refuse with an errdefs class, leaving the store as it
 // was: entries escaping the layer root, lying descriptors and configs,
-// unknown media types, decompression bombs, and the classic corruptions.
-// bomb is the size of the bombs' payload (tests use a few MiB, the bench
-// hundreds).
+// unknown media types, decompression bombs, documents too large or nested
+// too deep, and the classic corruptions. bomb is the size of the bombs'
+// payload (tests use a few MiB, the bench hundreds). The document cases are
+// refused under the default limits.
 func HostileImages(bomb int64) []Hostile {
 	good := imagegen.TarBytes([]imagegen.Entry{Dir("etc/"), File("etc/os-release", []byte("ID=hostile\n"))})
 	goodLayer := imagegen.Layer{MediaType: ocispec.MediaTypeImageLayerGzip, Blob: imagegen.Compress(good, "gzip")}
@@ -63,6 +66,8 @@ func HostileImages(bomb int64) []Hostile {
 		return imagegen.Layer{MediaType: mediaType, Blob: blob, DiffID: digest.FromBytes(blob)}
 	}
 	invalid, notFound := errdefs.IsInvalidArgument, errdefs.IsNotFound
+	zstdBomb, zstdBombDiffID := ZstdWindowBomb(bomb, 512<<20)
+	pad := strings.Repeat("x", converter.DefaultMaxDocumentBytes)
 	return []Hostile{
 		{Name: "traversal entry", Image: image("traversal", layer(File("../../escape.txt", []byte("out")))), Class: invalid, DeleteLayer: -1},
 		{Name: "nested traversal entry", Image: image("nested", layer(File("a/../../b", []byte("out")))), Class: invalid, DeleteLayer: -1},
@@ -100,7 +105,53 @@ func HostileImages(bomb int64) []Hostile {
 			Limits: converter.Limits{MaxEntries: 100}, DeleteLayer: -1},
 		{Name: "sparse expansion beyond the limit", Image: image("sparse", raw(ocispec.MediaTypeImageLayerGzip, imagegen.Compress(SparseTar(bomb), "gzip"))),
 			Class: invalid, Limits: converter.Limits{MaxExpandedBytes: bomb / 2}, DeleteLayer: -1},
+		{Name: "zstd window beyond the limit", Image: image("zstdwindow",
+			imagegen.Layer{MediaType: ocispec.MediaTypeImageLayerZstd, Blob: zstdBomb, DiffID: zstdBombDiffID}), Class: invalid, DeleteLayer: -1},
+		{Name: "config beyond the document limit", Image: withConfig(image("bigconfig"), func(c *ocispec.Image) {
+			c.Config.Labels = map[string]string{"pad": pad}
+		}), Class: invalid, DeleteLayer: -1},
+		{Name: "index beyond the document limit", Image: func() imagegen.Image {
+			img := image("bigindex")
+			img.Indexes = 1
+			img.EditIndex = func(_ int, index *ocispec.Index) { index.Annotations = map[string]string{"pad": pad} }
+			return img
+		}(), Class: invalid, DeleteLayer: -1},
+		{Name: "indexes nested beyond the limit", Image: func() imagegen.Image {
+			img := image("deepindex")
+			img.Indexes = converter.DefaultMaxIndexDepth + 1
+			return img
+		}(), Class: invalid, DeleteLayer: -1},
 	}
+}
+
+// ZstdWindowBomb is a zstd layer of one file of n zero bytes whose frame
+// declares a window of window bytes (a power of two from 1 KiB), as
+// `zstd --long=29` declares 512 MiB, and its diffID. Its blocks refer back
+// no further than the encoder's 8 MiB, so a decoder that accepts the window
+// decodes it, holding up to window bytes of history: a few KiB of layer for
+// every MiB of it.
+func ZstdWindowBomb(n int64, window uint64) ([]byte, digest.Digest) {
+	var b bytes.Buffer
+	zw, _ := imagegen.Compressor(&b, "zstd")
+	tarDigest := digest.SHA256.Digester()
+	tw := tar.NewWriter(io.MultiWriter(zw, tarDigest.Hash()))
+	_ = tw.WriteHeader(&tar.Header{Name: "zeros", Typeflag: tar.TypeReg, Size: n, Mode: 0o644, ModTime: Epoch})
+	zeros(tw, n)
+	_ = tw.Close()
+	_ = zw.Close()
+	return DeclareZstdWindow(b.Bytes(), window), tarDigest.Digest()
+}
+
+// DeclareZstdWindow rewrites the window descriptor of the zstd frame at the
+// start of blob (one with a window descriptor, as streaming encoders write)
+// to declare window bytes (a power of two from 1 KiB to 2 TiB), in place.
+func DeclareZstdWindow(blob []byte, window uint64) []byte {
+	if len(blob) < 6 || !bytes.HasPrefix(blob, []byte{0x28, 0xb5, 0x2f, 0xfd}) || blob[4]&(1<<5) != 0 ||
+		window < 1<<10 || window > 1<<41 || window&(window-1) != 0 {
+		panic("DeclareZstdWindow: no zstd frame with a window descriptor, or a window that is no power of two from 1 KiB to 2 TiB")
+	}
+	blob[5] = byte(bits.Len64(window-1)-10) << 3
+	return blob
 }
 
 func manyFiles(n int) []imagegen.Entry {

@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lazyconv/lazyconv/converter"
@@ -145,3 +146,28 @@ func (c *recompressConverter) compressor(w io.Writer) (io.WriteCloser, error) {
 type nopWriteCloser struct{ io.Writer }
 
 func (nopWriteCloser) Close() error { return nil }
+
+// VerifyPublished checks a recompression made elsewhere: it must
+// decompress to the source's tar (sourceDiffID), which the layer checks
+// (names, limits) read as they stream by. Such a layer carries no
+// annotations.
+func (c *recompressConverter) VerifyPublished(ctx context.Context, cs content.Store, desc ocispec.Descriptor, sourceDiffID digest.Digest) (converter.Verified, error) {
+	if comp, err := converter.LayerCompression(desc.MediaType); err != nil || comp != c.target {
+		return converter.Verified{}, fmt.Errorf("media type %q is not %s's: %w", desc.MediaType, c.variant, errdefs.ErrInvalidArgument)
+	}
+	src, err := layerio.Open(ctx, cs, desc, nil)
+	if err != nil {
+		return converter.Verified{}, err
+	}
+	defer src.Close()
+	if err := src.Drain(); err != nil {
+		return converter.Verified{}, src.InputError(err)
+	}
+	if err := src.Checked(); err != nil {
+		return converter.Verified{}, err
+	}
+	if got := src.DiffID(); got != sourceDiffID {
+		return converter.Verified{}, fmt.Errorf("it is %s uncompressed, not the source's %s: %w", got, sourceDiffID, errdefs.ErrInvalidArgument)
+	}
+	return converter.Verified{DiffID: sourceDiffID}, nil
+}

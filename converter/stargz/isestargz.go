@@ -15,6 +15,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/internal/layerio"
 	"github.com/lazyconv/lazyconv/labels"
 )
 
@@ -85,8 +86,10 @@ func gzipTOCSize(ctx context.Context, ra SizedReaderAt) (int64, error) {
 }
 
 // zstdTOCSize bounds a zstd:chunked blob's TOC: it decompresses it (up to
-// the MaxTOCBytes limit of ctx, never holding it) and refuses a larger one.
-// A blob with no zstd:chunked footer passes: estargz.Open will say so.
+// the MaxTOCBytes limit of ctx, never holding it, within its MaxZstdWindow)
+// and refuses a larger one, or one whose frame declares a larger window
+// (estargz.Open, which reads it next, would decode any window). A blob with
+// no zstd:chunked footer passes: estargz.Open will say so.
 func zstdTOCSize(ctx context.Context, ra SizedReaderAt) error {
 	d := new(zstdchunked.Decompressor)
 	if ra.Size() < d.FooterSize() {
@@ -100,16 +103,21 @@ func zstdTOCSize(ctx context.Context, ra SizedReaderAt) error {
 	if err != nil || off < 0 || size < 0 || off+size > ra.Size() {
 		return nil
 	}
-	zr, err := d.Reader(io.NewSectionReader(ra, off, size))
+	zr, err := layerio.NewZstdReader(ctx, io.NewSectionReader(ra, off, size))
 	if err != nil {
 		return nil
 	}
 	defer zr.Close()
 	limit := converter.LimitsFrom(ctx).MaxTOCBytes
+	want := limit + 1
 	if limit < 0 {
-		return nil
+		want = 1 // the frame header, for its window
 	}
-	if n, _ := io.CopyN(io.Discard, zr, limit+1); n > limit {
+	n, err := io.CopyN(io.Discard, zr, want)
+	if errdefs.IsInvalidArgument(err) {
+		return fmt.Errorf("its zstd:chunked TOC: %w", err)
+	}
+	if limit >= 0 && n > limit {
 		return fmt.Errorf("its zstd:chunked TOC is more than %d bytes (the limit; raise max_toc_bytes to read it): %w",
 			limit, errdefs.ErrInvalidArgument)
 	}
@@ -164,7 +172,7 @@ func readTOCDigest(ctx context.Context, cs content.Provider, desc ocispec.Descri
 		return "", err
 	}
 	defer ra.Close()
-	toc, chunks, err := openTOCJSON(ra, ra)
+	toc, chunks, err := openTOCJSONWithin(ctx, ra, ra)
 	if err != nil {
 		return "", fmt.Errorf("reading eStargz TOC: %w", err)
 	}

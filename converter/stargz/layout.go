@@ -151,38 +151,9 @@ func (w *layoutWriter) AppendTarLossLess(r io.Reader) error {
 
 // appendEntry records the entry h and writes its file data (tr's).
 func (w *layoutWriter) appendEntry(tr *tar.Reader, h *tar.Header) error {
-	ent := estargz.TOCEntry{
-		Name: h.Name, Mode: h.Mode, UID: h.Uid, GID: h.Gid,
-		Uname: nameIfChanged(w.unames, h.Uid, h.Uname), Gname: nameIfChanged(w.gnames, h.Gid, h.Gname),
-		ModTime3339: formatModTime(h),
-	}
-	const xattrPrefix = "SCHILY.xattr."
-	for k, v := range h.PAXRecords {
-		if name, ok := strings.CutPrefix(k, xattrPrefix); ok {
-			if ent.Xattrs == nil {
-				ent.Xattrs = map[string][]byte{}
-			}
-			ent.Xattrs[name] = []byte(v)
-		}
-	}
-	switch h.Typeflag {
-	case tar.TypeLink:
-		ent.Type, ent.LinkName = "hardlink", h.Linkname
-	case tar.TypeSymlink:
-		ent.Type, ent.LinkName = "symlink", h.Linkname
-	case tar.TypeDir:
-		ent.Type = "dir"
-	case tar.TypeReg:
-		ent.Type, ent.Size = "reg", h.Size
-	case tar.TypeChar, tar.TypeBlock:
-		ent.Type, ent.DevMajor, ent.DevMinor = "char", int(h.Devmajor), int(h.Devminor)
-		if h.Typeflag == tar.TypeBlock {
-			ent.Type = "block"
-		}
-	case tar.TypeFifo:
-		ent.Type = "fifo"
-	default:
-		return fmt.Errorf("unsupported input tar entry %q", h.Typeflag)
+	ent, err := tocEntryOf(h, w.unames, w.gnames)
+	if err != nil {
+		return err
 	}
 	if h.Typeflag != tar.TypeReg {
 		_, err := w.spill.Append(&ent, nil, false)
@@ -252,6 +223,48 @@ func (w *layoutWriter) appendData(tr io.Reader, ent *estargz.TOCEntry) error {
 		return w.spill.Patch(slot, file.Sum(sum[:0]))
 	}
 	return w.spill.Patch(slot, sum[:])
+}
+
+// tocEntryOf is the TOC entry estargz's lossless writer records for the
+// tar header h, before any data offsets and digests: unames and gnames hold
+// the last user and group name recorded per id (a name is written only when
+// it changes). The verification of layers made elsewhere rebuilds entries
+// through it too, so that both agree on what a header becomes.
+func tocEntryOf(h *tar.Header, unames, gnames map[int]string) (estargz.TOCEntry, error) {
+	ent := estargz.TOCEntry{
+		Name: h.Name, Mode: h.Mode, UID: h.Uid, GID: h.Gid,
+		Uname: nameIfChanged(unames, h.Uid, h.Uname), Gname: nameIfChanged(gnames, h.Gid, h.Gname),
+		ModTime3339: formatModTime(h),
+	}
+	const xattrPrefix = "SCHILY.xattr."
+	for k, v := range h.PAXRecords {
+		if name, ok := strings.CutPrefix(k, xattrPrefix); ok {
+			if ent.Xattrs == nil {
+				ent.Xattrs = map[string][]byte{}
+			}
+			ent.Xattrs[name] = []byte(v)
+		}
+	}
+	switch h.Typeflag {
+	case tar.TypeLink:
+		ent.Type, ent.LinkName = "hardlink", h.Linkname
+	case tar.TypeSymlink:
+		ent.Type, ent.LinkName = "symlink", h.Linkname
+	case tar.TypeDir:
+		ent.Type = "dir"
+	case tar.TypeReg:
+		ent.Type, ent.Size = "reg", h.Size
+	case tar.TypeChar, tar.TypeBlock:
+		ent.Type, ent.DevMajor, ent.DevMinor = "char", int(h.Devmajor), int(h.Devminor)
+		if h.Typeflag == tar.TypeBlock {
+			ent.Type = "block"
+		}
+	case tar.TypeFifo:
+		ent.Type = "fifo"
+	default:
+		return ent, fmt.Errorf("unsupported input tar entry %q", h.Typeflag)
+	}
+	return ent, nil
 }
 
 // nameIfChanged returns name unless it already was the last name of id.

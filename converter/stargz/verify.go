@@ -14,10 +14,10 @@ import (
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
 	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lazyconv/lazyconv/internal/layerio"
 	"github.com/lazyconv/lazyconv/labels"
 )
 
@@ -50,7 +50,7 @@ func Verify(ctx context.Context, cs content.Provider, desc ocispec.Descriptor) (
 	defer ra.Close()
 	// The TOC and the chunks are read through blocks of their own: they
 	// are at opposite ends of the blob.
-	toc, chunks, err := openTOCJSON(&blockReaderAt{ra: ra, size: ra.Size()}, &blockReaderAt{ra: ra, size: ra.Size()})
+	toc, chunks, err := openTOCJSONWithin(ctx, &blockReaderAt{ra: ra, size: ra.Size()}, &blockReaderAt{ra: ra, size: ra.Size()})
 	if err != nil {
 		return Report{}, fmt.Errorf("layer %s is not eStargz: %w", desc.Digest, err)
 	}
@@ -77,8 +77,15 @@ func Verify(ctx context.Context, cs content.Provider, desc ocispec.Descriptor) (
 
 // openTOCJSON finds a blob's TOC by its footer (eStargz's, else
 // zstd:chunked's), and returns a reader of the TOC's JSON and a reader of
-// the blob's chunks (through data, the same blob) for its format.
+// the blob's chunks (through data, the same blob) for its format, under the
+// default limits: openTOCJSONWithin with no conversion's context.
 func openTOCJSON(ra, data SizedReaderAt) (io.ReadCloser, *chunkStreams, error) {
+	return openTOCJSONWithin(context.Background(), ra, data)
+}
+
+// openTOCJSONWithin is openTOCJSON within the limits of ctx: zstd is decoded
+// within its MaxZstdWindow.
+func openTOCJSONWithin(ctx context.Context, ra, data SizedReaderAt) (io.ReadCloser, *chunkStreams, error) {
 	sr := io.NewSectionReader(ra, 0, ra.Size())
 	var tocOffset int64
 	if err := contained(func() (err error) { tocOffset, _, err = estargz.OpenFooter(sr); return err }); err == nil &&
@@ -101,11 +108,11 @@ func openTOCJSON(ra, data SizedReaderAt) (io.ReadCloser, *chunkStreams, error) {
 		if _, err := ra.ReadAt(footer, ra.Size()-d.FooterSize()); err == nil {
 			_, off, size, err := d.ParseFooter(footer)
 			if err == nil && off >= 0 && size >= 0 && off+size <= ra.Size() {
-				zr, err := zstd.NewReader(io.NewSectionReader(ra, off, size), zstd.WithDecoderConcurrency(1))
+				zr, err := layerio.NewZstdReader(ctx, io.NewSectionReader(ra, off, size))
 				if err != nil {
 					return nil, nil, err
 				}
-				return readCloser{zr, closerFunc(zr.Close)}, zstdChunks(data), nil
+				return zr, zstdChunks(ctx, data), nil
 			}
 		}
 	}
@@ -331,17 +338,20 @@ func gzipChunks(ra SizedReaderAt) *chunkStreams {
 	}}
 }
 
-// zstdChunks reads zstd:chunked chunks.
-func zstdChunks(ra SizedReaderAt) *chunkStreams {
-	var zr *zstd.Decoder
+// zstdChunks reads zstd:chunked chunks, within ctx's MaxZstdWindow.
+func zstdChunks(ctx context.Context, ra SizedReaderAt) *chunkStreams {
+	var zr *layerio.ZstdReader
 	return &chunkStreams{ra: ra, reset: func(r io.Reader) (io.Reader, error) {
 		var err error
 		if zr == nil {
-			zr, err = zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+			zr, err = layerio.NewZstdReader(ctx, r)
 		} else {
 			err = zr.Reset(r)
 		}
-		return zr, err
+		if err != nil {
+			return nil, err
+		}
+		return zr, nil
 	}, close: func() {
 		if zr != nil {
 			zr.Close()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/converter/convertertest"
+	"github.com/lazyconv/lazyconv/internal/convertcmd"
 	"github.com/lazyconv/lazyconv/internal/imagegen"
 )
 
@@ -59,15 +60,12 @@ func hostileSection(bin string, bomb int64) error {
 	return nil
 }
 
-// limitArgs are the CLI flags of a case's limits.
+// limitArgs are the CLI flags of a case's limits (every limit the CLI has).
 func limitArgs(l converter.Limits) []string {
 	var out []string
-	for _, f := range []struct {
-		name string
-		v    int64
-	}{{"--max-entries", l.MaxEntries}, {"--max-trailing-bytes", l.MaxTrailingBytes}, {"--max-expanded-bytes", l.MaxExpandedBytes}, {"--max-toc-bytes", l.MaxTOCBytes}} {
-		if f.v != 0 {
-			out = append(out, f.name, strconv.FormatInt(f.v, 10))
+	for _, f := range convertcmd.LimitsOf(&l) {
+		if *f.Value != 0 {
+			out = append(out, "--"+f.Name, strconv.FormatInt(*f.Value, 10))
 		}
 	}
 	return out

@@ -118,6 +118,9 @@ func EmbeddedConfig(cmd *cli.Command) service.Config {
 			*l.Value = root.Int64(l.Name)
 		}
 	}
+	if root.IsSet("trusted-publisher") {
+		cfg.TrustedPublishers = root.StringSlice("trusted-publisher")
+	}
 	for _, f := range service.Formats() {
 		for _, o := range f.Options() {
 			if o.ServiceOnly && cmd.IsSet(o.FlagName(f.OptionPrefix)) {
@@ -144,6 +147,9 @@ func LimitsOf(l *converter.Limits) []LimitFlag {
 		{"max-trailing-bytes", "bytes after a tar's end-of-archive marker", &l.MaxTrailingBytes},
 		{"max-expanded-bytes", "logical bytes of a layer's sparse files once expanded", &l.MaxExpandedBytes},
 		{"max-toc-bytes", "bytes of a table of contents read from a layer", &l.MaxTOCBytes},
+		{"max-zstd-window", "bytes of window declared by a zstd frame of a layer (the history its decoder holds)", &l.MaxZstdWindow},
+		{"max-document-bytes", "bytes of an index, manifest or config", &l.MaxDocumentBytes},
+		{"max-index-depth", "levels of image indexes nested in one another", &l.MaxIndexDepth},
 	}
 }
 
@@ -154,7 +160,7 @@ func LimitFlags() []cli.Flag {
 	var flags []cli.Flag
 	for _, l := range LimitsOf(&defaults) {
 		flags = append(flags, &cli.Int64Flag{Name: l.Name, Value: *l.Value,
-			Usage: "embedded mode: refuse layers beyond this many " + l.Usage + " (-1: no limit; a daemon uses its max_* configuration)"})
+			Usage: "embedded mode: refuse input beyond this many " + l.Usage + " (-1: no limit; a daemon uses its max_* configuration)"})
 	}
 	return flags
 }
@@ -167,6 +173,11 @@ var RequireLosslessFlag = &cli.BoolFlag{Name: "require-lossless",
 // for a conversion another node published.
 var NoRegistryCacheFlag = &cli.BoolFlag{Name: "no-registry-cache",
 	Usage: "convert here, without adopting a conversion another node published in the source's registry"}
+
+// OverwriteFlag lets a conversion replace a target image that exists and
+// that lazyconv did not make (one it made is always converted onto).
+var OverwriteFlag = &cli.BoolFlag{Name: "overwrite",
+	Usage: "replace DST even if it exists and lazyconv did not make it, or convert SRC in place when DST is SRC (an image lazyconv made is always replaced)"}
 
 // NativeError turns a conversion service's gRPC error into an errdefs one;
 // a server with no lazyconv API (Unimplemented) becomes ErrNotImplemented

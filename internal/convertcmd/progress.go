@@ -114,7 +114,7 @@ func LayerLine(s converter.LayerStatus) string {
 	if s.Elapsed > 0 {
 		line += fmt.Sprintf("  %6.2fs", s.Elapsed.Seconds())
 	}
-	if live := s.State == converter.StateConverting || s.State == converter.StateFetching; live && s.Size > 0 && s.BytesIn > 0 {
+	if live := s.State == converter.StateConverting || s.State == converter.StateFetching || s.State == converter.StateVerifying; live && s.Size > 0 && s.BytesIn > 0 {
 		done := min(float64(s.BytesIn)/float64(s.Size), 1)
 		line += fmt.Sprintf("  %3.0f%%", done*100)
 		if s.Elapsed > 0 && done < 1 {
@@ -124,6 +124,13 @@ func LayerLine(s converter.LayerStatus) string {
 	}
 	if s.Origin != "" {
 		line += "  from " + s.Origin
+	}
+	if s.State == converter.StateShared {
+		if s.Verified {
+			line += "  verified"
+		} else {
+			line += "  trusted, unread"
+		}
 	}
 	if s.NotLossless != "" {
 		line += "  not lossless: " + s.NotLossless

@@ -207,6 +207,12 @@ type Image struct {
 	// RawConfig, if set, is written as the config instead (a config that is
 	// no JSON, say).
 	RawConfig []byte
+	// Indexes, if positive, wraps the manifest in that many image indexes,
+	// each listing the next (the image's target is the outermost, at
+	// depth 1; the manifest is in the one at depth Indexes).
+	Indexes int
+	// EditIndex, if set, changes each index before it is written.
+	EditIndex func(depth int, index *ocispec.Index)
 }
 
 // WithName returns the image under another name.
@@ -216,7 +222,8 @@ func (img Image) WithName(name string) Image {
 }
 
 // Store writes the image's blobs into cs with containerd's GC labels and
-// creates (or replaces) its record in is. It returns the manifest descriptor.
+// creates (or replaces) its record in is. It returns the image's target: the
+// manifest's descriptor, or the outermost index's (see Image.Indexes).
 func Store(ctx context.Context, cs content.Ingester, is images.Store, img Image) (ocispec.Descriptor, error) {
 	_, mdesc, err := build(img, func(desc ocispec.Descriptor, r io.Reader, lbls map[string]string) error {
 		return content.WriteBlob(ctx, cs, "imagegen-"+desc.Digest.String(), r, desc, content.WithLabels(lbls))
@@ -283,8 +290,8 @@ func WriteOCIArchiveFile(path string, img Image) error {
 
 type putFunc func(desc ocispec.Descriptor, r io.Reader, labels map[string]string) error
 
-// build emits layers, config and manifest through put, and returns the blob
-// descriptors and the manifest's.
+// build emits layers, config, manifest and indexes through put, and returns
+// the layer and config descriptors and the image's target.
 func build(img Image, put putFunc) ([]ocispec.Descriptor, ocispec.Descriptor, error) {
 	platform := ocispec.Platform{OS: "linux", Architecture: "amd64"}
 	if img.Platform != nil {
@@ -376,7 +383,28 @@ func build(img Image, put putFunc) ([]ocispec.Descriptor, ocispec.Descriptor, er
 	if err := put(mdesc, bytes.NewReader(mBytes), mlabels); err != nil {
 		return nil, ocispec.Descriptor{}, err
 	}
-	return append(layers, cdesc), mdesc, nil
+	iType := ocispec.MediaTypeImageIndex
+	if img.Docker {
+		iType = images.MediaTypeDockerSchema2ManifestList
+	}
+	target := mdesc
+	for depth := img.Indexes; depth >= 1; depth-- {
+		index := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: iType, Manifests: []ocispec.Descriptor{target}}
+		if img.EditIndex != nil {
+			img.EditIndex(depth, &index)
+		}
+		iBytes, _ := json.Marshal(index)
+		idesc := ocispec.Descriptor{MediaType: iType, Digest: digest.FromBytes(iBytes), Size: int64(len(iBytes))}
+		ilabels := map[string]string{}
+		for i, m := range index.Manifests {
+			ilabels["containerd.io/gc.ref.content.m."+strconv.Itoa(i)] = m.Digest.String()
+		}
+		if err := put(idesc, bytes.NewReader(iBytes), ilabels); err != nil {
+			return nil, ocispec.Descriptor{}, err
+		}
+		target = idesc
+	}
+	return append(layers, cdesc), target, nil
 }
 
 func uncompressedDigest(blob []byte) (digest.Digest, error) {

@@ -17,7 +17,6 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -58,12 +57,12 @@ func Open(ctx context.Context, cs content.Provider, desc ocispec.Descriptor, byt
 		}
 		s.decomp = zr
 	case converter.Zstd:
-		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+		zr, err := NewZstdReader(ctx, br)
 		if err != nil {
 			ra.Close()
 			return nil, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
 		}
-		s.decomp = zr.IOReadCloser()
+		s.decomp = zr
 	default:
 		s.decomp = io.NopCloser(br)
 	}
