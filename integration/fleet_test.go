@@ -37,9 +37,16 @@ func anyBlobGET(log string, digests []string) []string {
 	return got
 }
 
+// trustingConfig is testConfig with the plugin trusting publishers.
+func trustingConfig(patterns ...string) string {
+	return testConfig + "\n[plugins.'io.containerd.grpc.v1.lazyconv']\n  trusted_publishers = [\"" + strings.Join(patterns, "\", \"") + "\"]\n"
+}
+
 // Two nodes, one registry: node A converts and pushes, which publishes the
 // conversion as a referrer of the source manifest; node B, from a lazy
-// pull, adopts it without converting (or reading) a layer.
+// pull, fetches the published layers, checks them against the source and
+// adopts them without converting a layer; node C, which trusts the
+// repository, adopts it without reading a layer.
 func TestFleetConvertsOnce(t *testing.T) {
 	requireRoot(t)
 	reg := startRegistry(t)
@@ -63,40 +70,53 @@ func TestFleetConvertsOnce(t *testing.T) {
 	again := mustLazyconv(t, "--address", a.address, "image", "push", "--plain-http", src+"-esgz")
 	assert.Contains(t, again, "published conversion", "publishing again names the same referrer")
 	convertedLayers := sourceLayers(t, a, src+"-esgz")
-	var layerDigests []string
+	var convertedDigests, sourceDigests []string
 	for _, l := range convertedLayers {
-		layerDigests = append(layerDigests, l.Digest.String())
+		convertedDigests = append(convertedDigests, l.Digest.String())
 	}
 
-	// Node B: lazy pull of the same source, then convert: nothing converted.
+	// Node B: lazy pull of the same source, then convert: verified, nothing converted.
 	mustLazyconv(t, "--address", b.address, "image", "pull", "--lazy", "--plain-http", src)
 	for _, l := range sourceLayers(t, b, src) {
-		layerDigests = append(layerDigests, l.Digest.String())
+		sourceDigests = append(sourceDigests, l.Digest.String())
 	}
 	_, offset := reg.logSince(t, 0)
 	outB := mustLazyconv(t, "--address", b.address, "image", "convert", "--estargz", "--oci", "--plain-http", src, src+"-esgz")
 	assert.Equal(t, digestA, convertedDigest(t, outB), "node B gets node A's digest")
-	assert.Len(t, regexp.MustCompile(`(?m)^sha256:\S+\s+shared .* from registry$`).FindAllString(outB, -1), 3, "every layer shared:\n%s", outB)
+	assert.Len(t, regexp.MustCompile(`(?m)^sha256:\S+\s+shared .* from registry  verified$`).FindAllString(outB, -1), 3, "every layer shared and verified:\n%s", outB)
 	assert.Contains(t, outB, "adopted from "+reg.host+"/fleet/app@"+digestA)
 	assert.NotContains(t, outB, "committed")
 	assert.Equal(t, 3.0, scrape(t, metricsB, `lazyconv_layers_total{format="estargz",result="shared"}`), "node B's metrics say so")
 	assert.Zero(t, scrape(t, metricsB, `lazyconv_layers_total{format="estargz",result="committed"}`))
 	log, offset := reg.logSince(t, offset)
-	assert.Empty(t, anyBlobGET(log, layerDigests), "node B read no layer blob")
+	assert.Empty(t, anyBlobGET(log, sourceDigests), "node B read no source layer")
+	assert.Len(t, anyBlobGET(log, convertedDigests), 3, "node B fetched the published layers to check them")
 
-	// B's image, its layers still remote, pushes elsewhere with cross-repository mounts only.
-	mustLazyconv(t, "--address", b.address, "image", "push", "--plain-http", reg.host+"/mirror/app:esgz", src+"-esgz")
+	// Node C trusts the repository: adopted with no layer read.
+	c := startDaemon(t, bins.containerdLazyconv, trustingConfig(reg.host+"/fleet/*"))
+	mustLazyconv(t, "--address", c.address, "image", "pull", "--lazy", "--plain-http", src)
+	_, offset = reg.logSince(t, 0)
+	outC := mustLazyconv(t, "--address", c.address, "image", "convert", "--estargz", "--oci", "--plain-http", src, src+"-esgz")
+	assert.Equal(t, digestA, convertedDigest(t, outC))
+	assert.Len(t, regexp.MustCompile(`(?m)^sha256:\S+\s+shared .* from registry  trusted, unread$`).FindAllString(outC, -1), 3, "adopted unread:\n%s", outC)
 	log, offset = reg.logSince(t, offset)
+	assert.Empty(t, anyBlobGET(log, append(sourceDigests, convertedDigests...)), "node C read no layer blob")
+	// What C adopted unread it does not publish again.
+	pushedC := mustLazyconv(t, "--address", c.address, "image", "push", "--plain-http", reg.host+"/fleet/copy:esgz", src+"-esgz")
+	assert.NotContains(t, pushedC, "published conversion", "an unread adoption is not vouched for:\n%s", pushedC)
+	// What C adopted unread can be checked: verify fetches the layers.
+	verified := mustLazyconv(t, "--address", c.address, "image", "verify", src+"-esgz")
+	assert.Contains(t, verified, "3 lazy-pull layers verified")
+	log, offset = reg.logSince(t, offset)
+	assert.Len(t, anyBlobGET(log, convertedDigests), 3, "verify fetched the three converted layers")
+
+	// B pushes elsewhere with cross-repository mounts only.
+	mustLazyconv(t, "--address", b.address, "image", "push", "--plain-http", reg.host+"/mirror/app:esgz", src+"-esgz")
+	log, _ = reg.logSince(t, offset)
 	for _, l := range convertedLayers {
 		assert.Contains(t, log, "mount="+l.Digest.String()+"&from=fleet/app", "layer %s is mounted", l.Digest)
 		assert.NotContains(t, log, "digest="+strings.Replace(l.Digest.String(), ":", "%3A", 1), "layer %s is not uploaded", l.Digest)
 	}
-
-	// What B adopted unread can be checked: verify fetches the layers.
-	verified := mustLazyconv(t, "--address", b.address, "image", "verify", src+"-esgz")
-	assert.Contains(t, verified, "3 lazy-pull layers verified")
-	log, _ = reg.logSince(t, offset)
-	assert.Len(t, anyBlobGET(log, layerDigests), 3, "verify fetched the three converted layers")
 
 	// --no-registry-cache converts here.
 	outLocal := mustLazyconv(t, "--address", b.address, "image", "convert", "--estargz", "--oci", "--plain-http", "--no-registry-cache", src, src+"-local")

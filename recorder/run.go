@@ -168,11 +168,15 @@ func RunAndRecord(ctx context.Context, cs content.Store, target ocispec.Descript
 	if err != nil {
 		return nil, err
 	}
+	swap := swapAccounted()
+	if !swap && opts.MemoryLimit > 0 && swapInUse() {
+		log.G(ctx).Warn("recorder: cgroups here do not account for swap: the workload's memory limit does not bound its swap")
+	}
 	// The container's stdio is a file, not a pipe: a pipe would stay open
 	// in the container and keep runc create from returning.
 	logPath := filepath.Join(st.dir(), "workload.log")
 	runc := func(args ...string) error {
-		logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 		if err != nil {
 			return err
 		}
@@ -196,7 +200,7 @@ func RunAndRecord(ctx context.Context, cs content.Store, target ocispec.Descript
 		}
 		spec, err := buildSpec(ctx, sandbox{
 			id: id, rootfs: st.rootfs(), args: args, env: append(cfg.Config.Env, opts.Env...), cwd: cfg.Config.WorkingDir,
-			user: user, userns: base, pids: opts.PidsLimit, memory: opts.MemoryLimit, tmpfs: opts.TmpfsSize,
+			user: user, userns: base, pids: opts.PidsLimit, memory: opts.MemoryLimit, swap: swap, tmpfs: opts.TmpfsSize,
 		})
 		if errors.Is(err, errUserNamespaceUnfit) && opts.UserNamespace == UserNamespaceAuto {
 			log.G(ctx).WithError(err).Warn("recorder: running the workload without a user namespace")
@@ -227,6 +231,7 @@ func RunAndRecord(ctx context.Context, cs content.Store, target ocispec.Descript
 		if err := st.unmountRootfs(); err != nil {
 			return nil, err
 		}
+		_ = os.Remove(logPath) // the next attempt's errors are its own
 	}
 	w, err := watch(st.rootfs())
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -128,6 +129,9 @@ type sandbox struct {
 	// pids, memory and tmpfs are the limits; zero or less is none (tmpfs:
 	// the mounts keep containerd's sizes).
 	pids, memory, tmpfs int64
+	// swap says that the memory limit covers swap too (where cgroups
+	// account for it: runc fails on a swap limit otherwise).
+	swap bool
 }
 
 // buildSpec builds the workload's runtime spec from containerd's default
@@ -168,9 +172,13 @@ func buildSpec(ctx context.Context, sb sandbox) (*specs.Spec, error) {
 		s.Linux.Resources.Pids = &specs.LinuxPids{Limit: &sb.pids}
 	}
 	if sb.memory > 0 {
-		// Memory and swap together: the workload gets no swap on top.
-		limit, swap := sb.memory, sb.memory
-		s.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &limit, Swap: &swap}
+		limit := sb.memory
+		s.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &limit}
+		if sb.swap {
+			// Memory and swap together: the workload gets no swap on top.
+			swap := sb.memory
+			s.Linux.Resources.Memory.Swap = &swap
+		}
 	}
 	if sb.tmpfs > 0 {
 		for i, m := range s.Mounts {
@@ -258,6 +266,28 @@ func parseTmpfsSize(v string) (int64, error) {
 		return 0, fmt.Errorf("tmpfs size %q: %w", v, errdefs.ErrInvalidArgument)
 	}
 	return n * mult, nil
+}
+
+// swapAccounted says whether cgroups here account for swap: cgroup v1's
+// memory hierarchy has memory.memsw.* files, cgroup v2 with the memory
+// controller does unless booted with swapaccount=0.
+func swapAccounted() bool {
+	for _, mnt := range cgroupMounts() {
+		if _, err := os.Stat(filepath.Join(mnt, "memory.memsw.limit_in_bytes")); err == nil {
+			return true
+		}
+		if b, err := os.ReadFile(filepath.Join(mnt, "cgroup.controllers")); err == nil && slices.Contains(strings.Fields(string(b)), "memory") {
+			cmdline, _ := os.ReadFile("/proc/cmdline")
+			return !slices.Contains(strings.Fields(string(cmdline)), "swapaccount=0")
+		}
+	}
+	return false
+}
+
+// swapInUse says whether the host has swap space.
+func swapInUse() bool {
+	b, err := os.ReadFile("/proc/swaps")
+	return err == nil && len(strings.Split(strings.TrimSpace(string(b)), "\n")) > 1
 }
 
 // probeUserNamespace says why this process cannot make a user namespace, or

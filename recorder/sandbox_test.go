@@ -66,7 +66,7 @@ func TestBuildSpecSandboxesTheWorkload(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			root := specRootfs(t)
 			sb := sandbox{id: "lazyconv-record-1-x", rootfs: root, args: []string{"/bin/app", "-v"}, env: []string{"A=1"}, cwd: "/work",
-				user: c.user, pids: DefaultPidsLimit, memory: DefaultMemoryLimit, tmpfs: 1 << 20}
+				user: c.user, pids: DefaultPidsLimit, memory: DefaultMemoryLimit, swap: true, tmpfs: 1 << 20}
 			if c.userns {
 				sb.userns = &base
 			}
@@ -163,6 +163,14 @@ func TestBuildSpecLimitsCanBeTurnedOff(t *testing.T) {
 			assert.Contains(t, m.Options, "size=65536k", "%s keeps containerd's size", m.Destination)
 		}
 	}
+}
+
+func TestBuildSpecLimitsSwapOnlyWhereItIsAccounted(t *testing.T) {
+	s, err := buildSpec(context.Background(), sandbox{id: "x", rootfs: specRootfs(t), args: []string{"/a"}, memory: 1 << 20})
+	require.NoError(t, err)
+	require.NotNil(t, s.Linux.Resources.Memory)
+	assert.Equal(t, int64(1<<20), *s.Linux.Resources.Memory.Limit)
+	assert.Nil(t, s.Linux.Resources.Memory.Swap, "runc fails on a swap limit where cgroups do not account for swap")
 }
 
 func TestWithTmpfsSize(t *testing.T) {

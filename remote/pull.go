@@ -42,6 +42,9 @@ func PullLazy(ctx context.Context, cs content.Store, is images.Store, lm leases.
 	if err != nil {
 		return images.Image{}, err
 	}
+	// containerd's label names the host without its port; lazyconv's names
+	// it with, so that a registry on a port of its own is found again.
+	src, srcErr := SourceOf(name)
 	fetch := remotes.FetchHandler(cs, fetcher)
 	var handler images.HandlerFunc = func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
 		if images.IsLayerType(desc.MediaType) {
@@ -52,6 +55,11 @@ func PullLazy(ctx context.Context, cs content.Store, is images.Store, lm leases.
 		}
 		if _, err := labelSource(ctx, desc); err != nil {
 			return nil, err
+		}
+		if srcErr == nil {
+			if err := AddSource(ctx, cs, desc.Digest, src); err != nil {
+				return nil, err
+			}
 		}
 		return images.Children(ctx, cs, desc)
 	}

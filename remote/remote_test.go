@@ -55,13 +55,17 @@ func TestAddSourceMergesWithoutDuplicates(t *testing.T) {
 	info, err := cs.Info(ctx, d)
 	require.NoError(t, err)
 	assert.Equal(t, "team/a,team/b", info.Labels[labels.DistributionSourcePrefix+"registry.example"])
-	// As containerd does, labels are keyed by host name, without the port.
+	// Keyed by host name without the port, as containerd does (its pusher
+	// mounts from that label), and with the port, so that lookups and
+	// fetches reach a registry on a port of its own; listed once, with it.
+	assert.Equal(t, "x", info.Labels[labels.DistributionSourcePrefix+"other.example"])
+	assert.Equal(t, "x", info.Labels[labels.DistributionSourcePrefix+"other.example:5000"])
 	assert.Equal(t, []remote.Source{
-		{Host: "other.example", Repository: "x"},
+		{Host: "other.example:5000", Repository: "x"},
 		{Host: "registry.example", Repository: "team/a"},
 		{Host: "registry.example", Repository: "team/b"},
 	}, remote.Sources(info))
-	assert.Equal(t, "other.example/x@"+d.String(), remote.Sources(info)[0].Ref(d))
+	assert.Equal(t, "other.example:5000/x@"+d.String(), remote.Sources(info)[0].Ref(d))
 }
 
 func TestSourceOf(t *testing.T) {

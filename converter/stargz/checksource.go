@@ -118,7 +118,10 @@ func CheckSource(ctx context.Context, cs content.Provider, desc ocispec.Descript
 
 // maxZstdWindow is the zstd window limit of ctx's conversion.
 func maxZstdWindow(ctx context.Context) uint64 {
-	return 1 << 27 // PENDING: the Limits field
+	if w := converter.LimitsFrom(ctx).MaxZstdWindow; w > 0 {
+		return uint64(w)
+	}
+	return 0 // negative: none
 }
 
 // tocLocation is where a layer's TOC is, as its footer says.

@@ -1,17 +1,11 @@
 package stargz_test
 
 import (
-	"bytes"
-	"encoding/binary"
-	"encoding/json"
-	"fmt"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/stargz-snapshotter/estargz"
-	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
-	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/stretchr/testify/assert"
@@ -121,44 +115,12 @@ func TestCheckSourceRefusesADoctoredZstdChunkedTOC(t *testing.T) {
 	}
 }
 
-// doctorZstdTOC rewrites a zstd:chunked layer's TOC with edit, keeping its
-// payload, and stores it with consistent annotations.
+// doctorZstdTOC stores the layer blob with its TOC rewritten by edit.
 func doctorZstdTOC(t *testing.T, f *convertertest.Fixture, blob []byte, desc ocispec.Descriptor, edit func(*estargz.JTOC)) ocispec.Descriptor {
 	t.Helper()
-	footer := blob[len(blob)-zstdchunked.FooterSize:]
-	tocOff := int64(binary.LittleEndian.Uint64(footer[0:8]))
-	csize := int64(binary.LittleEndian.Uint64(footer[8:16]))
-	dec, err := zstd.NewReader(nil)
+	doctored, annotations, err := convertertest.DoctorZstdTOC(blob, desc.Annotations[labels.UncompressedSizeAnnotation], edit)
 	require.NoError(t, err)
-	defer dec.Close()
-	raw, err := dec.DecodeAll(blob[tocOff:tocOff+csize], nil)
-	require.NoError(t, err)
-	var toc estargz.JTOC
-	require.NoError(t, json.Unmarshal(raw, &toc))
-	edit(&toc)
-	js, err := json.Marshal(&toc)
-	require.NoError(t, err)
-	enc, err := zstd.NewWriter(nil)
-	require.NoError(t, err)
-	ctoc := enc.EncodeAll(js, nil)
-	payloadEnd := tocOff - 8
-	var out bytes.Buffer
-	out.Write(blob[:payloadEnd])
-	out.Write(binary.LittleEndian.AppendUint32([]byte{0x50, 0x2a, 0x4d, 0x18}, uint32(len(ctoc))))
-	out.Write(ctoc)
-	nf := make([]byte, zstdchunked.FooterSize)
-	binary.LittleEndian.PutUint64(nf, uint64(payloadEnd+8))
-	binary.LittleEndian.PutUint64(nf[8:], uint64(len(ctoc)))
-	binary.LittleEndian.PutUint64(nf[16:], uint64(len(js)))
-	copy(nf[24:], footer[24:])
-	out.Write(binary.LittleEndian.AppendUint32([]byte{0x50, 0x2a, 0x4d, 0x18}, uint32(len(nf))))
-	out.Write(nf)
-	d := f.PutBlob(t, out.Bytes(), desc.MediaType, nil)
-	d.Annotations = map[string]string{
-		labels.TOCDigestAnnotation:             digest.FromBytes(js).String(),
-		labels.UncompressedSizeAnnotation:      desc.Annotations[labels.UncompressedSizeAnnotation],
-		zstdchunked.ManifestChecksumAnnotation: digest.FromBytes(ctoc).String(),
-		zstdchunked.ManifestPositionAnnotation: fmt.Sprintf("%d:%d:%d:1", payloadEnd+8, len(ctoc), len(js)),
-	}
+	d := f.PutBlob(t, doctored, desc.MediaType, nil)
+	d.Annotations = annotations
 	return d
 }
