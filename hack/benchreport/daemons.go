@@ -135,12 +135,14 @@ type containerdProcess struct {
 	address string
 }
 
-func startContainerd(bin, dir string) (*containerdProcess, error) {
+// startContainerd starts bin on its own root under dir, with daemonConfig
+// and extra appended to it.
+func startContainerd(bin, dir string, extra ...string) (*containerdProcess, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
 	cfg := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfg, []byte(daemonConfig), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(daemonConfig+strings.Join(extra, "\n")), 0o644); err != nil {
 		return nil, err
 	}
 	p := &containerdProcess{address: filepath.Join(dir, "c.sock")}
