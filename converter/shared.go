@@ -320,18 +320,22 @@ func (w *imageWalk) sharedLayer(ctx context.Context, l, published ocispec.Descri
 	if lc == nil {
 		return nil, nil
 	}
-	if published.Digest == l.Digest { // already in the format
-		return &LayerResult{Source: l, Desc: published, DiffID: srcDiffID, SourceDiffID: srcDiffID, State: StateKept}, nil
-	}
-	want := lc.MediaType(l.MediaType)
-	if published.MediaType != want && published.MediaType != ctdconverter.ConvertDockerMediaTypeToOCI(want) {
-		return nil, fmt.Errorf("%s has media type %q, not %s's %q: %w", published.Digest, published.MediaType, variant, want, errdefs.ErrInvalidArgument)
-	}
 	if len(published.URLs) > 0 {
 		return nil, fmt.Errorf("%s lists URLs to fetch it from (%v), which would send this node's requests anywhere: %w", published.Digest, published.URLs, errdefs.ErrInvalidArgument)
 	}
 	if len(published.Data) > 0 {
 		return nil, fmt.Errorf("%s embeds its data in the descriptor: %w", published.Digest, errdefs.ErrInvalidArgument)
+	}
+	if published.Digest == l.Digest { // already in the format: the source's own layer
+		if !trusted && !keptAnnotations(l.Annotations, published.Annotations) {
+			return nil, fmt.Errorf("the source's own layer %s is published with other annotations (%v, not %v): %w",
+				l.Digest, published.Annotations, l.Annotations, errdefs.ErrInvalidArgument)
+		}
+		return &LayerResult{Source: l, Desc: published, DiffID: srcDiffID, SourceDiffID: srcDiffID, State: StateKept}, nil
+	}
+	want := lc.MediaType(l.MediaType)
+	if published.MediaType != want && published.MediaType != ctdconverter.ConvertDockerMediaTypeToOCI(want) {
+		return nil, fmt.Errorf("%s has media type %q, not %s's %q: %w", published.Digest, published.MediaType, variant, want, errdefs.ErrInvalidArgument)
 	}
 	r := &LayerResult{Source: l, Desc: published, DiffID: diffID, SourceDiffID: srcDiffID, State: StateShared, Origin: OriginRegistry, variant: variant}
 	notLossless := published.Annotations[labels.NotLosslessAnnotation]
@@ -354,6 +358,23 @@ func (w *imageWalk) sharedLayer(ctx context.Context, l, published ocispec.Descri
 		w.linkShared(ctx, r)
 	}
 	return r, nil
+}
+
+// keptAnnotations reports whether a kept layer's published annotations are
+// its source's, but for the TOC digest an eStargz layer kept as it is may
+// gain (which a lazy snapshotter checks against the TOC itself).
+func keptAnnotations(src, published map[string]string) bool {
+	for k, v := range published {
+		if src[k] != v && k != labels.TOCDigestAnnotation {
+			return false
+		}
+	}
+	for k := range src {
+		if _, ok := published[k]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 func (w *imageWalk) local(ctx context.Context, d digest.Digest) bool {

@@ -206,6 +206,16 @@ func TestSharedConversionThatDoesNotCheckOutIsConvertedHere(t *testing.T) {
 				m.Layers[0].URLs = []string{"http://127.0.0.1:9/blob"}
 				return false
 			}},
+		{name: "urls on a layer kept as it is", lc: gz, want: "lists URLs",
+			doctor: func(m *ocispec.Manifest, _ *ocispec.Image) bool {
+				m.Layers[0].URLs = []string{"http://127.0.0.1:9/blob"} // the gzip source layer, kept by gzip
+				return false
+			}},
+		{name: "a kept layer with other annotations", lc: gz, want: "other annotations",
+			doctor: func(m *ocispec.Manifest, _ *ocispec.Image) bool {
+				m.Layers[0].Annotations = map[string]string{labels.UncompressedSizeAnnotation: "1"}
+				return false
+			}},
 		{name: "an annotation the layer does not hold", lc: esgz, want: "annotations",
 			doctor: func(m *ocispec.Manifest, _ *ocispec.Image) bool {
 				m.Layers[2].Annotations["org.example.injected"] = "1"

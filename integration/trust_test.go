@@ -29,7 +29,7 @@ type publication struct {
 	d        *daemon
 	manifest ocispec.Manifest
 	config   map[string]*json.RawMessage
-	rawCfg   []byte // the config as it is, unless setDiffIDs changed it
+	rawCfg   []byte            // the config as it is, unless setDiffIDs changed it
 	labels   map[string]string // the converted manifest's (converted-from, variant)
 }
 
