@@ -88,7 +88,7 @@ func TestFleetConvertsOnce(t *testing.T) {
 	assert.NotContains(t, outB, "committed")
 	assert.Equal(t, 3.0, scrape(t, metricsB, `lazyconv_layers_total{format="estargz",result="shared"}`), "node B's metrics say so")
 	assert.Zero(t, scrape(t, metricsB, `lazyconv_layers_total{format="estargz",result="committed"}`))
-	log, offset := reg.logSince(t, offset)
+	log, _ := reg.logSince(t, offset)
 	assert.Empty(t, anyBlobGET(log, sourceDigests), "node B read no source layer")
 	assert.Len(t, anyBlobGET(log, convertedDigests), 3, "node B fetched the published layers to check them")
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
@@ -111,7 +112,7 @@ func zstdTOCSize(ctx context.Context, ra SizedReaderAt) error {
 	limit := converter.LimitsFrom(ctx).MaxTOCBytes
 	want := limit + 1
 	if limit < 0 {
-		want = 1 // the frame header, for its window
+		want = math.MaxInt64 // every frame, for its window
 	}
 	n, err := io.CopyN(io.Discard, zr, want)
 	if errdefs.IsInvalidArgument(err) {

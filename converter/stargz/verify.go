@@ -58,12 +58,17 @@ func Verify(ctx context.Context, cs content.Provider, desc ocispec.Descriptor) (
 	defer chunks.Close()
 	tocDigest := digest.SHA256.Digester()
 	v := &tocVerifier{ctx: ctx, chunks: chunks}
-	walkErr := walkTOC(io.TeeReader(toc, tocDigest.Hash()), v.entry)
+	tocReader := &refusalReader{r: toc}
+	walkErr := walkTOC(io.TeeReader(tocReader, tocDigest.Hash()), v.entry)
 	if walkErr == nil {
 		walkErr = v.finish()
 	}
-	if _, err := io.Copy(io.Discard, io.TeeReader(toc, tocDigest.Hash())); err != nil && walkErr == nil {
+	if _, err := io.Copy(io.Discard, io.TeeReader(tocReader, tocDigest.Hash())); err != nil && walkErr == nil {
 		walkErr = fmt.Errorf("reading the TOC: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if tocReader.refused != nil {
+		// Not read, so not comparable with its digest.
+		return v.rep, fmt.Errorf("layer %s: reading its TOC: %w", desc.Digest, tocReader.refused)
 	}
 	v.rep.TOCDigest = tocDigest.Digest()
 	if v.rep.TOCDigest != want {
@@ -245,7 +250,7 @@ func (v *tocVerifier) chunk(e *estargz.TOCEntry) error {
 	}
 	r, err := v.chunks.Open(e.Offset, e.InnerOffset)
 	if err != nil {
-		return fmt.Errorf("%s: chunk at offset %d: %v: %w", f.Name, e.Offset, err, errdefs.ErrDataLoss)
+		return fmt.Errorf("%s: chunk at offset %d: %w", f.Name, e.Offset, lostUnlessRefused(err))
 	}
 	var chunk digest.Verifier
 	hashes := io.Writer(v.hash)
@@ -264,7 +269,7 @@ func (v *tocVerifier) chunk(e *estargz.TOCEntry) error {
 	v.read += n
 	v.rep.Bytes += n
 	if err != nil || n != size {
-		return fmt.Errorf("reading %s: %d of %d bytes at offset %d: %v: %w", f.Name, n, size, e.Offset, err, errdefs.ErrDataLoss)
+		return fmt.Errorf("reading %s: %d of %d bytes at offset %d: %w", f.Name, n, size, e.Offset, lostUnlessRefused(err))
 	}
 	if chunk != nil && !chunk.Verified() {
 		return fmt.Errorf("%s: chunk at %d does not match its TOC digest %s: %w", f.Name, e.ChunkOffset, e.ChunkDigest, errdefs.ErrDataLoss)
@@ -338,6 +343,16 @@ func gzipChunks(ra SizedReaderAt) *chunkStreams {
 	}}
 }
 
+// lostUnlessRefused classes a failure to read a file's data back: data
+// loss, unless the data was refused as beyond a limit (a zstd window),
+// which stays ErrInvalidArgument.
+func lostUnlessRefused(err error) error {
+	if errdefs.IsInvalidArgument(err) {
+		return err
+	}
+	return fmt.Errorf("%v: %w", err, errdefs.ErrDataLoss)
+}
+
 // zstdChunks reads zstd:chunked chunks, within ctx's MaxZstdWindow.
 func zstdChunks(ctx context.Context, ra SizedReaderAt) *chunkStreams {
 	var zr *layerio.ZstdReader
@@ -366,6 +381,21 @@ func skip(r io.Reader, n int64) (io.Reader, error) {
 		}
 	}
 	return r, nil
+}
+
+// refusalReader remembers a refusal (ErrInvalidArgument: a limit) of the
+// reader it reads.
+type refusalReader struct {
+	r       io.Reader
+	refused error
+}
+
+func (r *refusalReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && r.refused == nil && errdefs.IsInvalidArgument(err) {
+		r.refused = err
+	}
+	return n, err
 }
 
 type readCloser struct {
