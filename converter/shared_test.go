@@ -32,7 +32,7 @@ type publishedIn struct {
 	adopted   int
 	into      content.Store // the adopting node's store, for Fetch
 	trusted   bool
-	fetched   int
+	fetched   atomic.Int64 // layers fetched (verification fetches them concurrently)
 }
 
 func (p *publishedIn) Lookup(_ context.Context, _ ocispec.Descriptor, _ string) ([]converter.SharedConversion, error) {
@@ -46,7 +46,7 @@ func (p *publishedIn) Lookup(_ context.Context, _ ocispec.Descriptor, _ string) 
 			Adopt:   func(context.Context) error { p.adopted++; return nil },
 			Trusted: p.trusted,
 			Fetch: func(ctx context.Context, d ocispec.Descriptor, _ *atomic.Int64) error {
-				p.fetched++
+				p.fetched.Add(1)
 				ra, err := p.node.CS.ReaderAt(p.node.Ctx, d)
 				if err != nil {
 					return err
@@ -103,7 +103,7 @@ func TestSharedConversionIsAdoptedUnreadFromATrustedPublisher(t *testing.T) {
 	assert.Empty(t, res.Warnings)
 	assert.Equal(t, "node-a/app@"+published.Digest.String(), res.Shared[src.Digest])
 	assert.Equal(t, 1, shared.adopted)
-	assert.Zero(t, shared.fetched, "no layer read")
+	assert.Zero(t, shared.fetched.Load(), "no layer read")
 	for _, s := range progress.Snapshot() {
 		assert.Equal(t, converter.StateShared, s.State)
 		assert.Equal(t, converter.OriginRegistry, s.Origin)
@@ -157,7 +157,7 @@ func TestSharedConversionIsVerifiedBeforeItIsAdopted(t *testing.T) {
 				assert.True(t, s.Verified)
 			}
 			assert.Positive(t, sharedLayers)
-			assert.Equal(t, sharedLayers, shared.fetched, "each published layer fetched")
+			assert.Equal(t, int64(sharedLayers), shared.fetched.Load(), "each published layer fetched")
 			assert.Contains(t, res.Shared, src.Digest)
 			info, err := b.CS.Info(b.Ctx, res.Image.Target.Digest)
 			require.NoError(t, err)

@@ -43,7 +43,7 @@ func TestEveryLayerStateCrossesTheWire(t *testing.T) {
 			assert.Equal(t, st, service.LayerStatus(ev))
 		})
 	}
-	assert.Len(t, api.LayerState_name, 10, "a new wire state needs a row above and in the service's map")
+	assert.Len(t, api.LayerState_name, 11, "a new wire state needs a row above and in the service's map")
 }
 
 func TestConfigParsesTOMLValues(t *testing.T) {

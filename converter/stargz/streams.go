@@ -173,6 +173,9 @@ func (z *zstdCursor) open() (io.Reader, error) {
 	r := io.NewSectionReader(z.ra, start, end-start)
 	if z.dec == nil {
 		opts := append([]zstd.DOption{zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true)}, z.opts...)
+		if z.maxWindow > 0 { // frameEnd refuses larger windows first; the decoder holds to it too
+			opts = append(opts, zstd.WithDecoderMaxWindow(z.maxWindow), zstd.WithDecoderMaxMemory(z.maxWindow))
+		}
 		z.dec, err = zstd.NewReader(r, opts...)
 	} else {
 		err = z.dec.Reset(r)
