@@ -138,8 +138,8 @@ func locateTOC(ra io.ReaderAt, size int64, comp converter.Compression) (tocLocat
 		if err != nil || tocOffset < 0 || tocOffset >= size {
 			return tocLocation{}, fmt.Errorf("no eStargz footer: %v: %w", err, errdefs.ErrInvalidArgument)
 		}
-		return tocLocation{payloadEnd: tocOffset, open: func(context.Context) (io.ReadCloser, error) {
-			toc, chunks, err := openTOCJSON(&blockReaderAt{ra: ra, size: size}, &blockReaderAt{ra: ra, size: size})
+		return tocLocation{payloadEnd: tocOffset, open: func(ctx context.Context) (io.ReadCloser, error) {
+			toc, chunks, err := openTOCJSONWithin(ctx, &blockReaderAt{ra: ra, size: size}, &blockReaderAt{ra: ra, size: size})
 			if err != nil {
 				return nil, err
 			}

@@ -80,16 +80,10 @@ func Verify(ctx context.Context, cs content.Provider, desc ocispec.Descriptor) (
 	return v.rep, nil
 }
 
-// openTOCJSON finds a blob's TOC by its footer (eStargz's, else
+// openTOCJSONWithin finds a blob's TOC by its footer (eStargz's, else
 // zstd:chunked's), and returns a reader of the TOC's JSON and a reader of
-// the blob's chunks (through data, the same blob) for its format, under the
-// default limits: openTOCJSONWithin with no conversion's context.
-func openTOCJSON(ra, data SizedReaderAt) (io.ReadCloser, *chunkStreams, error) {
-	return openTOCJSONWithin(context.Background(), ra, data)
-}
-
-// openTOCJSONWithin is openTOCJSON within the limits of ctx: zstd is decoded
-// within its MaxZstdWindow.
+// the blob's chunks (through data, the same blob) for its format, within
+// the limits of ctx: zstd is decoded within its MaxZstdWindow.
 func openTOCJSONWithin(ctx context.Context, ra, data SizedReaderAt) (io.ReadCloser, *chunkStreams, error) {
 	sr := io.NewSectionReader(ra, 0, ra.Size())
 	var tocOffset int64
