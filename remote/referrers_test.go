@@ -59,13 +59,7 @@ func TestReferrerManifests(t *testing.T) {
 }
 
 func TestRepositoriesAskTheImagesOwnFirstAndOnce(t *testing.T) {
-	info := func(sources map[string]string) content.Info {
-		l := map[string]string{}
-		for host, repos := range sources {
-			l[labels.DistributionSourcePrefix+host] = repos
-		}
-		return content.Info{Labels: l}
-	}
+	info := sourceLabels
 	for _, tc := range []struct {
 		name  string
 		image string

@@ -12,13 +12,7 @@ import (
 // Only the converted name's repository (when its manifest was pulled from
 // there) and trusted repositories are asked for published conversions.
 func TestSharedConversionsAskTheConvertedRepositoryAndTrustedOnes(t *testing.T) {
-	info := func(sources map[string]string) content.Info {
-		l := map[string]string{}
-		for host, repos := range sources {
-			l[labels.DistributionSourcePrefix+host] = repos
-		}
-		return content.Info{Labels: l}
-	}
+	info := sourceLabels
 	for _, tc := range []struct {
 		name    string
 		image   string
@@ -65,4 +59,13 @@ func TestPublishers(t *testing.T) {
 	assert.Error(t, Publishers{"[bad"}.Validate())
 	assert.Error(t, Publishers{""}.Validate())
 	assert.NoError(t, p.Validate())
+}
+
+// sourceLabels is a blob's info with distribution-source labels: host -> repositories.
+func sourceLabels(sources map[string]string) content.Info {
+	l := map[string]string{}
+	for host, repos := range sources {
+		l[labels.DistributionSourcePrefix+host] = repos
+	}
+	return content.Info{Labels: l}
 }
