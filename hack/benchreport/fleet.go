@@ -105,7 +105,7 @@ func fleetSection(work, binDir string, layers []generated, runs int) error {
 		tarTotal += l.TarBytes
 	}
 	a, b, c := median(secsA), median(secsB), median(secsC)
-	fmt.Printf("\nfleet: one registry, two nodes, %d layers, %s of files, eStargz level 9, from lazy pulls (CLI process included)\n", len(layers), fmtMiB(tarTotal))
+	fmt.Printf("\nfleet: one registry, three nodes, %d layers, %s of files, eStargz level 9, from lazy pulls (CLI process included)\n", len(layers), fmtMiB(tarTotal))
 	fmt.Printf("%-44s %9.2fs\n", "node A converts (fetching its layers)", a)
 	fmt.Printf("%-44s %9.2fs\n", "node B fetches, verifies, adopts", b)
 	fmt.Printf("%-44s %9.2fs\n", "node C adopts unread (trusted publisher)", c)
