@@ -83,7 +83,7 @@ func CheckSource(ctx context.Context, cs content.Provider, desc ocispec.Descript
 		maxEntries: converter.LimitsFrom(ctx).MaxEntries}
 	ch.tr = tar.NewReader(streams)
 	tocDigest := digest.SHA256.Digester()
-	walkErr := walkTOC(io.TeeReader(tocJSON, tocDigest.Hash()), ch.entry)
+	walkErr := walkTOC(io.TeeReader(tocJSON, tocDigest.Hash()), true, ch.entry)
 	if walkErr == nil {
 		walkErr = ch.end()
 	}
@@ -101,7 +101,18 @@ func CheckSource(ctx context.Context, cs content.Provider, desc ocispec.Descript
 		return converter.Verified{}, fmt.Errorf("layer %s: its payload is %s uncompressed, not the source's %s: %w",
 			desc.Digest, payload, sourceDiffID, errdefs.ErrInvalidArgument)
 	}
-	// Then the TOC and the footer, for the diffID of the whole layer.
+	// Then the TOC, one stream that ends where the footer begins (nothing a
+	// reader could take for more of the layer between them), and the
+	// footer, for the diffID of the whole layer.
+	before := streams.opened
+	streams.limit = toc.footerStart
+	if _, err := io.Copy(io.Discard, streams); err != nil {
+		return converter.Verified{}, fmt.Errorf("layer %s: after the payload: %w", desc.Digest, err)
+	}
+	if streams.opened-before != 1 {
+		return converter.Verified{}, fmt.Errorf("layer %s: %d streams between the payload and the footer, not the TOC's one: %w",
+			desc.Digest, streams.opened-before, errdefs.ErrInvalidArgument)
+	}
 	streams.limit = size
 	if _, err := io.Copy(io.Discard, streams); err != nil {
 		return converter.Verified{}, fmt.Errorf("layer %s: %w", desc.Digest, err)
@@ -127,6 +138,7 @@ func maxZstdWindow(ctx context.Context) uint64 {
 // tocLocation is where a layer's TOC is, as its footer says.
 type tocLocation struct {
 	payloadEnd  int64 // the payload's compressed end: where the TOC's stream starts
+	footerStart int64 // where the footer's stream starts, just past the TOC's
 	open        func(ctx context.Context) (io.ReadCloser, error)
 	annotations map[string]string // format-specific annotations derived from the footer and TOC
 }
@@ -134,11 +146,11 @@ type tocLocation struct {
 // locateTOC reads the footer of a layer of compression comp.
 func locateTOC(ra io.ReaderAt, size int64, comp converter.Compression) (tocLocation, error) {
 	if comp == converter.Gzip {
-		tocOffset, _, err := estargz.OpenFooter(io.NewSectionReader(ra, 0, size))
-		if err != nil || tocOffset < 0 || tocOffset >= size {
+		tocOffset, footerSize, err := estargz.OpenFooter(io.NewSectionReader(ra, 0, size))
+		if err != nil || tocOffset < 0 || tocOffset >= size-footerSize {
 			return tocLocation{}, fmt.Errorf("no eStargz footer: %v: %w", err, errdefs.ErrInvalidArgument)
 		}
-		return tocLocation{payloadEnd: tocOffset, open: func(ctx context.Context) (io.ReadCloser, error) {
+		return tocLocation{payloadEnd: tocOffset, footerStart: size - footerSize, open: func(ctx context.Context) (io.ReadCloser, error) {
 			toc, chunks, err := openTOCJSONWithin(ctx, &blockReaderAt{ra: ra, size: size}, &blockReaderAt{ra: ra, size: size})
 			if err != nil {
 				return nil, err
@@ -158,7 +170,7 @@ func locateTOC(ra io.ReaderAt, size int64, comp converter.Compression) (tocLocat
 	payloadEnd, tocOff, csize, err := new(zstdchunked.Decompressor).ParseFooter(footer)
 	usize := int64(binary.LittleEndian.Uint64(footer[16:24]))
 	kind := binary.LittleEndian.Uint64(footer[24:32])
-	if err != nil || payloadEnd < 0 || csize < 0 || tocOff+csize > size-footerSize-8 || kind != zstdManifestTypeCRFS {
+	if err != nil || payloadEnd < 0 || csize < 0 || tocOff+csize != size-footerSize-8 || kind != zstdManifestTypeCRFS {
 		return tocLocation{}, fmt.Errorf("no valid zstd:chunked footer: %w", errdefs.ErrInvalidArgument)
 	}
 	// The TOC's skippable frame must say it holds exactly the TOC.
@@ -172,7 +184,8 @@ func locateTOC(ra io.ReaderAt, size int64, comp converter.Compression) (tocLocat
 		return tocLocation{}, err
 	}
 	return tocLocation{
-		payloadEnd: payloadEnd,
+		payloadEnd:  payloadEnd,
+		footerStart: size - footerSize - 8,
 		open: func(ctx context.Context) (io.ReadCloser, error) {
 			cur := newZstdCursor(ra, size, maxZstdWindow(ctx))
 			cur.pos = tocOff

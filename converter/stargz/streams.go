@@ -40,6 +40,7 @@ type streamReader struct {
 	hash    hash.Hash
 	limit   int64 // streams starting here or beyond are not opened
 	size    int64
+	opened  int // streams opened so far
 }
 
 func newStreamReader(cur streamCursor, size int64, h hash.Hash) *streamReader {
@@ -62,6 +63,7 @@ func (s *streamReader) fill() error {
 				return fmt.Errorf("compressed stream at offset %d: %v: %w", next, err, errdefs.ErrInvalidArgument)
 			}
 			s.r, s.start, s.dstart = r, next, s.pos
+			s.opened++
 		}
 		n, err := s.r.Read(s.buf)
 		if n > 0 {

@@ -59,7 +59,7 @@ func Verify(ctx context.Context, cs content.Provider, desc ocispec.Descriptor) (
 	tocDigest := digest.SHA256.Digester()
 	v := &tocVerifier{ctx: ctx, chunks: chunks}
 	tocReader := &refusalReader{r: toc}
-	walkErr := walkTOC(io.TeeReader(tocReader, tocDigest.Hash()), v.entry)
+	walkErr := walkTOC(io.TeeReader(tocReader, tocDigest.Hash()), false, v.entry)
 	if walkErr == nil {
 		walkErr = v.finish()
 	}
@@ -93,6 +93,7 @@ func openTOCJSONWithin(ctx context.Context, ra, data SizedReaderAt) (io.ReadClos
 		if err != nil {
 			return nil, nil, fmt.Errorf("its TOC is no gzip stream: %v: %w", err, errdefs.ErrInvalidArgument)
 		}
+		zr.Multistream(false) // one member, as estargz reads it
 		tr := tar.NewReader(zr)
 		h, err := tr.Next()
 		if err != nil || h.Name != estargz.TOCTarName {
@@ -119,10 +120,18 @@ func openTOCJSONWithin(ctx context.Context, ra, data SizedReaderAt) (io.ReadClos
 }
 
 // walkTOC decodes a TOC's JSON one entry at a time (no entry beyond
-// maxEntryJSON), calling fn for each.
-func walkTOC(r io.Reader, fn func(*estargz.TOCEntry) error) error {
+// maxEntryJSON), calling fn for each. Strict, the TOC must be exactly an
+// object of "version" 1 and "entries", each once, and entries must have no
+// field estargz.TOCEntry does not know: a reader decoding the TOC with
+// encoding/json (stargz-snapshotter's, whose keys match case-insensitively
+// and whose last duplicate wins) then sees the very entries fn saw.
+func walkTOC(r io.Reader, strict bool, fn func(*estargz.TOCEntry) error) error {
 	bounded := &boundedReader{r: r}
 	dec := json.NewDecoder(bounded)
+	if strict {
+		dec.DisallowUnknownFields()
+	}
+	seen := map[string]bool{}
 	malformed := func(what string, err error) error {
 		return fmt.Errorf("malformed TOC (%s): %v: %w", what, err, errdefs.ErrInvalidArgument)
 	}
@@ -133,6 +142,20 @@ func walkTOC(r io.Reader, fn func(*estargz.TOCEntry) error) error {
 		key, err := dec.Token()
 		if err != nil {
 			return malformed("key", err)
+		}
+		if strict {
+			name, _ := key.(string)
+			if name != "version" && name != "entries" || seen[name] {
+				return malformed(fmt.Sprintf("key %q", name), errors.New("a checked TOC has \"version\" and \"entries\", once each, and nothing else"))
+			}
+			seen[name] = true
+			if name == "version" {
+				var version int
+				if err := dec.Decode(&version); err != nil || version != 1 {
+					return malformed("version", fmt.Errorf("version %d, not 1 (%v)", version, err))
+				}
+				continue
+			}
 		}
 		if key != "entries" {
 			bounded.mark(dec.InputOffset())
