@@ -37,7 +37,7 @@ lint:
 # Fuzzing: each target for FUZZTIME (FUZZTIME=10m for a long run). The
 # targets' seed corpora also run as plain tests in make test.
 FUZZTIME ?= 30s
-FUZZ_TARGETS := FuzzOpenTOC:./converter/stargz FuzzIsEStargz:./converter/stargz FuzzConvertLayer:./converter/stargz FuzzRead:./recorder
+FUZZ_TARGETS := FuzzOpenTOC:./converter/stargz FuzzCheckSource:./converter/stargz FuzzIsEStargz:./converter/stargz FuzzConvertLayer:./converter/stargz FuzzRead:./recorder
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 	  echo "== $${t%%:*} for $(FUZZTIME)"; \
