@@ -39,8 +39,12 @@ func FuzzCheckSource(f *testing.F) {
 	})
 	src := fx.PutBlob(f, imagegen.Compress(tarball, "gzip"), ocispec.MediaTypeImageLayerGzip, nil)
 	for _, lc := range []func() (converter.LayerConverter, error){
-		func() (converter.LayerConverter, error) { return stargz.NewEStargz(stargz.EStargzOptions{CompressionLevel: 1}) },
-		func() (converter.LayerConverter, error) { return stargz.NewZstdChunked(stargz.ZstdChunkedOptions{CompressionLevel: 1}) },
+		func() (converter.LayerConverter, error) {
+			return stargz.NewEStargz(stargz.EStargzOptions{CompressionLevel: 1})
+		},
+		func() (converter.LayerConverter, error) {
+			return stargz.NewZstdChunked(stargz.ZstdChunkedOptions{CompressionLevel: 1})
+		},
 	} {
 		conv, err := lc()
 		if err != nil {
