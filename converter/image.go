@@ -140,9 +140,13 @@ func (c *Converter) ConvertImage(ctx context.Context, is images.Store, srcRef, d
 		dst.Target = *target
 	}
 	// Labelled as lazyconv's, so that converting onto it again needs no overwrite.
+	// A new target takes the source's labels but those about the source
+	// image itself: lazyconv's own, a rule's failure, CRI's pin.
 	dst.Labels = map[string]string{labels.ImageConvertedFrom: srcRef}
 	for k, v := range src.Labels {
-		if k != labels.ImageConvertedFrom {
+		switch k {
+		case labels.ImageConvertedFrom, labels.RuleFailed, labels.CRIPinned:
+		default:
 			dst.Labels[k] = v
 		}
 	}

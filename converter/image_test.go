@@ -337,3 +337,22 @@ func TestProgressSaysFetchingOnlyWhileFetching(t *testing.T) {
 		}
 	}
 }
+
+// A new target does not take the labels about its source image: a rule's
+// failure, CRI's pin (which would keep the output from kubelet's image GC
+// for ever). Others it takes.
+func TestNewTargetDoesNotTakeTheSourcesOwnLabels(t *testing.T) {
+	f := convertertest.NewFixture(t)
+	f.TestImage(t, "example.com/app:v1", false)
+	is := f.Store.ImageStore()
+	img, err := is.Get(f.Ctx, "example.com/app:v1")
+	require.NoError(t, err)
+	img.Labels = map[string]string{labels.CRIPinned: "pinned", labels.RuleFailed: "estargz: boom", "team": "a"}
+	_, err = is.Update(f.Ctx, img, "labels")
+	require.NoError(t, err)
+	lc, err := stargz.NewZstdChunked(stargz.DefaultZstdChunkedOptions())
+	require.NoError(t, err)
+	res, err := f.Conv.ConvertImage(f.Ctx, is, "example.com/app:v1", "example.com/app:zc", converter.ImageOptions{Layers: converter.Every(lc)})
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{labels.ImageConvertedFrom: "example.com/app:v1", "team": "a"}, res.Image.Labels)
+}

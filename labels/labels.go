@@ -182,6 +182,11 @@ const RuleFailed = "lazyconv.io/rule-failed"
 // any other existing image unless the request says to overwrite.
 const ImageConvertedFrom = "lazyconv.io/converted-from-image"
 
+// CRIPinned is CRI's image label that keeps an image from kubelet's image
+// garbage collection (the sandbox image, say): it belongs to the image it
+// was put on, never to a conversion's new target.
+const CRIPinned = "io.cri-containerd.pinned"
+
 // AdoptedUnverified is on a converted manifest adopted, unread, from a
 // conversion a trusted publisher published (value: "host/repository"):
 // lazyconv publishes again only conversions it made or verified itself.
