@@ -129,6 +129,14 @@ func (c *Converter) ConvertImage(ctx context.Context, is images.Store, srcRef, d
 	if err != nil {
 		return nil, fmt.Errorf("image %q: %w", srcRef, err)
 	}
+	// The source is held under the lease from now on: its target, and through
+	// the GC references of its blobs the whole image (kept layers, unchanged
+	// configs, cached variants), so that deleting the image mid-conversion
+	// (kubelet's image GC) cannot take what the target is about to name.
+	id, _ := leases.FromContext(ctx)
+	if err := c.lm.AddResource(ctx, leases.Lease{ID: id}, leases.Resource{ID: src.Target.Digest.String(), Type: "content"}); err != nil {
+		return nil, fmt.Errorf("holding %s under the conversion's lease: %w", srcRef, err)
+	}
 	w := &imageWalk{c: c, opts: opts, done: map[digest.Digest]*manifestOnce{}, shared: map[digest.Digest]string{}}
 	target, err := w.convert(ctx, src.Target)
 	if err != nil {

@@ -356,3 +356,32 @@ func TestNewTargetDoesNotTakeTheSourcesOwnLabels(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, map[string]string{labels.ImageConvertedFrom: "example.com/app:v1", "team": "a"}, res.Image.Labels)
 }
+
+// The source is held while it converts: deleting it and collecting garbage
+// mid-conversion leaves the target whole (its unchanged config and kept
+// layer were only the source's).
+func TestSourceDeletedMidConversionLeavesTheTargetWhole(t *testing.T) {
+	f := convertertest.NewFixture(t)
+	f.TestImage(t, "example.com/app:v1", false)
+	is := f.Store.ImageStore()
+	lc, err := stargz.NewZstdChunked(stargz.DefaultZstdChunkedOptions()) // keeps diff_ids: the config stays the source's
+	require.NoError(t, err)
+	var once sync.Once
+	res, err := f.Conv.ConvertImage(f.Ctx, is, "example.com/app:v1", "example.com/app:zc", converter.ImageOptions{
+		Layers: converter.Every(lc),
+		EnsureLayer: func(ctx context.Context, layer, _ ocispec.Descriptor, _ int, _ converter.LayerReport) (converter.Ensured, error) {
+			once.Do(func() {
+				require.NoError(t, is.Delete(ctx, "example.com/app:v1"))
+				f.GC(t)
+			})
+			return converter.Ensured{Desc: layer}, nil
+		},
+	})
+	require.NoError(t, err)
+	f.GC(t) // the lease is gone: the target alone holds what it names
+	m := convertertest.ReadJSON[ocispec.Manifest](t, f, res.Image.Target)
+	for _, d := range append([]ocispec.Descriptor{m.Config}, m.Layers...) {
+		_, err := f.CS.Info(f.Ctx, d.Digest)
+		assert.NoError(t, err, "%s (%s) is still here", d.Digest, d.MediaType)
+	}
+}
