@@ -145,8 +145,8 @@ func (w *imageWalk) fromShared(ctx context.Context, desc ocispec.Descriptor, man
 		if err == nil {
 			err = sc.Adopt(ctx)
 		}
-		if err == nil && out != nil {
-			err = w.markUnverified(ctx, out.Digest, sc)
+		if err == nil && out != nil && sc.Trusted {
+			err = w.markUnverified(ctx, out.Digest, sc.Where)
 		}
 		if err != nil {
 			w.warn(ctx, fmt.Sprintf("the %s conversion of %s published in %s (%s) is not used: %v", variant, desc.Digest, sc.Where, sc.Manifest.Digest, err))
@@ -300,15 +300,11 @@ func sharedBlobLabels(r *LayerResult) map[string]string {
 	return out
 }
 
-// markUnverified labels a converted manifest adopted unread from a trusted
-// publisher (which is then never published again from here), and clears
-// the label of one that was verified.
-func (w *imageWalk) markUnverified(ctx context.Context, d digest.Digest, sc SharedConversion) error {
-	value := ""
-	if sc.Trusted {
-		value = sc.Where
-	}
-	return labels.Set(ctx, w.c.cs, d, map[string]string{labels.AdoptedUnverified: value})
+// markUnverified labels a converted manifest adopted unread from the
+// trusted publisher where, which is then never published again from here
+// (assemble clears the label whenever the manifest is made or verified here).
+func (w *imageWalk) markUnverified(ctx context.Context, d digest.Digest, where string) error {
+	return labels.Set(ctx, w.c.cs, d, map[string]string{labels.AdoptedUnverified: where})
 }
 
 // sharedLayer checks one layer of a published conversion against its

@@ -90,7 +90,7 @@ func (s *SharedConversions) repositories(info content.Info) []Source {
 		out = append(out, own)
 	}
 	for _, src := range Sources(info) {
-		if len(out) > 0 && src.Repository == own.Repository && (src.Host == own.Host || src.Host == hostname(own.Host)) {
+		if len(out) > 0 && src.labels(own) {
 			continue
 		}
 		if s.trusted.Trusts(src) {

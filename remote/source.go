@@ -160,12 +160,19 @@ func hostname(host string) string {
 	return host
 }
 
+// labels reports whether s, read from a distribution-source label, names
+// the repository ref: the same host with its port, or its host name alone
+// as containerd's labels give it.
+func (s Source) labels(ref Source) bool {
+	return s.Repository == ref.Repository && (s.Host == ref.Host || s.Host == hostname(ref.Host))
+}
+
 // Pulled reports whether the blob's distribution-source labels (info)
 // say it came from src: its host with the port, or its host name alone as
 // containerd's pulls label it.
 func Pulled(info content.Info, src Source) bool {
 	for _, s := range Sources(info) {
-		if s.Repository == src.Repository && (s.Host == src.Host || s.Host == hostname(src.Host)) {
+		if s.labels(src) {
 			return true
 		}
 	}
@@ -185,7 +192,7 @@ func Repositories(imageRef string, info content.Info) []Source {
 		return labelled
 	}
 	for i, src := range labelled {
-		if src.Repository == own.Repository && (src.Host == own.Host || src.Host == hostname(own.Host)) {
+		if src.labels(own) {
 			return append([]Source{own}, append(labelled[:i:i], labelled[i+1:]...)...)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
+	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/vbatts/tar-split/archive/tar"
@@ -73,7 +74,7 @@ func CheckSource(ctx context.Context, cs content.Provider, desc ocispec.Descript
 	if comp == converter.Gzip {
 		cursor = newGzipCursor(ra, size)
 	} else {
-		cursor = newZstdCursor(ra, size, maxZstdWindow(ctx))
+		cursor = newZstdCursor(ctx, ra, size)
 	}
 	defer cursor.close()
 	diff := sha256.New()
@@ -175,8 +176,8 @@ func locateTOC(ra io.ReaderAt, size int64, comp converter.Compression) (tocLocat
 	}
 	// The TOC's skippable frame must say it holds exactly the TOC.
 	var frame [8]byte
-	if _, err := ra.ReadAt(frame[:], payloadEnd); err != nil || binary.LittleEndian.Uint32(frame[4:]) != uint32(csize) ||
-		binary.LittleEndian.Uint32(frame[:4])&zstdSkippableMagicMask != zstdSkippableMagic {
+	var h zstd.Header
+	if _, err := ra.ReadAt(frame[:], payloadEnd); err != nil || h.Decode(frame[:]) != nil || !h.Skippable || int64(h.SkippableSize) != csize {
 		return tocLocation{}, fmt.Errorf("the zstd:chunked TOC is not in the skippable frame its footer points at: %w", errdefs.ErrInvalidArgument)
 	}
 	compressed := digest.SHA256.Digester()
@@ -187,7 +188,7 @@ func locateTOC(ra io.ReaderAt, size int64, comp converter.Compression) (tocLocat
 		payloadEnd:  payloadEnd,
 		footerStart: size - footerSize - 8,
 		open: func(ctx context.Context) (io.ReadCloser, error) {
-			cur := newZstdCursor(ra, size, maxZstdWindow(ctx))
+			cur := newZstdCursor(ctx, ra, size)
 			cur.pos = tocOff
 			r, err := cur.open()
 			if err != nil {

@@ -2,15 +2,18 @@ package stargz
 
 import (
 	"bufio"
-	"encoding/binary"
+	"context"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
+	"sync/atomic"
 
 	"github.com/containerd/errdefs"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/lazyconv/lazyconv/internal/layerio"
 )
 
 // streamCursor walks a blob's compressed streams (gzip members, zstd
@@ -106,17 +109,18 @@ func (s *streamReader) streamOfNext() (offset, began int64, err error) {
 // itself (it is a flate.Reader, so the decompressor takes no bytes beyond
 // the member), so the next one starts where the buffer stands.
 type gzipCursor struct {
-	cr *countingReader
-	br *bufio.Reader
-	zr *gzip.Reader
+	read atomic.Int64 // compressed bytes the buffer took
+	br   *bufio.Reader
+	zr   *gzip.Reader
 }
 
 func newGzipCursor(ra io.ReaderAt, size int64) *gzipCursor {
-	cr := &countingReader{r: io.NewSectionReader(ra, 0, size)}
-	return &gzipCursor{cr: cr, br: bufio.NewReaderSize(cr, 256<<10)}
+	g := &gzipCursor{}
+	g.br = bufio.NewReaderSize(&layerio.CountingReader{R: io.NewSectionReader(ra, 0, size), N: &g.read}, 256<<10)
+	return g
 }
 
-func (g *gzipCursor) peek() int64 { return g.cr.n - int64(g.br.Buffered()) }
+func (g *gzipCursor) peek() int64 { return g.read.Load() - int64(g.br.Buffered()) }
 
 func (g *gzipCursor) open() (io.Reader, error) {
 	var err error
@@ -134,30 +138,20 @@ func (g *gzipCursor) open() (io.Reader, error) {
 
 func (g *gzipCursor) close() {}
 
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
 // zstdCursor walks zstd frames by their headers and block headers (RFC
 // 8878: a frame's length is not in its header, its blocks' are), decoding
-// each frame on its own; skippable frames yield nothing.
+// each frame on its own through layerio's ZstdReader (the conversion's
+// window limit); skippable frames yield nothing.
 type zstdCursor struct {
+	ctx       context.Context
 	ra        io.ReaderAt
 	size, pos int64
-	dec       *zstd.Decoder
-	opts      []zstd.DOption
+	dec       *layerio.ZstdReader
 	maxWindow uint64
 }
 
-func newZstdCursor(ra io.ReaderAt, size int64, maxWindow uint64, opts ...zstd.DOption) *zstdCursor {
-	return &zstdCursor{ra: ra, size: size, maxWindow: maxWindow, opts: opts}
+func newZstdCursor(ctx context.Context, ra io.ReaderAt, size int64) *zstdCursor {
+	return &zstdCursor{ctx: ctx, ra: ra, size: size, maxWindow: maxZstdWindow(ctx)}
 }
 
 func (z *zstdCursor) peek() int64 { return z.pos }
@@ -174,11 +168,7 @@ func (z *zstdCursor) open() (io.Reader, error) {
 	}
 	r := io.NewSectionReader(z.ra, start, end-start)
 	if z.dec == nil {
-		opts := append([]zstd.DOption{zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true)}, z.opts...)
-		if z.maxWindow > 0 { // frameEnd refuses larger windows first; the decoder holds to it too
-			opts = append(opts, zstd.WithDecoderMaxWindow(z.maxWindow), zstd.WithDecoderMaxMemory(z.maxWindow))
-		}
-		z.dec, err = zstd.NewReader(r, opts...)
+		z.dec, err = layerio.NewZstdReader(z.ctx, r)
 	} else {
 		err = z.dec.Reset(r)
 	}
@@ -195,13 +185,8 @@ type eofReader struct{}
 
 func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 
-// Frame and block layout constants of RFC 8878.
-const (
-	zstdFrameMagic         = 0xFD2FB528
-	zstdSkippableMagicMask = 0xFFFFFFF0
-	zstdSkippableMagic     = 0x184D2A50
-	zstdMaxBlockSize       = 128 << 10
-)
+// zstdMaxBlockSize is RFC 8878's largest block.
+const zstdMaxBlockSize = 128 << 10
 
 var errShortFrame = errors.New("truncated zstd frame")
 
@@ -209,58 +194,31 @@ var errShortFrame = errors.New("truncated zstd frame")
 // is a skippable frame. A frame whose window is over maxWindow is refused
 // before anything is decoded.
 func (z *zstdCursor) frameEnd(off int64) (int64, bool, error) {
-	var hdr [18]byte // magic, descriptor, window, dictionary ID (4 at most), content size (8 at most)
-	n, err := z.ra.ReadAt(hdr[:], off)
-	if n < 8 && err != nil {
+	var buf [zstd.HeaderMaxSize]byte
+	n, err := z.ra.ReadAt(buf[:], off)
+	if n == 0 && err != nil {
 		return 0, false, errShortFrame
 	}
-	magic := binary.LittleEndian.Uint32(hdr[:4])
-	if magic&zstdSkippableMagicMask == zstdSkippableMagic {
-		end := off + 8 + int64(binary.LittleEndian.Uint32(hdr[4:8]))
+	var h zstd.Header
+	if err := h.Decode(buf[:n]); err != nil {
+		return 0, false, fmt.Errorf("no zstd frame at offset %d: %v", off, err)
+	}
+	if h.Skippable {
+		end := off + int64(h.HeaderSize) + int64(h.SkippableSize)
 		if end > z.size {
 			return 0, false, errShortFrame
 		}
 		return end, true, nil
 	}
-	if magic != zstdFrameMagic {
-		return 0, false, fmt.Errorf("no zstd frame at offset %d", off)
+	window := h.WindowSize
+	if h.SingleSegment { // the window is the content size
+		window = h.FrameContentSize
 	}
-	fhd := hdr[4]
-	single := fhd&0x20 != 0
-	checksum := fhd&0x04 != 0
-	dictSize := [4]int64{0, 1, 2, 4}[fhd&0x03]
-	fcsSize := [4]int64{0, 2, 4, 8}[fhd>>6]
-	if fhd>>6 == 0 && single {
-		fcsSize = 1
+	if z.maxWindow > 0 && window > z.maxWindow {
+		return 0, false, fmt.Errorf("zstd frame at offset %d declares a %d-byte window, over the limit of %d bytes (max_zstd_window): %w",
+			off, window, z.maxWindow, errdefs.ErrInvalidArgument)
 	}
-	pos := int64(5)
-	if !single {
-		wd := hdr[5]
-		exp, mantissa := uint64(wd>>3), uint64(wd&7)
-		base := uint64(1) << (10 + exp)
-		window := base + base/8*mantissa
-		if z.maxWindow > 0 && window > z.maxWindow {
-			return 0, false, fmt.Errorf("zstd frame at offset %d declares a %d-byte window, over the limit of %d bytes (max_zstd_window): %w",
-				off, window, z.maxWindow, errdefs.ErrInvalidArgument)
-		}
-		pos++
-	}
-	pos += dictSize
-	if single && z.maxWindow > 0 { // the window is the content size
-		var fcs uint64
-		for i := fcsSize - 1; i >= 0; i-- {
-			fcs = fcs<<8 | uint64(hdr[pos+i])
-		}
-		if fcsSize == 2 {
-			fcs += 256
-		}
-		if fcs > z.maxWindow {
-			return 0, false, fmt.Errorf("zstd frame at offset %d declares a %d-byte window, over the limit of %d bytes (max_zstd_window): %w",
-				off, fcs, z.maxWindow, errdefs.ErrInvalidArgument)
-		}
-	}
-	pos += fcsSize
-	at := off + pos
+	at := off + int64(h.HeaderSize)
 	var bh [3]byte
 	for {
 		if _, err := z.ra.ReadAt(bh[:], at); err != nil {
@@ -286,7 +244,7 @@ func (z *zstdCursor) frameEnd(off int64) (int64, bool, error) {
 			break
 		}
 	}
-	if checksum {
+	if h.HasCheckSum {
 		at += 4
 	}
 	if at > z.size {
