@@ -124,3 +124,22 @@ func doctorZstdTOC(t *testing.T, f *convertertest.Fixture, blob []byte, desc oci
 	d.Annotations = annotations
 	return d
 }
+
+// A published zstd:chunked layer whose first frame declares a window over
+// the limit is refused before that frame is decoded.
+func TestCheckSourceRefusesAZstdWindowOverTheLimit(t *testing.T) {
+	f := convertertest.NewFixture(t)
+	zc, err := stargz.NewZstdChunked(stargz.ZstdChunkedOptions{CompressionLevel: 1})
+	require.NoError(t, err)
+	tarball := imagegen.TarBytes(convertertest.Cases()["regular files and dirs"])
+	res, err := f.Conv.ConvertLayer(f.Ctx, zc, putLayer(t, f, tarball, "gzip"), nil)
+	require.NoError(t, err)
+	blob, err := content.ReadBlob(f.Ctx, f.CS, res.Desc)
+	require.NoError(t, err)
+	require.Zero(t, blob[4]&0x20, "the first frame has a window descriptor")
+	blob[5] = 19 << 3 // window log 29: 512 MiB
+	doctored := f.PutBlob(t, blob, res.Desc.MediaType, nil)
+	_, err = stargz.CheckSource(f.Ctx, f.CS, doctored, converter.Zstd, digest.FromBytes(tarball))
+	assert.True(t, errdefs.IsInvalidArgument(err), "%v", err)
+	assert.ErrorContains(t, err, "max_zstd_window")
+}
