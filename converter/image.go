@@ -58,7 +58,21 @@ type ImageOptions struct {
 	// manifest lists the layer at index; report tells the layer's progress
 	// when it is fetched or rebuilt (it stays queued otherwise).
 	EnsureLayer func(ctx context.Context, layer, manifest ocispec.Descriptor, index int, report LayerReport) (Ensured, error)
+	// SourceDigest, if set, pins the source: the image is converted only if
+	// its name points at this target digest when the conversion starts, and
+	// the target is stored only if it still does once the conversion is
+	// done; otherwise the conversion fails with ErrSourceMoved and stores
+	// nothing (what it wrote goes with its lease). Rules convert what they
+	// resolved, never whatever the name has come to mean since.
+	SourceDigest digest.Digest
+	// TargetLabels, if not nil, are the target's labels (with
+	// labels.ImageConvertedFrom), in place of the source's.
+	TargetLabels map[string]string
 }
+
+// ErrSourceMoved is the error of a pinned conversion (ImageOptions.SourceDigest)
+// whose source name has come to point at another digest, or was deleted.
+var ErrSourceMoved = fmt.Errorf("the source image moved on: %w", errdefs.ErrAborted)
 
 // LayerReport lets an EnsureLayer hook say what it does for a layer.
 type LayerReport struct{ lp *layerProgress }
@@ -129,6 +143,9 @@ func (c *Converter) ConvertImage(ctx context.Context, is images.Store, srcRef, d
 	if err != nil {
 		return nil, fmt.Errorf("image %q: %w", srcRef, err)
 	}
+	if opts.SourceDigest != "" && src.Target.Digest != opts.SourceDigest {
+		return nil, fmt.Errorf("%s is %s, not %s: %w", srcRef, src.Target.Digest, opts.SourceDigest, ErrSourceMoved)
+	}
 	// The source is held under the lease from now on: its target, and through
 	// the GC references of its blobs the whole image (kept layers, unchanged
 	// configs, cached variants), so that deleting the image mid-conversion
@@ -151,14 +168,34 @@ func (c *Converter) ConvertImage(ctx context.Context, is images.Store, srcRef, d
 	// A new target takes the source's labels but those about the source
 	// image itself: lazyconv's own, a rule's failure, CRI's pin.
 	dst.Labels = map[string]string{labels.ImageConvertedFrom: srcRef}
-	for k, v := range src.Labels {
-		switch k {
-		case labels.ImageConvertedFrom, labels.RuleFailed, labels.CRIPinned:
-		default:
-			dst.Labels[k] = v
+	fields := []string{"target", "labels." + labels.ImageConvertedFrom}
+	if opts.TargetLabels != nil {
+		maps.Copy(dst.Labels, opts.TargetLabels)
+		dst.Labels[labels.ImageConvertedFrom] = srcRef
+		fields = []string{"target", "labels"}
+	} else {
+		for k, v := range src.Labels {
+			switch {
+			case k == labels.ImageConvertedFrom, k == labels.RuleFailed, k == labels.CRIPinned, k == labels.Temporary,
+				strings.HasPrefix(k, labels.RuleFailedDigestPrefix):
+			default:
+				dst.Labels[k] = v
+			}
 		}
 	}
-	img, err := is.Update(ctx, dst, "target", "labels."+labels.ImageConvertedFrom)
+	if opts.SourceDigest != "" {
+		// The last check before the store: an event for the name that moves
+		// it after this queues the newer digest behind this job.
+		now, err := is.Get(ctx, srcRef)
+		if err != nil || now.Target.Digest != opts.SourceDigest {
+			at := "deleted"
+			if err == nil {
+				at = now.Target.Digest.String()
+			}
+			return nil, fmt.Errorf("%s is %s, not the converted %s: %w", srcRef, at, opts.SourceDigest, ErrSourceMoved)
+		}
+	}
+	img, err := is.Update(ctx, dst, fields...)
 	if errdefs.IsNotFound(err) && dstRef != srcRef {
 		dst.CreatedAt, dst.UpdatedAt = time.Time{}, time.Time{}
 		img, err = is.Create(ctx, dst)

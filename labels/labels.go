@@ -182,6 +182,36 @@ const RuleFailed = "lazyconv.io/rule-failed"
 // any other existing image unless the request says to overwrite.
 const ImageConvertedFrom = "lazyconv.io/converted-from-image"
 
+// ConvertedFromDigest is on an image a rule made: the digest of the source
+// image's target it was converted from. A rule's output is current while
+// its source's name still points at that digest.
+const ConvertedFromDigest = "lazyconv.io/converted-from-digest"
+
+// RuleOutput is on an image a rule made; its value is the rule's tag
+// suffix. Images so labelled are never matched by a rule, and a rule with
+// prune_outputs deletes them when their source image is deleted.
+const RuleOutput = "lazyconv.io/rule-output"
+
+// RuleSpec is on an image a rule made: a digest of the rule's format,
+// options and platforms when it made it. Changing those makes the outputs
+// not current, and reconcile converts them again.
+const RuleSpec = "lazyconv.io/rule-spec"
+
+// RulePushed is on a rule's output once it was pushed; its value is the
+// digest pushed (the output's target then).
+const RulePushed = "lazyconv.io/rule-pushed"
+
+// RuleFailedDigestPrefix + a rule's tag suffix is on a source image whose
+// conversion by that rule failed for good (not a transient failure); its
+// value is the source digest that failed, which reconcile does not queue
+// again. A new digest under the name is tried again.
+const RuleFailedDigestPrefix = "lazyconv.io/rule-failed-digest."
+
+// Temporary is on images lazyconv names only for the time of one request
+// (the conversion a push with --force-compression makes): rules never
+// match them.
+const Temporary = "lazyconv.io/temporary"
+
 // CRIPinned is CRI's image label that keeps an image from kubelet's image
 // garbage collection (the sandbox image, say): it belongs to the image it
 // was put on, never to a conversion's new target.

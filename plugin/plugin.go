@@ -119,8 +119,13 @@ func initService(ic *plugin.InitContext) (any, error) {
 		if !ok {
 			return nil, fmt.Errorf("lazyconv: containerd's event plugin cannot be subscribed to: %w", errdefs.ErrNotImplemented)
 		}
-		// The rules watch for the life of the daemon, with its logger.
-		svc.WatchImages(log.WithLogger(context.Background(), log.G(ic.Context)), exchange, exchange)
+		// The rules run for the life of the daemon, with its logger.
+		if _, err := svc.StartRules(log.WithLogger(context.Background(), log.G(ic.Context)), service.RulesEnv{
+			Events: exchange, Publisher: exchange,
+			Namespaces: func(ctx context.Context) ([]string, error) { return namespaceNames(ctx, db) },
+		}); err != nil {
+			return nil, err
+		}
 		log.G(ic.Context).Infof("lazyconv: %d conversion rules watch image events", len(cfg.Rules))
 	}
 	return svc, nil

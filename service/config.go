@@ -7,12 +7,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/containerd/errdefs"
 
 	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/converter/options"
 	"github.com/lazyconv/lazyconv/remote"
+	"github.com/lazyconv/lazyconv/rules"
 )
 
 // Config is the conversion service's configuration: the plugin's section of
@@ -41,11 +43,23 @@ type Config struct {
 	// converter.DefaultLimits; negative: none).
 	Limits converter.Limits
 	// Rules convert matching images as soon as containerd creates or updates
-	// them (see Rule).
-	Rules []Rule
-	// RuleQueueLength bounds the rule conversions waiting; when it is full
-	// the oldest is dropped, with a warning.
+	// them, or a registry notifies a push (see rules.Rule).
+	Rules []rules.Rule
+	// RuleQueueLength bounds the rule conversions waiting; a trigger the
+	// full queue cannot take is counted and dropped, and reconcile queues
+	// it again.
 	RuleQueueLength int
+	// RuleRetries is how many times a rule conversion that failed
+	// transiently (registry unavailable, network) is tried again, with a
+	// backoff from RuleRetryBackoff doubling each time.
+	RuleRetries      int
+	RuleRetryBackoff time.Duration
+	// ReconcileInterval is the time between reconciles, which queue every
+	// image a rule matches that has no current output.
+	ReconcileInterval time.Duration
+	// Notifications receives registries' push notifications (off when its
+	// Address is empty).
+	Notifications NotificationsConfig
 	// FormatOptions holds every format option's configured value as text,
 	// by configuration key ("estargz_compression_level": "9"). Keys not
 	// present keep the format's default.
@@ -78,8 +92,9 @@ func configKeys() map[string]configKey {
 
 // DefaultConfig is the configuration with every option at its default.
 func DefaultConfig() Config {
-	cfg := Config{DefaultFormat: FormatEStargz, Limits: converter.DefaultLimits(), RuleQueueLength: DefaultRuleQueueLength,
-		FormatOptions: map[string]string{}}
+	cfg := Config{DefaultFormat: FormatEStargz, Limits: converter.DefaultLimits(), RuleQueueLength: rules.DefaultQueueLength,
+		RuleRetries: rules.DefaultRetries, RuleRetryBackoff: rules.DefaultRetryBackoff, ReconcileInterval: rules.DefaultReconcileInterval,
+		Notifications: defaultNotifications(), FormatOptions: map[string]string{}}
 	for k, ck := range configKeys() {
 		cfg.FormatOptions[k] = ck.field.Value
 	}
@@ -102,11 +117,33 @@ func ParseConfig(raw map[string]any) (Config, error) {
 			}
 			cfg.Workers = n
 		case "rules":
-			rules, err := parseRules(v)
+			list, err := rules.Parse(v, checkRuleFormat)
 			if err != nil {
 				return cfg, err
 			}
-			cfg.Rules = rules
+			cfg.Rules = list
+		case "rule_retries":
+			n, ok := asInt(v)
+			if !ok || n < 0 {
+				return cfg, fmt.Errorf("rule_retries takes a whole number of at least 0, not %v: %w", v, errdefs.ErrInvalidArgument)
+			}
+			cfg.RuleRetries = n
+		case "rule_retry_backoff", "reconcile_interval":
+			d, err := duration(k, v)
+			if err != nil {
+				return cfg, err
+			}
+			if k == "rule_retry_backoff" {
+				cfg.RuleRetryBackoff = d
+			} else {
+				cfg.ReconcileInterval = d
+			}
+		case "notifications":
+			n, err := parseNotifications(v)
+			if err != nil {
+				return cfg, err
+			}
+			cfg.Notifications = n
 		case "rule_queue_length":
 			n, ok := asInt(v)
 			if !ok || n < 1 {
@@ -146,7 +183,7 @@ func ParseConfig(raw map[string]any) (Config, error) {
 			}
 			ck, known := keys[k]
 			if !known {
-				return cfg, fmt.Errorf("unknown configuration key %q (known: workers, default_format, require_lossless, disable_registry_cache, trusted_publishers, max_*, rules, rule_queue_length, %s): %w",
+				return cfg, fmt.Errorf("unknown configuration key %q (known: workers, default_format, require_lossless, disable_registry_cache, trusted_publishers, max_*, rules, rule_queue_length, rule_retries, rule_retry_backoff, reconcile_interval, notifications, %s): %w",
 					k, strings.Join(slices.Sorted(maps.Keys(keys)), ", "), errdefs.ErrInvalidArgument)
 			}
 			text, ok := scalar(v, ck.field.Kind)
@@ -163,7 +200,9 @@ func ParseConfig(raw map[string]any) (Config, error) {
 // ParseConfig reads back, and what containerd's `config dump` prints.
 func (c Config) TOML() map[string]any {
 	out := map[string]any{"workers": int64(c.Workers), "default_format": c.DefaultFormat, "require_lossless": c.RequireLossless,
-		"disable_registry_cache": c.DisableRegistryCache, "rule_queue_length": int64(c.RuleQueueLength)}
+		"disable_registry_cache": c.DisableRegistryCache, "rule_queue_length": int64(c.RuleQueueLength),
+		"rule_retries": int64(c.RuleRetries), "rule_retry_backoff": c.RuleRetryBackoff.String(),
+		"reconcile_interval": c.ReconcileInterval.String(), "notifications": c.Notifications.toml()}
 	if len(c.TrustedPublishers) > 0 {
 		var list []any
 		for _, p := range c.TrustedPublishers {
@@ -172,11 +211,11 @@ func (c Config) TOML() map[string]any {
 		out["trusted_publishers"] = list
 	}
 	if len(c.Rules) > 0 {
-		var rules []any
+		var list []any
 		for _, r := range c.Rules {
-			rules = append(rules, r.toml())
+			list = append(list, r.TOML())
 		}
-		out["rules"] = rules
+		out["rules"] = list
 	}
 	limits := c.Limits.WithDefaults()
 	for k, v := range limitFields(&limits) {
@@ -256,10 +295,11 @@ func scalar(v any, kind reflect.Kind) (string, bool) {
 // validate checks the configuration, with ErrInvalidArgument on a bad
 // value. It checks every format's options but probes for no builder.
 func (c Config) validate() error {
-	for i, r := range c.Rules {
-		if err := r.validate(); err != nil {
-			return fmt.Errorf("rules[%d]: %w", i, err)
-		}
+	if err := rules.Validate(c.Rules, checkRuleFormat); err != nil {
+		return err
+	}
+	if err := c.Notifications.validate(); err != nil {
+		return err
 	}
 	if err := remote.Publishers(c.TrustedPublishers).Validate(); err != nil {
 		return err
@@ -276,4 +316,28 @@ func (c Config) validate() error {
 		}
 	}
 	return nil
+}
+
+// RulesEngine is the rules engine's configuration.
+func (c Config) RulesEngine() rules.Config {
+	return rules.Config{Rules: c.Rules, QueueLength: c.RuleQueueLength, Workers: max(1, c.Workers), Retries: c.RuleRetries,
+		RetryBackoff: c.RuleRetryBackoff, ReconcileInterval: c.ReconcileInterval}
+}
+
+// checkRuleFormat checks a rule's format and options against the table.
+func checkRuleFormat(format string, options map[string]string) error {
+	if format == "" || format == FormatNone {
+		return fmt.Errorf("a rule needs a format (one of %v): %w", FormatNames(), errdefs.ErrInvalidArgument)
+	}
+	return ValidateOptions(format, options)
+}
+
+// duration reads a duration written as text ("10m", "30s").
+func duration(key string, v any) (time.Duration, error) {
+	text, ok := v.(string)
+	d, err := time.ParseDuration(text)
+	if !ok || err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s takes a positive duration such as \"30s\" or \"10m\", not %v: %w", key, v, errdefs.ErrInvalidArgument)
+	}
+	return d, nil
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
+	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 
@@ -26,6 +27,20 @@ func (s *Service) Convert(req *api.ConvertRequest, stream grpc.ServerStreamingSe
 // ConvertImage converts the requested image, sending one event per layer
 // change (at most every 100 ms per layer) and then the result.
 func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, send func(*api.ConvertEvent) error) error {
+	return s.convertImage(ctx, req, send, conversionPin{})
+}
+
+// conversionPin is what a rule's conversion fixes beyond its request.
+type conversionPin struct {
+	// platforms, if set, replaces the request's.
+	platforms platforms.MatchComparer
+	// source, if set, is the digest converted (converter.ImageOptions.SourceDigest).
+	source digest.Digest
+	// labels, if not nil, are the target's labels instead of the source's.
+	labels map[string]string
+}
+
+func (s *Service) convertImage(ctx context.Context, req *api.ConvertRequest, send func(*api.ConvertEvent) error, pin conversionPin) error {
 	ctx, err := requestContext(ctx)
 	if err != nil {
 		return err
@@ -44,6 +59,9 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 	pm, err := platformMatcher(req.GetPlatforms(), req.GetAllPlatforms())
 	if err != nil {
 		return err
+	}
+	if pin.platforms != nil {
+		pm = pin.platforms
 	}
 	resolver := registryOptions(req.GetRegistry()).ResolverFor(req.GetSource())
 	ensure := s.layerSource(resolver, req.GetSource())
@@ -68,6 +86,7 @@ func (s *Service) ConvertImage(ctx context.Context, req *api.ConvertRequest, sen
 		res, err := s.conv.ConvertImage(ctx, s.is, req.GetSource(), req.GetTarget(), converter.ImageOptions{
 			Layers: p.layers, AppendLayer: p.appendLayer, DockerToOCI: req.GetOci() || oci, Platforms: pm, Progress: progress,
 			EnsureLayer: ensure, Shared: shared, RequireLossless: s.cfg.RequireLossless || req.GetRequireLossless(), Limits: s.cfg.Limits,
+			SourceDigest: pin.source, TargetLabels: pin.labels,
 		})
 		done <- outcome{res, err}
 	}()

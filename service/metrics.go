@@ -17,13 +17,12 @@ import (
 // with docker/go-metrics, as containerd's own are: containerd serves them on
 // its [metrics] address at /v1/metrics, under the lazyconv_ prefix.
 type metricSet struct {
-	layers    metrics.LabeledCounter // lazyconv_layers_total{format,result}
-	images    metrics.LabeledCounter // lazyconv_images_total{format,result,class}
-	read      metrics.LabeledCounter // lazyconv_read_bytes_total{format}
-	written   metrics.LabeledCounter // lazyconv_written_bytes_total{format}
-	duration  metrics.LabeledTimer   // lazyconv_layer_conversion_seconds{format}
-	inFlight  metrics.Gauge          // lazyconv_images_in_flight
-	ruleQueue metrics.Gauge          // lazyconv_rule_queue_length
+	layers   metrics.LabeledCounter // lazyconv_layers_total{format,result}
+	images   metrics.LabeledCounter // lazyconv_images_total{format,result,class}
+	read     metrics.LabeledCounter // lazyconv_read_bytes_total{format}
+	written  metrics.LabeledCounter // lazyconv_written_bytes_total{format}
+	duration metrics.LabeledTimer   // lazyconv_layer_conversion_seconds{format}
+	inFlight metrics.Gauge          // lazyconv_images_in_flight
 }
 
 var (
@@ -39,11 +38,10 @@ func serviceMetrics() *metricSet {
 			layers: ns.NewLabeledCounter("layers", "Layers by format and result: committed (converted), cached, kept, shared (converted by another node, from the registry), failed", "format", "result"),
 			images: ns.NewLabeledCounter("images", "Image conversions by format and result (converted, failed) and the errdefs class of a failure",
 				"format", "result", "class"),
-			read:      ns.NewLabeledCounter("read_bytes", "Source bytes read by layer conversions", "format"),
-			written:   ns.NewLabeledCounter("written_bytes", "Bytes written by layer conversions", "format"),
-			duration:  ns.NewLabeledTimer("layer_conversion", "Time to convert one layer (committed layers only)", "format"),
-			inFlight:  ns.NewGauge("images_in_flight", "Image conversions running", metrics.Unit("")),
-			ruleQueue: ns.NewGauge("rule_queue_length", "Rule conversions waiting", metrics.Unit("")),
+			read:     ns.NewLabeledCounter("read_bytes", "Source bytes read by layer conversions", "format"),
+			written:  ns.NewLabeledCounter("written_bytes", "Bytes written by layer conversions", "format"),
+			duration: ns.NewLabeledTimer("layer_conversion", "Time to convert one layer (committed layers only)", "format"),
+			inFlight: ns.NewGauge("images_in_flight", "Image conversions running", metrics.Unit("")),
 		}
 		metrics.Register(ns)
 	})

@@ -15,6 +15,7 @@ import (
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/lazyconv/lazyconv/internal/imagegen"
 	"github.com/lazyconv/lazyconv/labels"
+	"github.com/lazyconv/lazyconv/rules"
 	"github.com/lazyconv/lazyconv/service"
 )
 
@@ -100,12 +101,12 @@ func convert(t *testing.T, f *fixture, req *api.ConvertRequest) {
 // an image lazyconv did not make is refused and reported as a rule failure.
 func TestRulesConvertOntoTheirOwnOutput(t *testing.T) {
 	cfg := service.DefaultConfig()
-	cfg.Rules = []service.Rule{{Match: "example.com/*", Format: "estargz", TagSuffix: "-esgz"}}
+	cfg.Rules = []rules.Rule{{Match: "example.com/*", Format: "estargz", TagSuffix: "-esgz"}}
 	f := newFixture(t, cfg)
 	ex := exchange.NewExchange()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	f.svc.WatchImages(ctx, ex, ex)
+	startRules(t, ctx, f, ex)
 	announce := func(name string) {
 		require.NoError(t, ex.Publish(f.ctx, "/images/update", &eventstypes.ImageUpdate{Name: name}))
 	}

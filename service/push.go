@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"strings"
 
@@ -46,11 +47,13 @@ func (s *Service) PushImage(ctx context.Context, req *api.PushRequest) (*api.Pus
 		return nil, err
 	}
 	if format := req.GetForceCompression(); format != "" {
-		tmp := fmt.Sprintf("%s-lazyconv-push-%s", local, format)
-		err := s.ConvertImage(ctx, &api.ConvertRequest{
+		// A name of this push's own (concurrent pushes do not collide),
+		// labelled temporary (no rule converts it).
+		tmp := fmt.Sprintf("%s-lazyconv-push-%s-%s", local, format, rand.Text()[:12])
+		err := s.convertImage(ctx, &api.ConvertRequest{
 			Source: local, Target: tmp, Format: format, Oci: true, Overwrite: true,
 			Platforms: req.GetPlatforms(), AllPlatforms: req.GetAllPlatforms(), Registry: sameRegistry(req.GetRegistry(), req.GetRef(), local),
-		}, func(*api.ConvertEvent) error { return nil })
+		}, func(*api.ConvertEvent) error { return nil }, conversionPin{labels: map[string]string{labels.Temporary: "push"}})
 		if err != nil {
 			return nil, fmt.Errorf("converting %s to %s before the push: %w", local, format, err)
 		}

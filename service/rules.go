@@ -2,273 +2,311 @@ package service
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
-	"path"
-	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
-	eventstypes "github.com/containerd/containerd/api/events"
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
-	"github.com/containerd/typeurl/v2"
-	"github.com/opencontainers/go-digest"
+	"github.com/containerd/platforms"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/labels"
+	"github.com/lazyconv/lazyconv/remote"
+	"github.com/lazyconv/lazyconv/rules"
 )
 
-// RuleFailedTopic is the topic of the event published when a rule
-// conversion fails.
-const RuleFailedTopic = "/lazyconv/rule-failed"
-
-// RuleFailedEvent is the event published on RuleFailedTopic.
-type RuleFailedEvent struct {
-	Image, Target, Format, Error string
+// RulesEnv is what the rules engine needs of the daemon that runs the
+// service: containerd's events (image events in, rule failures out) and its
+// namespaces (for reconcile).
+type RulesEnv struct {
+	Events     events.Subscriber
+	Publisher  events.Publisher
+	Namespaces func(context.Context) ([]string, error)
 }
 
-func init() { typeurl.Register(&RuleFailedEvent{}, "lazyconv.io", "RuleFailedEvent") }
-
-// ruleJob is one image a rule converts.
-type ruleJob struct {
-	namespace, image string
-	rule             Rule
-}
-
-func (j ruleJob) key() string { return j.namespace + "\x00" + j.image + "\x00" + j.rule.TagSuffix }
-
-// ruleQueue holds the jobs waiting, bounded: when full, the oldest goes.
-type ruleQueue struct {
-	mu    sync.Mutex
-	ready chan struct{} // signalled when a job is added
-	jobs  []ruleJob
-	limit int
-}
-
-func newRuleQueue(limit int) *ruleQueue {
-	return &ruleQueue{ready: make(chan struct{}, 1), limit: limit}
-}
-
-// push adds a job (once: a job already waiting is not queued twice) and
-// returns one it dropped to make room.
-func (q *ruleQueue) push(j ruleJob) (dropped *ruleJob) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if slices.ContainsFunc(q.jobs, func(o ruleJob) bool { return o.key() == j.key() }) {
-		return nil
-	}
-	if len(q.jobs) >= q.limit {
-		d := q.jobs[0]
-		dropped = &d
-		q.jobs = q.jobs[1:]
-	}
-	q.jobs = append(q.jobs, j)
-	serviceMetrics().ruleQueue.Set(float64(len(q.jobs)))
-	select {
-	case q.ready <- struct{}{}:
-	default:
-	}
-	return dropped
-}
-
-// pop waits for a job until ctx is done.
-func (q *ruleQueue) pop(ctx context.Context) (ruleJob, bool) {
-	for {
-		q.mu.Lock()
-		if len(q.jobs) > 0 {
-			j := q.jobs[0]
-			q.jobs = q.jobs[1:]
-			serviceMetrics().ruleQueue.Set(float64(len(q.jobs)))
-			more := len(q.jobs) > 0
-			q.mu.Unlock()
-			if more {
-				select {
-				case q.ready <- struct{}{}:
-				default:
-				}
-			}
-			return j, true
-		}
-		q.mu.Unlock()
-		select {
-		case <-q.ready:
-		case <-ctx.Done():
-			return ruleJob{}, false
-		}
-	}
-}
-
-// ruleRunner converts what the rules match, as image events arrive.
-type ruleRunner struct {
-	s     *Service
-	queue *ruleQueue
-	pub   events.Publisher
-	mu    sync.Mutex
-	done  map[string]digest.Digest // job key -> the source target last converted (or tried)
-}
-
-// WatchImages converts the images the configured rules match as containerd
-// creates or updates them, until ctx is done: the plugin passes containerd's
-// event exchange, the sidecar its events API. It subscribes before it
-// returns (on containerd's exchange the subscription is in place by then, so
-// no image arriving after start-up is missed) and watches in the background,
-// subscribing again if the events stop. Conversions run in the background
-// under their own lease, share the service's workers and are de-duplicated
-// with manual requests like any other.
-func (s *Service) WatchImages(ctx context.Context, sub events.Subscriber, pub events.Publisher) {
+// StartRules runs the configured rules until ctx is done: containerd's image
+// events and reconcile trigger them (and registry notifications, when
+// notifications.address is set), the service's workers convert. It returns
+// the engine (nil without rules) once the event subscription is in place.
+func (s *Service) StartRules(ctx context.Context, env RulesEnv) (*rules.Engine, error) {
 	if len(s.cfg.Rules) == 0 {
-		return
+		return nil, nil
 	}
-	r := &ruleRunner{s: s, queue: newRuleQueue(s.cfg.RuleQueueLength), pub: pub, done: map[string]digest.Digest{}}
-	for range max(1, runtime.GOMAXPROCS(0)) {
-		go r.work(ctx)
-	}
-	subscribe := func() (<-chan *events.Envelope, <-chan error) {
-		return sub.Subscribe(ctx, `topic~="^/images/(create|update)$"`)
-	}
-	ch, errs := subscribe()
-	go func() {
-		for {
-			r.listen(ctx, ch, errs)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second): // containerd went away: subscribe again
-			}
-			ch, errs = subscribe()
-		}
-	}()
-}
-
-func (r *ruleRunner) listen(ctx context.Context, ch <-chan *events.Envelope, errs <-chan error) {
-	for {
-		select {
-		case ev := <-ch:
-			r.onEvent(ctx, ev)
-		case err := <-errs:
-			if err != nil && ctx.Err() == nil {
-				log.G(ctx).WithError(err).Warn("lazyconv: image events interrupted; subscribing again")
-			}
-			return
-		case <-ctx.Done():
-			return
-		}
-	}
-}
-
-// onEvent queues the jobs an image event calls for.
-func (r *ruleRunner) onEvent(ctx context.Context, ev *events.Envelope) {
-	v, err := typeurl.UnmarshalAny(ev.Event)
+	e, err := rules.New(s.cfg.RulesEngine(), s.is, env.Namespaces, s, env.Publisher)
 	if err != nil {
-		return
+		return nil, err
 	}
-	var name string
-	switch e := v.(type) {
-	case *eventstypes.ImageCreate:
-		name = e.Name
-	case *eventstypes.ImageUpdate:
-		name = e.Name
-	default:
-		return
+	if env.Events != nil {
+		e.Watch(ctx, env.Events)
 	}
-	for _, job := range r.s.cfg.jobsFor(ev.Namespace, name) {
-		if dropped := r.queue.push(job); dropped != nil {
-			log.G(ctx).Warnf("lazyconv: rule queue full (%d): dropped the conversion of %s in %s", r.s.cfg.RuleQueueLength, dropped.image, dropped.namespace)
-		}
-	}
+	e.Start(ctx)
+	return e, nil
 }
 
-// jobsFor lists the conversions the rules ask of an image: none for a name
-// that carries any rule's suffix (a conversion's output) or a digest.
-func (c Config) jobsFor(namespace, name string) []ruleJob {
-	if strings.Contains(name, "@") {
+// RunRule runs one rule job (rules.Worker): it converts the source's
+// resolved digest (fetching the manifests, configs and layers of platforms
+// that are not local from the source's registry, as a lazy pull would),
+// stores the output only while the source name still points at that digest,
+// and pushes it when the rule pushes. One lease holds everything from the
+// first read to the last write.
+func (s *Service) RunRule(ctx context.Context, job rules.Job) (rules.Outcome, error) {
+	ctx = s.conversionContext(namespaces.WithNamespace(ctx, job.Namespace))
+	src, r := job.Source, job.Rule
+	l, err := s.lm.Create(ctx, leases.WithRandomID(), leases.WithExpiration(24*time.Hour), leases.WithLabel(labels.LeaseConverting, src.Name))
+	if err != nil {
+		return "", fmt.Errorf("creating lease: %w", err)
+	}
+	defer s.lm.Delete(context.WithoutCancel(ctx), l) //nolint:errcheck // expires anyway; recovered at start-up
+	ctx = leases.WithLease(ctx, l.ID)
+	if err := s.lm.AddResource(ctx, l, leases.Resource{ID: src.Target.Digest.String(), Type: "content"}); err != nil {
+		return "", fmt.Errorf("holding %s under the rule's lease: %w", src.Name, err)
+	}
+	resolver := remote.RegistryOptions{}.ResolverFor(src.Name)
+	var pm platforms.MatchComparer
+	if len(r.Platforms) > 0 {
+		if pm, err = platformMatcher(r.Platforms, false); err != nil {
+			return "", err
+		}
+	} else {
+		pm, err = s.sourcePlatforms(ctx, resolver, src, r.Push)
+		if err != nil {
+			return "", err
+		}
+	}
+	out := r.Output(src.Name)
+	err = s.convertImage(ctx, &api.ConvertRequest{Source: src.Name, Target: out, Format: r.Format, Options: r.Options, Oci: true},
+		func(*api.ConvertEvent) error { return nil },
+		conversionPin{platforms: pm, source: src.Target.Digest, labels: rules.Labels(r, src)})
+	if errors.Is(err, converter.ErrSourceMoved) {
+		log.G(ctx).Infof("lazyconv: rule conversion of %s@%s dropped: %v", src.Name, src.Target.Digest, err)
+		return rules.Stale, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if !r.Push {
+		return rules.Converted, nil
+	}
+	return s.pushRuleOutput(ctx, job, out)
+}
+
+// sourcePlatforms matches every platform src lists whose manifest and
+// config are local or can be fetched from its registry (fetching them). A
+// platform that cannot be had fails the job when the output is to be
+// pushed (it would replace a tag with fewer platforms) and is left out,
+// with a warning, otherwise.
+func (s *Service) sourcePlatforms(ctx context.Context, resolver remotes.Resolver, src images.Image, push bool) (platforms.MatchComparer, error) {
+	if !images.IsIndexType(src.Target.MediaType) {
+		return platforms.All, nil
+	}
+	var have []ocispec.Platform
+	var missing []string
+	var walk func(desc ocispec.Descriptor, depth int64) error
+	walk = func(desc ocispec.Descriptor, depth int64) error {
+		if limit := converter.LimitsFrom(ctx).MaxIndexDepth; converter.Exceeds(depth, limit) {
+			return fmt.Errorf("index %s is nested %d deep, beyond the limit of %d (max_index_depth): %w", desc.Digest, depth, limit, errdefs.ErrInvalidArgument)
+		}
+		var index ocispec.Index
+		if _, err := converter.ReadDocument(ctx, s.cs, &index, desc); err != nil {
+			return err
+		}
+		for _, m := range index.Manifests {
+			switch {
+			case images.IsIndexType(m.MediaType):
+				if err := s.fetcher.Ensure(ctx, resolver, m, desc, src.Name, nil); err != nil {
+					return fmt.Errorf("fetching index %s: %w", m.Digest, err)
+				}
+				if err := walk(m, depth+1); err != nil {
+					return err
+				}
+			case images.IsManifestType(m.MediaType):
+				if m.Platform == nil {
+					have = append(have, platforms.DefaultSpec())
+					continue
+				}
+				if err := s.ensureManifest(ctx, resolver, src.Name, m, desc); err != nil {
+					if !errdefs.IsNotFound(err) && !push {
+						return err // a transient failure: tried again
+					}
+					missing = append(missing, fmt.Sprintf("%s (%v)", platforms.Format(*m.Platform), err))
+					continue
+				}
+				have = append(have, *m.Platform)
+			}
+		}
 		return nil
 	}
-	for _, r := range c.Rules {
-		if strings.HasSuffix(name, r.TagSuffix) {
-			return nil
-		}
+	if err := walk(src.Target, 1); err != nil {
+		return nil, err
 	}
-	var jobs []ruleJob
-	for _, r := range c.Rules {
-		if len(r.Namespaces) > 0 && !slices.Contains(r.Namespaces, namespace) {
-			continue
+	if len(missing) > 0 {
+		text := strings.Join(missing, "; ")
+		if push {
+			return nil, fmt.Errorf("platforms of %s that cannot be had here or from its registry: %s: the output would replace its tag with fewer platforms: %w",
+				src.Name, text, errdefs.ErrNotFound)
 		}
-		if ok, _ := path.Match(r.Match, name); ok {
-			jobs = append(jobs, ruleJob{namespace: namespace, image: name, rule: r})
-		}
+		log.G(ctx).Warnf("lazyconv: converting %s without the platforms that cannot be had here or from its registry: %s", src.Name, text)
 	}
-	return jobs
+	return platforms.Any(have...), nil
 }
 
-func (r *ruleRunner) work(ctx context.Context) {
-	for {
-		job, ok := r.queue.pop(ctx)
-		if !ok {
-			return
-		}
-		r.convert(namespaces.WithNamespace(ctx, job.namespace), job)
+// ensureManifest makes a manifest and its config local, fetching them from
+// the image's registry when missing (its layers are fetched when converted).
+func (s *Service) ensureManifest(ctx context.Context, resolver remotes.Resolver, imageRef string, m, index ocispec.Descriptor) error {
+	if err := s.fetcher.Ensure(ctx, resolver, m, index, imageRef, nil); err != nil {
+		return err
 	}
+	var manifest ocispec.Manifest
+	if _, err := converter.ReadDocument(ctx, s.cs, &manifest, m); err != nil {
+		return err
+	}
+	return s.fetcher.Ensure(ctx, resolver, manifest.Config, m, imageRef, nil)
 }
 
-// convert runs one job, unless its image's target is the one it last
-// converted (a label update, or the same image tagged again).
-func (r *ruleRunner) convert(ctx context.Context, job ruleJob) {
-	img, err := r.s.is.Get(ctx, job.image)
-	if err != nil {
-		return // deleted meanwhile
+// pushRuleOutput pushes a rule's output, unless the registry's source tag
+// has moved on from the converted digest (another node converts the newer
+// one; Stale), the registry has the output already, or the output would
+// replace a tag that holds platforms it lacks. It labels the output pushed.
+func (s *Service) pushRuleOutput(ctx context.Context, job rules.Job, out string) (rules.Outcome, error) {
+	src := job.Source
+	resolver := remote.RegistryOptions{}.ResolverFor(out)
+	if _, desc, err := resolver.Resolve(ctx, src.Name); err == nil && desc.Digest != src.Target.Digest {
+		log.G(ctx).Infof("lazyconv: not pushing %s: the registry's %s is %s, not the converted %s", out, src.Name, desc.Digest, src.Target.Digest)
+		return rules.Stale, nil
+	} else if err != nil && !errdefs.IsNotFound(err) {
+		return "", fmt.Errorf("resolving %s in its registry: %w", src.Name, err)
 	}
-	r.mu.Lock()
-	if r.done[job.key()] == img.Target.Digest {
-		r.mu.Unlock()
-		return
-	}
-	r.done[job.key()] = img.Target.Digest
-	r.mu.Unlock()
-
-	target := job.image + job.rule.TagSuffix
-	err = r.s.ConvertImage(ctx, &api.ConvertRequest{
-		Source: job.image, Target: target, Format: job.rule.Format, Options: job.rule.Options, Oci: true,
-	}, func(*api.ConvertEvent) error { return nil })
+	img, err := s.is.Get(ctx, out)
 	if err != nil {
-		log.G(ctx).WithError(err).WithFields(log.Fields{"image": job.image, "target": target, "format": job.rule.Format}).
-			Warn("lazyconv: rule conversion failed")
-		r.setFailure(ctx, img, truncate(fmt.Sprintf("%s to %s: %v", job.rule.Format, target, err)))
-		if r.pub != nil {
-			if perr := r.pub.Publish(ctx, RuleFailedTopic, &RuleFailedEvent{Image: job.image, Target: target, Format: job.rule.Format, Error: err.Error()}); perr != nil {
-				log.G(ctx).WithError(perr).Warn("lazyconv: publishing the rule failure")
+		return "", err
+	}
+	if img.Labels[labels.ConvertedFromDigest] != src.Target.Digest.String() {
+		return rules.Stale, nil
+	}
+	_, there, err := resolver.Resolve(ctx, out)
+	switch {
+	case err == nil && there.Digest == img.Target.Digest:
+		// pushed already (by this node before a restart, or another)
+	case err == nil:
+		theirs, err := remotePlatforms(ctx, resolver, out, there)
+		if err != nil {
+			return "", fmt.Errorf("reading the platforms of %s in its registry: %w", out, err)
+		}
+		ours, err := localPlatforms(ctx, s.cs, img.Target)
+		if err != nil {
+			return "", err
+		}
+		var lacking []string
+		for _, p := range theirs {
+			if !slices.Contains(ours, p) {
+				lacking = append(lacking, p)
 			}
 		}
-		return
-	}
-	if job.rule.Push {
-		if _, err := r.s.PushImage(ctx, &api.PushRequest{Ref: target}); err != nil {
-			log.G(ctx).WithError(err).WithField("target", target).Warn("lazyconv: rule push failed")
-			r.setFailure(ctx, img, truncate(fmt.Sprintf("pushing %s: %v", target, err)))
-			return
+		if len(lacking) > 0 {
+			return "", fmt.Errorf("not pushing %s: the registry's %s holds platforms it lacks (%s): %w",
+				out, out, strings.Join(lacking, ", "), errdefs.ErrFailedPrecondition)
 		}
+		fallthrough
+	case errdefs.IsNotFound(err):
+		if now, err := s.is.Get(ctx, src.Name); err != nil || now.Target.Digest != src.Target.Digest {
+			return rules.Stale, nil
+		}
+		if _, err := s.PushImage(ctx, &api.PushRequest{Ref: out, AllPlatforms: true}); err != nil {
+			return "", err
+		}
+	default:
+		return "", fmt.Errorf("resolving %s in its registry: %w", out, err)
 	}
-	if _, failed := img.Labels[labels.RuleFailed]; failed {
-		r.setFailure(ctx, img, "")
+	update := images.Image{Name: out, Labels: map[string]string{labels.RulePushed: img.Target.Digest.String()}}
+	if _, err := s.is.Update(ctx, update, "labels."+labels.RulePushed); err != nil {
+		return "", fmt.Errorf("labelling %s pushed: %w", out, err)
 	}
+	return rules.Converted, nil
 }
 
-// truncate bounds a label's text.
-func truncate(text string) string {
-	if len(text) > 1024 {
-		return text[:1024]
+// PullSource stores ref as its registry has it now (rules.Puller): index,
+// manifests and configs of every platform, no layers (a conversion fetches
+// those it needs), under a lease recovered at start-up if the daemon dies.
+func (s *Service) PullSource(ctx context.Context, namespace, ref string) (images.Image, error) {
+	ctx = namespaces.WithNamespace(ctx, namespace)
+	l, err := s.lm.Create(ctx, leases.WithRandomID(), leases.WithExpiration(time.Hour), leases.WithLabel(labels.LeaseConverting, ref))
+	if err != nil {
+		return images.Image{}, fmt.Errorf("creating lease: %w", err)
 	}
-	return text
+	defer s.lm.Delete(context.WithoutCancel(ctx), l) //nolint:errcheck // expires anyway
+	ctx = leases.WithLease(ctx, l.ID)
+	return remote.PullLazy(ctx, s.cs, s.is, s.lm, remote.RegistryOptions{}.ResolverFor(ref), ref, platforms.All)
 }
 
-// setFailure records (or, with "", removes) the failure label on the source image.
-func (r *ruleRunner) setFailure(ctx context.Context, img images.Image, text string) {
-	update := images.Image{Name: img.Name, Labels: map[string]string{labels.RuleFailed: text}}
-	if _, err := r.s.is.Update(ctx, update, "labels."+labels.RuleFailed); err != nil {
-		log.G(ctx).WithError(err).Warnf("lazyconv: labelling %s", img.Name)
+// localPlatforms lists the platforms of an image in the content store.
+func localPlatforms(ctx context.Context, cs content.Store, target ocispec.Descriptor) ([]string, error) {
+	ps, err := images.Platforms(ctx, cs, target)
+	if err != nil {
+		return nil, fmt.Errorf("listing the platforms of %s: %w", target.Digest, err)
 	}
+	out := make([]string, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, platforms.FormatAll(platforms.Normalize(p)))
+	}
+	return out, nil
+}
+
+// remotePlatforms lists the platforms of a registry's image from its index
+// (a single manifest counts as the platform its config names).
+func remotePlatforms(ctx context.Context, resolver remotes.Resolver, ref string, desc ocispec.Descriptor) ([]string, error) {
+	src, err := remote.SourceOf(ref)
+	if err != nil {
+		return nil, err
+	}
+	max := converter.DefaultLimits().MaxDocumentBytes
+	b, err := remote.ReadBlob(ctx, resolver, src, desc, max)
+	if err != nil {
+		return nil, err
+	}
+	if images.IsIndexType(desc.MediaType) {
+		var index ocispec.Index
+		if err := decodeJSON(b, &index); err != nil {
+			return nil, err
+		}
+		var out []string
+		for _, m := range index.Manifests {
+			if m.Platform != nil {
+				out = append(out, platforms.FormatAll(platforms.Normalize(*m.Platform)))
+			}
+		}
+		return out, nil
+	}
+	var manifest ocispec.Manifest
+	if err := decodeJSON(b, &manifest); err != nil {
+		return nil, err
+	}
+	cb, err := remote.ReadBlob(ctx, resolver, src, manifest.Config, max)
+	if err != nil {
+		return nil, err
+	}
+	var cfg ocispec.Image
+	if err := decodeJSON(cb, &cfg); err != nil {
+		return nil, err
+	}
+	return []string{platforms.FormatAll(platforms.Normalize(cfg.Platform))}, nil
+}
+
+// decodeJSON decodes a registry's document (read within a size limit).
+func decodeJSON(b []byte, v any) error {
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("malformed JSON: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return nil
 }

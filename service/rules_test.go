@@ -15,6 +15,7 @@ import (
 	"github.com/lazyconv/lazyconv/converter/convertertest"
 	"github.com/lazyconv/lazyconv/internal/imagegen"
 	"github.com/lazyconv/lazyconv/labels"
+	"github.com/lazyconv/lazyconv/rules"
 	"github.com/lazyconv/lazyconv/service"
 )
 
@@ -27,17 +28,27 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// startRules runs f's rules on the exchange ex, reconciling the fixture's
+// namespace, until ctx is done.
+func startRules(t *testing.T, ctx context.Context, f *fixture, ex *exchange.Exchange) *rules.Engine {
+	t.Helper()
+	e, err := f.svc.StartRules(ctx, service.RulesEnv{Events: ex, Publisher: ex,
+		Namespaces: func(context.Context) ([]string, error) { return []string{"test"}, nil }})
+	require.NoError(t, err)
+	return e
+}
+
 // Rules convert what containerd's image events announce, on containerd's
 // own event exchange (here the test publishes what its images service would).
 func TestRulesConvertAnnouncedImages(t *testing.T) {
 	cfg := service.DefaultConfig()
-	cfg.Rules = []service.Rule{{Match: "example.com/team/*", Format: "estargz", TagSuffix: "-esgz"}}
+	cfg.Rules = []rules.Rule{{Match: "example.com/team/*", Format: "estargz", TagSuffix: "-esgz"}}
 	f := newFixture(t, cfg)
 	ex := exchange.NewExchange()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	failures, _ := ex.Subscribe(ctx, `topic=="`+service.RuleFailedTopic+`"`)
-	f.svc.WatchImages(ctx, ex, ex) // subscribed when it returns
+	failures, _ := ex.Subscribe(ctx, `topic=="`+rules.FailedTopic+`"`)
+	startRules(t, ctx, f, ex) // subscribed when it returns
 
 	store := func(name string, layer []byte) {
 		_, err := imagegen.Store(f.ctx, f.store.ContentStore(), f.store.ImageStore(), imagegen.Image{Name: name,
@@ -68,7 +79,7 @@ func TestRulesConvertAnnouncedImages(t *testing.T) {
 	case ev := <-failures:
 		v, err := typeurl.UnmarshalAny(ev.Event)
 		require.NoError(t, err)
-		failed := v.(*service.RuleFailedEvent)
+		failed := v.(*rules.FailedEvent)
 		assert.Equal(t, "example.com/team/bad:v1", failed.Image)
 		assert.Contains(t, failed.Error, "climbs out")
 	case <-time.After(30 * time.Second):

@@ -72,7 +72,12 @@ func run(ctx context.Context, configPath, address, containerdAddress string) err
 		log.G(ctx).Infof("dropped %d leases of conversions interrupted by a previous exit", n)
 	}
 
-	svc.WatchImages(ctx, client.EventService(), client.EventService())
+	if _, err := svc.StartRules(ctx, service.RulesEnv{
+		Events: client.EventService(), Publisher: client.EventService(),
+		Namespaces: func(ctx context.Context) ([]string, error) { return client.NamespaceService().List(ctx) },
+	}); err != nil {
+		return err
+	}
 
 	if err := os.MkdirAll(filepath.Dir(cfg.Address), 0o711); err != nil {
 		return err
