@@ -162,6 +162,7 @@ type Engine struct {
 	ready   chan struct{}
 	// dropped: a trigger was dropped since the last reconcile began.
 	dropped   bool
+	warned    time.Time // the last warning about a full queue
 	reconcile chan struct{}
 	// idle is closed and replaced when no key is queued, running or waiting.
 	idleCh chan struct{}
@@ -244,14 +245,20 @@ func (e *Engine) trigger(ctx context.Context, namespace, name string, rules []Ru
 		}
 		e.apply(ctx, k, en, triggered)
 	}
-	e.mu.Unlock()
-	if dropped > 0 {
-		e.metrics.dropped.Inc(float64(dropped))
-		log.G(ctx).Warnf("lazyconv: rule queue full (%d): dropped %d conversions of %s in %s; reconcile will queue them again",
-			e.cfg.QueueLength, dropped, name, namespace)
-		return fmt.Errorf("the rule queue is full (%d): %w", e.cfg.QueueLength, errdefs.ErrUnavailable)
+	warn := dropped > 0 && !fromReconcile && time.Since(e.warned) > 10*time.Second
+	if warn {
+		e.warned = time.Now()
 	}
-	return nil
+	e.mu.Unlock()
+	if dropped == 0 {
+		return nil
+	}
+	e.metrics.dropped.Inc(float64(dropped))
+	if warn { // at most one line per 10 s in a storm; lazyconv_rule_jobs_dropped_total counts them all
+		log.G(ctx).Warnf("lazyconv: rule queue full (%d): dropped the conversion of %s in %s (and maybe more); reconcile will queue them again",
+			e.cfg.QueueLength, name, namespace)
+	}
+	return fmt.Errorf("the rule queue is full (%d): %w", e.cfg.QueueLength, errdefs.ErrUnavailable)
 }
 
 // apply moves a key through the state machine and keeps the queue, the

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"reflect"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -320,7 +321,11 @@ func (c Config) validate() error {
 
 // RulesEngine is the rules engine's configuration.
 func (c Config) RulesEngine() rules.Config {
-	return rules.Config{Rules: c.Rules, QueueLength: c.RuleQueueLength, Workers: max(1, c.Workers), Retries: c.RuleRetries,
+	workers := c.Workers
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	return rules.Config{Rules: c.Rules, QueueLength: c.RuleQueueLength, Workers: workers, Retries: c.RuleRetries,
 		RetryBackoff: c.RuleRetryBackoff, ReconcileInterval: c.ReconcileInterval}
 }
 

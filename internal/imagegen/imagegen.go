@@ -243,7 +243,11 @@ func Store(ctx context.Context, cs content.Ingester, is images.Store, img Image)
 
 // WriteOCIArchive writes the image as an OCI image layout tar that
 // `lazyconv image import` (and ctr) accept.
-func WriteOCIArchive(w io.Writer, img Image) error {
+func WriteOCIArchive(w io.Writer, img Image) error { return WriteOCIArchiveImages(w, img) }
+
+// WriteOCIArchiveImages writes the images as one OCI image layout tar
+// (each blob once), which ctr and `lazyconv image import` import at once.
+func WriteOCIArchiveImages(w io.Writer, imgs ...Image) error {
 	tw := tar.NewWriter(w)
 	put := func(name string, r io.Reader, size int64) error {
 		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: size, Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}); err != nil {
@@ -257,14 +261,23 @@ func WriteOCIArchive(w io.Writer, img Image) error {
 			return err
 		}
 	}
-	_, mdesc, err := build(img, func(desc ocispec.Descriptor, r io.Reader, _ map[string]string) error {
-		return put("blobs/sha256/"+desc.Digest.Encoded(), r, desc.Size)
-	})
-	if err != nil {
-		return err
+	written := map[digest.Digest]bool{}
+	var manifests []ocispec.Descriptor
+	for _, img := range imgs {
+		_, mdesc, err := build(img, func(desc ocispec.Descriptor, r io.Reader, _ map[string]string) error {
+			if written[desc.Digest] {
+				return nil
+			}
+			written[desc.Digest] = true
+			return put("blobs/sha256/"+desc.Digest.Encoded(), r, desc.Size)
+		})
+		if err != nil {
+			return err
+		}
+		mdesc.Annotations = map[string]string{images.AnnotationImageName: img.Name, ocispec.AnnotationRefName: img.Name}
+		manifests = append(manifests, mdesc)
 	}
-	mdesc.Annotations = map[string]string{images.AnnotationImageName: img.Name, ocispec.AnnotationRefName: img.Name}
-	index, _ := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{mdesc}})
+	index, _ := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: manifests})
 	layout := []byte(`{"imageLayoutVersion":"1.0.0"}`)
 	if err := put("oci-layout", bytes.NewReader(layout), int64(len(layout))); err != nil {
 		return err
@@ -276,12 +289,15 @@ func WriteOCIArchive(w io.Writer, img Image) error {
 }
 
 // WriteOCIArchiveFile writes the image as an OCI archive at path.
-func WriteOCIArchiveFile(path string, img Image) error {
+func WriteOCIArchiveFile(path string, img Image) error { return WriteOCIArchiveFiles(path, img) }
+
+// WriteOCIArchiveFiles writes the images as one OCI archive at path.
+func WriteOCIArchiveFiles(path string, imgs ...Image) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
-	if err := WriteOCIArchive(f, img); err != nil {
+	if err := WriteOCIArchiveImages(f, imgs...); err != nil {
 		f.Close()
 		return err
 	}
