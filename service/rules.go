@@ -23,6 +23,7 @@ import (
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/labels"
+	"github.com/lazyconv/lazyconv/notifications"
 	"github.com/lazyconv/lazyconv/remote"
 	"github.com/lazyconv/lazyconv/rules"
 )
@@ -52,6 +53,19 @@ func (s *Service) StartRules(ctx context.Context, env RulesEnv) (*rules.Engine, 
 		e.Watch(ctx, env.Events)
 	}
 	e.Start(ctx)
+	if n := s.cfg.Notifications; n.Address != "" {
+		if !slices.ContainsFunc(s.cfg.Rules, func(r rules.Rule) bool { return r.Push }) {
+			log.G(ctx).Warn("lazyconv: notifications are received, but no rule pushes: registry pushes convert nothing")
+		}
+		addr, _, err := notifications.Serve(ctx, notifications.Config{Address: n.Address, Token: n.Token, MaxBodyBytes: n.MaxBodyBytes},
+			func(rctx context.Context, pushes []notifications.Push) error {
+				return e.Notified(log.WithLogger(rctx, log.G(ctx)), n.Namespace, pushes)
+			})
+		if err != nil {
+			return nil, fmt.Errorf("notifications: %w", err)
+		}
+		log.G(ctx).Infof("lazyconv: receiving registry notifications on http://%s%s (into namespace %s)", addr, notifications.Path, n.Namespace)
+	}
 	return e, nil
 }
 
