@@ -108,18 +108,36 @@ func TestRulesAreValidated(t *testing.T) {
 		{"rules": []any{map[string]any{"match": "x/*", "format": "estargz", "tag_suffix": "-e", "push": "yes"}}}, // push is a boolean
 		{"rule_queue_length": int64(0)},
 		{"disable_registry_cache": "true"},
+		{"rules": []any{map[string]any{"match": "x/*", "format": "estargz", "tag_suffix": "-e"},
+			map[string]any{"match": "y/*", "format": "zstdchunked", "tag_suffix": "-e"}}}, // one suffix, two rules
+		{"rules": []any{map[string]any{"match": "x/*", "format": "estargz", "tag_suffix": "-e/x"}}},                                      // a suffix that is not a tag's
+		{"rules": []any{map[string]any{"match": "x/*", "format": "estargz", "tag_suffix": "-e", "platforms": []any{"linux/amd64/x/y"}}}}, // bad platform
+		{"rule_retries": int64(-1)},
+		{"reconcile_interval": "soon"},
+		{"rule_retry_backoff": int64(5)},
+		{"notifications": map[string]any{"address": "127.0.0.1:0", "tokn": "x"}},
+		{"notifications": map[string]any{"max_body_bytes": int64(0)}},
+		{"notifications": map[string]any{"address": "127.0.0.1:0", "namespace": ""}},
 	} {
 		_, err := service.ParseConfig(raw)
 		assert.Error(t, err, "%v", raw)
 	}
 	cfg, err := service.ParseConfig(map[string]any{"rules": []any{map[string]any{"match": "x/*", "format": "zstdchunked", "tag_suffix": "-zc",
-		"namespaces": []any{"builds"}, "options": map[string]any{"compression-level": int64(9)}, "push": true}},
-		"disable_registry_cache": true})
+		"namespaces": []any{"builds"}, "options": map[string]any{"compression-level": int64(9)}, "push": true,
+		"platforms": []any{"linux/arm64"}, "prune_outputs": true}},
+		"disable_registry_cache": true, "rule_retries": int64(2), "rule_retry_backoff": "500ms", "reconcile_interval": "1m",
+		"notifications": map[string]any{"address": "127.0.0.1:5050", "token": "t", "max_body_bytes": int64(4096), "namespace": "ci"}})
 	require.NoError(t, err)
 	require.Len(t, cfg.Rules, 1)
 	assert.Equal(t, map[string]string{"compression-level": "9"}, cfg.Rules[0].Options)
 	assert.True(t, cfg.Rules[0].Push)
 	assert.True(t, cfg.DisableRegistryCache)
+	assert.Equal(t, []string{"linux/arm64"}, cfg.Rules[0].Platforms)
+	assert.True(t, cfg.Rules[0].PruneOutputs)
+	assert.Equal(t, 2, cfg.RuleRetries)
+	assert.Equal(t, 500*time.Millisecond, cfg.RuleRetryBackoff)
+	assert.Equal(t, time.Minute, cfg.ReconcileInterval)
+	assert.Equal(t, service.NotificationsConfig{Address: "127.0.0.1:5050", Token: "t", MaxBodyBytes: 4096, Namespace: "ci"}, cfg.Notifications)
 	back, err := service.ParseConfig(cfg.TOML())
 	require.NoError(t, err)
 	assert.Equal(t, cfg, back, "TOML() reads back as itself")

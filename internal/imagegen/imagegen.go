@@ -248,48 +248,108 @@ func WriteOCIArchive(w io.Writer, img Image) error { return WriteOCIArchiveImage
 // WriteOCIArchiveImages writes the images as one OCI image layout tar
 // (each blob once), which ctr and `lazyconv image import` import at once.
 func WriteOCIArchiveImages(w io.Writer, imgs ...Image) error {
-	tw := tar.NewWriter(w)
-	put := func(name string, r io.Reader, size int64) error {
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: size, Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}); err != nil {
-			return err
-		}
-		_, err := io.CopyN(tw, r, size)
-		return err
-	}
-	for _, dir := range []string{"blobs/", "blobs/sha256/"} {
-		if err := tw.WriteHeader(&tar.Header{Name: dir, Mode: 0o755, Typeflag: tar.TypeDir, ModTime: time.Unix(0, 0)}); err != nil {
-			return err
-		}
-	}
-	written := map[digest.Digest]bool{}
+	a := newArchive(w)
 	var manifests []ocispec.Descriptor
 	for _, img := range imgs {
-		_, mdesc, err := build(img, func(desc ocispec.Descriptor, r io.Reader, _ map[string]string) error {
-			if written[desc.Digest] {
-				return nil
-			}
-			written[desc.Digest] = true
-			return put("blobs/sha256/"+desc.Digest.Encoded(), r, desc.Size)
-		})
+		mdesc, err := a.image(img)
 		if err != nil {
 			return err
 		}
 		mdesc.Annotations = map[string]string{images.AnnotationImageName: img.Name, ocispec.AnnotationRefName: img.Name}
 		manifests = append(manifests, mdesc)
 	}
+	return a.close(manifests)
+}
+
+// archive writes an OCI image layout as a tar, each blob once.
+type archive struct {
+	tw      *tar.Writer
+	written map[digest.Digest]bool
+}
+
+func newArchive(w io.Writer) *archive {
+	return &archive{tw: tar.NewWriter(w), written: map[digest.Digest]bool{}}
+}
+
+func (a *archive) file(name string, r io.Reader, size int64) error {
+	if err := a.tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: size, Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}); err != nil {
+		return err
+	}
+	_, err := io.CopyN(a.tw, r, size)
+	return err
+}
+
+func (a *archive) blob(desc ocispec.Descriptor, r io.Reader) error {
+	if len(a.written) == 0 {
+		for _, dir := range []string{"blobs/", "blobs/sha256/"} {
+			if err := a.tw.WriteHeader(&tar.Header{Name: dir, Mode: 0o755, Typeflag: tar.TypeDir, ModTime: time.Unix(0, 0)}); err != nil {
+				return err
+			}
+		}
+	}
+	if a.written[desc.Digest] {
+		return nil
+	}
+	a.written[desc.Digest] = true
+	return a.file("blobs/sha256/"+desc.Digest.Encoded(), r, desc.Size)
+}
+
+// image writes an image's blobs and returns its target.
+func (a *archive) image(img Image) (ocispec.Descriptor, error) {
+	_, mdesc, err := build(img, func(desc ocispec.Descriptor, r io.Reader, _ map[string]string) error { return a.blob(desc, r) })
+	return mdesc, err
+}
+
+// close writes the layout's index.json listing manifests, and ends the tar.
+func (a *archive) close(manifests []ocispec.Descriptor) error {
 	index, _ := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: manifests})
 	layout := []byte(`{"imageLayoutVersion":"1.0.0"}`)
-	if err := put("oci-layout", bytes.NewReader(layout), int64(len(layout))); err != nil {
+	if err := a.file("oci-layout", bytes.NewReader(layout), int64(len(layout))); err != nil {
 		return err
 	}
-	if err := put("index.json", bytes.NewReader(index), int64(len(index))); err != nil {
+	if err := a.file("index.json", bytes.NewReader(index), int64(len(index))); err != nil {
 		return err
 	}
-	return tw.Close()
+	return a.tw.Close()
 }
 
 // WriteOCIArchiveFile writes the image as an OCI archive at path.
 func WriteOCIArchiveFile(path string, img Image) error { return WriteOCIArchiveFiles(path, img) }
+
+// WriteOCIArchiveIndexFile writes, at path, an OCI archive of one image
+// named name whose target is an image index listing each of imgs (their
+// names are not used) under its platform: a multi-platform image.
+func WriteOCIArchiveIndexFile(path, name string, imgs ...Image) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	a := newArchive(f)
+	index := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex}
+	for _, img := range imgs {
+		mdesc, err := a.image(img)
+		if err != nil {
+			return err
+		}
+		p := ocispec.Platform{OS: "linux", Architecture: "amd64"}
+		if img.Platform != nil {
+			p = *img.Platform
+		}
+		mdesc.Platform = &p
+		index.Manifests = append(index.Manifests, mdesc)
+	}
+	ib, _ := json.Marshal(index)
+	idesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageIndex, Digest: digest.FromBytes(ib), Size: int64(len(ib)),
+		Annotations: map[string]string{images.AnnotationImageName: name, ocispec.AnnotationRefName: name}}
+	if err := a.blob(idesc, bytes.NewReader(ib)); err != nil {
+		return err
+	}
+	if err := a.close([]ocispec.Descriptor{idesc}); err != nil {
+		return err
+	}
+	return f.Close()
+}
 
 // WriteOCIArchiveFiles writes the images as one OCI archive at path.
 func WriteOCIArchiveFiles(path string, imgs ...Image) error {
