@@ -6,9 +6,11 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -57,7 +59,7 @@ func TestRegistryNotificationsConvertPushedImages(t *testing.T) {
   match = "127.0.0.1:*/notified/*"
   format = "estargz"
   tag_suffix = "-esgz"
-  namespaces = ["default"]
+  namespaces = ["lazyconv"]
   push = true
 `, notify, token))
 	ref := reg.host + "/notified/app:v1"
@@ -69,18 +71,22 @@ func TestRegistryNotificationsConvertPushedImages(t *testing.T) {
 	out, err := exec.Command(bins.ctr, "--address", d.address, "-n", "ci", "images", "push", "--plain-http", ref).CombinedOutput()
 	require.NoError(t, err, string(out))
 
-	deadline := time.Now().Add(90 * time.Second)
-	for registryDigest(t, reg.host, "notified/app", "v1-esgz") == "" {
-		require.True(t, time.Now().Before(deadline), "the registry's push made no conversion:\n%s", d.logText())
-		time.Sleep(200 * time.Millisecond)
-	}
-	converted := registryDigest(t, reg.host, "notified/app", "v1-esgz")
 	c := d.client(t)
 	defer c.Close()
-	local, err := c.ImageService().Get(nsContext("default"), ref+"-esgz")
-	require.NoError(t, err)
+	deadline := time.Now().Add(90 * time.Second)
+	var converted string
+	var local images.Image
+	for { // pushed, and labelled pushed
+		converted = registryDigest(t, reg.host, "notified/app", "v1-esgz")
+		var err error
+		local, err = c.ImageService().Get(nsContext("lazyconv"), ref+"-esgz")
+		if converted != "" && err == nil && local.Labels[labels.RulePushed] == converted {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the registry's push made no conversion:\n%s", d.logText())
+		time.Sleep(100 * time.Millisecond)
+	}
 	assert.Equal(t, converted, local.Target.Digest.String())
-	assert.Equal(t, converted, local.Labels[labels.RulePushed])
 
 	pulled := mustLazyconv(t, "--address", d.address, "-n", "verify", "image", "pull", "--plain-http", ref+"-esgz")
 	assert.Contains(t, pulled, ref+"-esgz")
@@ -88,7 +94,7 @@ func TestRegistryNotificationsConvertPushedImages(t *testing.T) {
 	assert.Contains(t, verified, "3 lazy-pull layers verified")
 
 	// Redelivery (Harbor's webhook for the same push): accepted, nothing new.
-	src, err := c.ImageService().Get(nsContext("default"), ref)
+	src, err := c.ImageService().Get(nsContext("lazyconv"), ref)
 	require.NoError(t, err)
 	harbor := fmt.Sprintf(`{"type":"PUSH_ARTIFACT","occur_at":1,"operator":"ci","event_data":{"resources":[{"digest":%q,"tag":"v1","resource_url":%q}],"repository":{"name":"app","namespace":"notified","repo_full_name":"notified/app","repo_type":"private"}}}`,
 		src.Target.Digest, ref)
@@ -108,9 +114,30 @@ func TestRegistryNotificationsConvertPushedImages(t *testing.T) {
 	assert.Equal(t, http.StatusUnauthorized, post("Bearer wrong"), "a wrong token")
 	assert.Equal(t, http.StatusOK, post("Bearer "+token))
 	time.Sleep(2 * time.Second)
-	again, err := c.ImageService().Get(nsContext("default"), ref+"-esgz")
+	again, err := c.ImageService().Get(nsContext("lazyconv"), ref+"-esgz")
 	require.NoError(t, err)
 	assert.Equal(t, local.Target, again.Target, "the redelivered push converted nothing new")
 	assert.Equal(t, local.UpdatedAt, again.UpdatedAt, "the output was not even stored again")
 	assert.Empty(t, registryDigest(t, reg.host, "notified/app", "v1-esgz-esgz"), "the output's own push notification is ignored")
+
+	// A name the namespace holds already, that no notification made (a
+	// workload's image, say): a push to the registry under it moves nothing.
+	mine := reg.host + "/notified/mine:v1"
+	own := newTestImage(t, mine, 0)
+	mustLazyconv(t, "--address", d.address, "-n", "lazyconv", "image", "import", own.archive)
+	before, err := c.ImageService().Get(nsContext("lazyconv"), mine)
+	require.NoError(t, err)
+	other := multiPlatformArchive(t, mine)
+	out, err = exec.Command(bins.ctr, "--address", d.address, "-n", "ci", "images", "import", "--all-platforms", other).CombinedOutput()
+	require.NoError(t, err, string(out))
+	out, err = exec.Command(bins.ctr, "--address", d.address, "-n", "ci", "images", "push", "--plain-http", mine).CombinedOutput()
+	require.NoError(t, err, string(out))
+	deadline = time.Now().Add(30 * time.Second)
+	for !strings.Contains(d.logText(), "not converting "+mine) {
+		require.True(t, time.Now().Before(deadline), "the notification of %s was not refused:\n%s", mine, d.logText())
+		time.Sleep(100 * time.Millisecond)
+	}
+	after, err := c.ImageService().Get(nsContext("lazyconv"), mine)
+	require.NoError(t, err)
+	assert.Equal(t, before.Target, after.Target, "the namespace's own image is not moved")
 }

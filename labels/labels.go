@@ -203,9 +203,21 @@ const RulePushed = "lazyconv.io/rule-pushed"
 
 // RuleFailedDigestPrefix + a rule's tag suffix is on a source image whose
 // conversion by that rule failed for good (not a transient failure); its
-// value is the source digest that failed, which reconcile does not queue
-// again. A new digest under the name is tried again.
+// value is the source digest that failed, which is not converted again (by
+// events or reconcile) until the label is removed or the name points at
+// another digest.
 const RuleFailedDigestPrefix = "lazyconv.io/rule-failed-digest."
+
+// RuleGaveUpDigestPrefix + a rule's tag suffix is on a source image whose
+// conversion by that rule failed transiently as many times as it is retried;
+// its value is the digest. Events for the name do not run it again; the next
+// reconcile removes the label and tries once more.
+const RuleGaveUpDigestPrefix = "lazyconv.io/rule-gave-up-digest."
+
+// Notified is on an image lazyconv pulled because a registry notified its
+// push (value: the digest pulled). Notifications move only names so
+// labelled, never an image someone else made.
+const Notified = "lazyconv.io/notified"
 
 // Temporary is on images lazyconv names only for the time of one request
 // (the conversion a push with --force-compression makes): rules never

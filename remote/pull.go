@@ -20,6 +20,13 @@ import (
 // where it came from, so that Fetcher can fetch the layers when (and if) a
 // conversion needs them.
 func PullLazy(ctx context.Context, cs content.Store, is images.Store, lm leases.Manager, resolver remotes.Resolver, ref string, pm platforms.MatchComparer) (images.Image, error) {
+	return PullLazyAs(ctx, cs, is, lm, resolver, ref, images.Image{}, pm)
+}
+
+// PullLazyAs is PullLazy storing the image as as.Name (ref's name when
+// empty) with as.Labels: a pull by digest (host/repository@digest) stored
+// under the tag it was pushed as.
+func PullLazyAs(ctx context.Context, cs content.Store, is images.Store, lm leases.Manager, resolver remotes.Resolver, ref string, as images.Image, pm platforms.MatchComparer) (images.Image, error) {
 	if pm == nil {
 		pm = platforms.All
 	}
@@ -67,8 +74,15 @@ func PullLazy(ctx context.Context, cs content.Store, is images.Store, lm leases.
 	if err := images.Dispatch(ctx, handler, nil, desc); err != nil {
 		return images.Image{}, err
 	}
-	img := images.Image{Name: name, Target: desc}
-	stored, err := is.Update(ctx, img, "target")
+	img := images.Image{Name: name, Target: desc, Labels: as.Labels}
+	if as.Name != "" {
+		img.Name = as.Name
+	}
+	fields := []string{"target"}
+	for k := range as.Labels {
+		fields = append(fields, "labels."+k)
+	}
+	stored, err := is.Update(ctx, img, fields...)
 	if errdefs.IsNotFound(err) {
 		stored, err = is.Create(ctx, img)
 	}

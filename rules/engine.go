@@ -141,9 +141,6 @@ type Worker interface {
 type entry struct {
 	state   state
 	attempt int
-	// reconcileOnly: every trigger since the last run came from reconcile,
-	// which does not retry a digest that failed for good.
-	reconcileOnly bool
 }
 
 // Engine runs rule jobs.
@@ -201,7 +198,7 @@ func (e *Engine) rule(suffix string) (Rule, bool) {
 // matching lists the rules that convert the image name in namespace: none
 // for a digest reference or a name that carries a rule's suffix (an output).
 func (e *Engine) matching(namespace, name string) []Rule {
-	if strings.Contains(name, "@") {
+	if !taggedName(name) {
 		return nil
 	}
 	for _, r := range e.cfg.Rules {
@@ -237,11 +234,8 @@ func (e *Engine) trigger(ctx context.Context, namespace, name string, rules []Ru
 				e.dropped = true
 				continue
 			}
-			en = &entry{reconcileOnly: true}
+			en = &entry{}
 			e.entries[k] = en
-		}
-		if !fromReconcile {
-			en.reconcileOnly = false
 		}
 		e.apply(ctx, k, en, triggered)
 	}
@@ -389,12 +383,15 @@ func (e *Engine) run(ctx context.Context, k key, en *entry) (Outcome, error) {
 	if src.Labels[labels.RuleOutput] != "" || src.Labels[labels.Temporary] != "" {
 		return Skipped, nil
 	}
-	e.mu.Lock()
-	reconcileOnly := en.reconcileOnly
-	en.reconcileOnly = true
-	e.mu.Unlock()
-	if reconcileOnly && src.Labels[labels.RuleFailedDigestPrefix+r.TagSuffix] == src.Target.Digest.String() {
-		return Skipped, nil // failed for good; an event for the name tries again
+	if failedBefore(r, src) {
+		// This digest failed already: for good, or out of retries (reconcile
+		// tries those again). Writing the failure label is itself an image
+		// update: without this, a failure would trigger its own rerun.
+		// Removing the label tries again at once.
+		return Skipped, nil
+	}
+	if !taggedName(src.Name) {
+		return Skipped, nil
 	}
 	if out, err := e.is.Get(ctx, r.Output(src.Name)); err == nil && IsCurrent(r, src, out) {
 		e.cleared(ctx, r, src)
@@ -425,8 +422,10 @@ func (e *Engine) failed(ctx context.Context, k key, en *entry, r Rule, src image
 	log.G(ctx).WithError(err).WithFields(log.Fields{"image": k.source, "target": target, "format": r.Format, "tries": en.attempt}).
 		Warn("lazyconv: rule conversion failed")
 	if src.Target.Digest != "" {
-		set := map[string]string{labels.RuleFailed: truncate(fmt.Sprintf("%s to %s: %v", r.Format, target, err))}
-		if !transient {
+		set := map[string]string{labels.RuleFailed: truncate(fmt.Sprintf("%s %v", failurePrefix(r, k.source), err))}
+		if transient {
+			set[labels.RuleGaveUpDigestPrefix+r.TagSuffix] = src.Target.Digest.String()
+		} else {
 			set[labels.RuleFailedDigestPrefix+r.TagSuffix] = src.Target.Digest.String()
 		}
 		e.label(ctx, src, set)
@@ -442,17 +441,47 @@ func (e *Engine) failed(ctx context.Context, k key, en *entry, r Rule, src image
 // cleared removes a rule's failure labels from its source after a success.
 func (e *Engine) cleared(ctx context.Context, r Rule, src images.Image) {
 	set := map[string]string{}
-	if _, ok := src.Labels[labels.RuleFailed]; ok {
-		set[labels.RuleFailed] = ""
+	if strings.HasPrefix(src.Labels[labels.RuleFailed], failurePrefix(r, src.Name)) {
+		set[labels.RuleFailed] = "" // this rule's failure; another rule's stays
 	}
-	if _, ok := src.Labels[labels.RuleFailedDigestPrefix+r.TagSuffix]; ok {
-		set[labels.RuleFailedDigestPrefix+r.TagSuffix] = ""
+	for _, prefix := range []string{labels.RuleFailedDigestPrefix, labels.RuleGaveUpDigestPrefix} {
+		if _, ok := src.Labels[prefix+r.TagSuffix]; ok {
+			set[prefix+r.TagSuffix] = ""
+		}
 	}
 	e.label(ctx, src, set)
 }
 
-// label sets (or, with "", removes) labels on an image.
+// failurePrefix begins the failure label's text of r's conversion of source.
+func failurePrefix(r Rule, source string) string {
+	return fmt.Sprintf("%s to %s:", r.Format, r.Output(source))
+}
+
+// failedBefore says whether src's present digest failed r already, for good
+// or out of retries.
+func failedBefore(r Rule, src images.Image) bool {
+	d := src.Target.Digest.String()
+	return src.Labels[labels.RuleFailedDigestPrefix+r.TagSuffix] == d || src.Labels[labels.RuleGaveUpDigestPrefix+r.TagSuffix] == d
+}
+
+// taggedName says whether name is a tagged reference (host/repository:tag):
+// a name without a tag would make an output in another repository
+// (app + "-esgz"), and a digest reference has no tag to suffix.
+func taggedName(name string) bool {
+	if strings.Contains(name, "@") {
+		return false
+	}
+	return strings.Contains(name[strings.LastIndex(name, "/")+1:], ":")
+}
+
+// label sets (or, with "", removes) labels on an image, writing only what
+// changes (a write is an image update event).
 func (e *Engine) label(ctx context.Context, img images.Image, set map[string]string) {
+	for k, v := range set {
+		if old, ok := img.Labels[k]; ok == (v != "") && old == v {
+			delete(set, k)
+		}
+	}
 	if len(set) == 0 {
 		return
 	}
@@ -503,10 +532,10 @@ func IsCurrent(r Rule, src, out images.Image) bool {
 		(!r.Push || l[labels.RulePushed] == out.Target.Digest.String())
 }
 
-// truncate bounds a label's text.
+// truncate bounds a label's text, keeping it valid UTF-8.
 func truncate(text string) string {
 	if len(text) > 1024 {
-		return text[:1024]
+		text = text[:1024]
 	}
-	return text
+	return strings.ToValidUTF8(text, "")
 }

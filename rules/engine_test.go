@@ -2,22 +2,29 @@ package rules_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/events/exchange"
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/metadata"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/lazyconv/lazyconv/labels"
 	"github.com/lazyconv/lazyconv/localstore"
+	"github.com/lazyconv/lazyconv/notifications"
 	"github.com/lazyconv/lazyconv/rules"
 )
 
@@ -61,6 +68,9 @@ func (w *worker) RunRule(ctx context.Context, job rules.Job) (rules.Outcome, err
 	}
 	out := images.Image{Name: job.Rule.Output(job.Source.Name), Target: job.Source.Target, Labels: rules.Labels(job.Rule, job.Source)}
 	out.Labels[labels.ImageConvertedFrom] = job.Source.Name
+	if job.Rule.Push {
+		out.Labels[labels.RulePushed] = out.Target.Digest.String()
+	}
 	if _, err := w.is.Update(ctx, out, "target", "labels"); errdefs.IsNotFound(err) {
 		_, err = w.is.Create(ctx, out)
 		return rules.Converted, err
@@ -203,8 +213,94 @@ func TestFailures(t *testing.T) {
 		assert.Len(t, w.jobs(), 1, "reconcile leaves a digest that failed for good")
 		require.NoError(t, f.e.Trigger(f.ctx, "test", "example.com/bad:v1"))
 		f.idle(t)
-		assert.Len(t, w.jobs(), 2, "an event for the name tries again")
+		assert.Len(t, w.jobs(), 1, "an event for the same digest too (the failure label's own update is one)")
+		_, err = f.is.Update(f.ctx, images.Image{Name: "example.com/bad:v1"}, "labels."+labels.RuleFailedDigestPrefix+"-esgz")
+		require.NoError(t, err)
+		require.NoError(t, f.e.Trigger(f.ctx, "test", "example.com/bad:v1"))
+		f.idle(t)
+		assert.Len(t, w.jobs(), 2, "removing the label tries again")
+		f.put(t, "example.com/bad:v1", "B2")
+		require.NoError(t, f.e.Trigger(f.ctx, "test", "example.com/bad:v1"))
+		f.idle(t)
+		assert.Len(t, w.jobs(), 3, "so does a new digest")
 	})
+}
+
+// eventedStore is containerd's metadata DB publishing image events on an
+// exchange, as the daemon's does: every label the engine writes is an
+// /images/update event.
+func eventedStore(t *testing.T) (images.Store, *exchange.Exchange) {
+	t.Helper()
+	dir := t.TempDir()
+	cs, err := local.NewStore(filepath.Join(dir, "content"))
+	require.NoError(t, err)
+	bdb, err := bolt.Open(filepath.Join(dir, "meta.db"), 0o644, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { bdb.Close() })
+	ex := exchange.NewExchange()
+	db := metadata.NewDB(bdb, cs, nil, metadata.WithEventsPublisher(ex))
+	require.NoError(t, db.Init(context.Background()))
+	return metadata.NewImageStore(db), ex
+}
+
+// A failure labels its source, which is an image update: it must not
+// trigger the key again (a permanent failure would run for ever, a
+// transient one retry without end).
+func TestAFailureDoesNotTriggerItself(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"permanent", fmt.Errorf("climbs out: %w", errdefs.ErrInvalidArgument), 1},
+		{"transient", fmt.Errorf("registry: %w", errdefs.ErrUnavailable), 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(namespaces.WithNamespace(context.Background(), "test"))
+			defer cancel()
+			is, ex := eventedStore(t)
+			w := &worker{is: is, fail: func(rules.Job) error { return tc.err }}
+			e, err := rules.New(rules.Config{Rules: []rules.Rule{rule}, Retries: 1, RetryBackoff: time.Millisecond, ReconcileInterval: time.Hour},
+				is, func(context.Context) ([]string, error) { return []string{"test"}, nil }, w, nil)
+			require.NoError(t, err)
+			e.Watch(ctx, ex)
+			e.Start(ctx)
+			f := &fixture{ctx: ctx, is: is, w: w, e: e}
+			f.put(t, "example.com/bad:v1", "B1") // its create event triggers the rule
+			time.Sleep(time.Second)
+			f.idle(t)
+			assert.Len(t, w.jobs(), tc.want)
+			src, err := is.Get(ctx, "example.com/bad:v1")
+			require.NoError(t, err)
+			assert.NotEmpty(t, src.Labels[labels.RuleFailed])
+		})
+	}
+}
+
+// Two rules whose suffixes end one with the other could give two images one
+// output (app:v1-opt by -esgz, app:v1 by -opt-esgz): refused.
+func TestOverlappingSuffixesAreRefused(t *testing.T) {
+	a := rules.Rule{Match: "example.com/*", Format: "estargz", TagSuffix: "-esgz"}
+	b := rules.Rule{Match: "example.com/*", Format: "estargz", TagSuffix: "-opt-esgz"}
+	c := rules.Rule{Match: "example.com/*", Format: "zstdchunked", TagSuffix: "-zc"}
+	assert.True(t, errdefs.IsInvalidArgument(rules.Validate([]rules.Rule{a, b}, nil)))
+	assert.True(t, errdefs.IsInvalidArgument(rules.Validate([]rules.Rule{b, a}, nil)))
+	assert.NoError(t, rules.Validate([]rules.Rule{a, c}, nil))
+}
+
+// Only tagged names are sources: an untagged one would make its output in
+// another repository (app + "-esgz"), a digest reference has no tag.
+func TestOnlyTaggedNamesAreSources(t *testing.T) {
+	w := &worker{}
+	f := newFixture(t, rules.Config{ReconcileInterval: time.Hour}, w)
+	f.e.Start(f.ctx)
+	for _, name := range []string{"example.com/app", "example.com/app@" + digest.FromString("x").String(), "example.com/app:v1"} {
+		f.put(t, name, name)
+		require.NoError(t, f.e.Trigger(f.ctx, "test", name))
+	}
+	f.idle(t)
+	require.Len(t, w.jobs(), 1)
+	assert.Equal(t, "example.com/app:v1", w.jobs()[0].Source.Name)
 }
 
 // A full queue drops triggers (counted), and the reconcile that follows as
@@ -315,4 +411,80 @@ func TestAnUnpushedOutputIsNotCurrent(t *testing.T) {
 	assert.True(t, rules.IsCurrent(pushing, src, out))
 	out.Labels[labels.ConvertedFromDigest] = digest.FromString("older").String()
 	assert.False(t, rules.IsCurrent(pushing, src, out))
+}
+
+// puller is a worker that also pulls what notifications name, answering
+// with err (nil: it stores the image).
+type puller struct {
+	*worker
+	err   error
+	pulls atomic.Int32
+}
+
+func (p *puller) PullSource(ctx context.Context, namespace, ref string, dgst digest.Digest) (images.Image, error) {
+	p.pulls.Add(1)
+	if p.err != nil {
+		return images.Image{}, p.err
+	}
+	img := images.Image{Name: ref, Target: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: dgst, Size: 1},
+		Labels: map[string]string{labels.Notified: dgst.String()}}
+	if _, err := p.is.Update(ctx, img, "target"); errdefs.IsNotFound(err) {
+		return p.is.Create(ctx, img)
+	}
+	return img, nil
+}
+
+// A notified push is pulled and queued for the pushing rules only; a
+// redelivery of a digest that is here already pulls nothing; outputs and
+// pushes by digest are ignored; a pull that fails for good is accepted
+// (the registry would redeliver it for ever) and one that fails
+// transiently asks the registry to deliver again.
+func TestNotified(t *testing.T) {
+	pushing := rules.Rule{Match: "registry.example.com/*", Format: "estargz", TagSuffix: "-esgz", Push: true}
+	local := rules.Rule{Match: "registry.example.com/*", Format: "zstdchunked", TagSuffix: "-zc"}
+	push := func(tag, version string) notifications.Push {
+		return notifications.Push{Host: "registry.example.com", Repository: "app", Tag: tag, Digest: digest.FromString(version)}
+	}
+	t.Run("converted once", func(t *testing.T) {
+		p := &puller{worker: &worker{}}
+		f := newFixture(t, rules.Config{Rules: []rules.Rule{pushing, local}, ReconcileInterval: time.Hour}, p.worker)
+		f.e = mustEngine(t, f, rules.Config{Rules: []rules.Rule{pushing, local}, ReconcileInterval: time.Hour}, p)
+		f.e.Start(f.ctx)
+		require.NoError(t, f.e.Notified(f.ctx, "test", []notifications.Push{push("v1", "a"), push("v1-esgz", "b"), {Host: "registry.example.com", Repository: "app", Digest: digest.FromString("c")}}))
+		f.idle(t)
+		require.NoError(t, f.e.Notified(f.ctx, "test", []notifications.Push{push("v1", "a")}))
+		f.idle(t)
+		assert.EqualValues(t, 1, p.pulls.Load(), "the redelivery pulls nothing; the output's push and a push by digest are ignored")
+		require.Len(t, p.jobs(), 1, "one conversion, by the pushing rule")
+		assert.Equal(t, "-esgz", p.jobs()[0].Rule.TagSuffix)
+	})
+	for _, tc := range []struct {
+		name        string
+		err         error
+		unavailable bool
+	}{
+		{"gone", fmt.Errorf("resolving: %w", errdefs.ErrNotFound), false},
+		{"moved on", fmt.Errorf("the registry's tag is another digest: %w", errdefs.ErrFailedPrecondition), false},
+		{"held by another image", fmt.Errorf("not moving it: %w", errdefs.ErrAlreadyExists), false},
+		{"refused", errors.New("unexpected status 401 Unauthorized"), false},
+		{"registry down", fmt.Errorf("resolving: %w", errdefs.ErrUnavailable), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &puller{worker: &worker{}, err: tc.err}
+			f := newFixture(t, rules.Config{Rules: []rules.Rule{pushing}}, p.worker)
+			f.e = mustEngine(t, f, rules.Config{Rules: []rules.Rule{pushing}}, p)
+			err := f.e.Notified(f.ctx, "test", []notifications.Push{push("v1", "a")})
+			assert.Equal(t, tc.unavailable, errdefs.IsUnavailable(err), "%v", err)
+			if !tc.unavailable {
+				assert.NoError(t, err)
+			}
+		})
+	}
+}
+
+func mustEngine(t *testing.T, f *fixture, cfg rules.Config, w rules.Worker) *rules.Engine {
+	t.Helper()
+	e, err := rules.New(cfg, f.is, func(context.Context) ([]string, error) { return []string{"test"}, nil }, w, nil)
+	require.NoError(t, err)
+	return e
 }

@@ -67,8 +67,13 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 			}
 			var todo []Rule
 			for _, r := range e.matching(ns, img.Name) {
-				if img.Labels[labels.RuleFailedDigestPrefix+r.TagSuffix] == img.Target.Digest.String() {
-					continue
+				d := img.Target.Digest.String()
+				if img.Labels[labels.RuleFailedDigestPrefix+r.TagSuffix] == d {
+					continue // failed for good
+				}
+				if img.Labels[labels.RuleGaveUpDigestPrefix+r.TagSuffix] == d {
+					// out of retries last time: try again (the job skips a digest so marked)
+					e.label(nctx, img, map[string]string{labels.RuleGaveUpDigestPrefix + r.TagSuffix: ""})
 				}
 				if out, ok := byName[r.Output(img.Name)]; ok && IsCurrent(r, img, out) {
 					continue

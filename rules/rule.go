@@ -115,16 +115,20 @@ func Parse(v any, checkFormat func(format string, options map[string]string) err
 }
 
 // Validate checks rules: each has a match, a tag suffix, a format
-// checkFormat accepts, platforms that parse; and no two share a tag suffix
-// (the suffix names a rule's outputs).
+// checkFormat accepts, platforms that parse; and no tag suffix ends with
+// another (the suffix names a rule's outputs, which must be one image's).
 func Validate(rules []Rule, checkFormat func(format string, options map[string]string) error) error {
 	seen := map[string]bool{}
 	for i, r := range rules {
 		if err := r.validate(checkFormat); err != nil {
 			return fmt.Errorf("rules[%d]: %w", i, err)
 		}
-		if seen[r.TagSuffix] {
-			return fmt.Errorf("rules[%d]: another rule has tag_suffix %q: %w", i, r.TagSuffix, errdefs.ErrInvalidArgument)
+		for other := range seen {
+			if strings.HasSuffix(other, r.TagSuffix) || strings.HasSuffix(r.TagSuffix, other) {
+				// app:v1-opt by "-esgz" and app:v1 by "-opt-esgz" would both make app:v1-opt-esgz
+				return fmt.Errorf("rules[%d]: tag_suffix %q and another rule's %q: one ends with the other, so two images could have one output: %w",
+					i, r.TagSuffix, other, errdefs.ErrInvalidArgument)
+			}
 		}
 		seen[r.TagSuffix] = true
 	}

@@ -17,7 +17,7 @@ import (
 //	  address = "0.0.0.0:5050"       # served at /notifications; "" (the default): off
 //	  token = "secret"               # optional: "Authorization: Bearer secret" required
 //	  max_body_bytes = 1048576       # bodies beyond are refused (413)
-//	  namespace = "default"          # the containerd namespace the pushed images go to
+//	  namespace = "lazyconv"         # the containerd namespace the pushed images go to
 type NotificationsConfig struct {
 	Address      string
 	Token        string
@@ -25,11 +25,16 @@ type NotificationsConfig struct {
 	Namespace    string
 }
 
+// DefaultNotificationsNamespace is the namespace pushed images are pulled
+// into: one of lazyconv's own, so that a notification never moves a tag an
+// image of another namespace's users (a workload's) goes by.
+const DefaultNotificationsNamespace = "lazyconv"
+
 // DefaultNotificationsBodyBytes bounds a notification's body.
 const DefaultNotificationsBodyBytes = 1 << 20
 
 func defaultNotifications() NotificationsConfig {
-	return NotificationsConfig{MaxBodyBytes: DefaultNotificationsBodyBytes, Namespace: "default"}
+	return NotificationsConfig{MaxBodyBytes: DefaultNotificationsBodyBytes, Namespace: DefaultNotificationsNamespace}
 }
 
 func parseNotifications(v any) (NotificationsConfig, error) {
@@ -67,8 +72,10 @@ func parseNotifications(v any) (NotificationsConfig, error) {
 	return n, nil
 }
 
+// toml is the table as `config dump` prints it: without the token, a
+// secret.
 func (n NotificationsConfig) toml() map[string]any {
-	return map[string]any{"address": n.Address, "token": n.Token, "max_body_bytes": n.MaxBodyBytes, "namespace": n.Namespace}
+	return map[string]any{"address": n.Address, "max_body_bytes": n.MaxBodyBytes, "namespace": n.Namespace}
 }
 
 func (n NotificationsConfig) validate() error {

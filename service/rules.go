@@ -18,6 +18,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/platforms"
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
@@ -48,6 +50,11 @@ func (s *Service) StartRules(ctx context.Context, env RulesEnv) (*rules.Engine, 
 	e, err := rules.New(s.cfg.RulesEngine(), s.is, env.Namespaces, s, env.Publisher)
 	if err != nil {
 		return nil, err
+	}
+	for _, r := range s.cfg.Rules {
+		if r.Push && len(r.Namespaces) == 0 {
+			log.G(ctx).Warnf("lazyconv: rule %q pushes what any namespace names %s: whoever can create images in any namespace can have this node push to that registry; list the namespaces it serves", r.TagSuffix, r.Match)
+		}
 	}
 	if env.Events != nil {
 		e.Watch(ctx, env.Events)
@@ -87,7 +94,23 @@ func (s *Service) RunRule(ctx context.Context, job rules.Job) (rules.Outcome, er
 	if err := s.lm.AddResource(ctx, l, leases.Resource{ID: src.Target.Digest.String(), Type: "content"}); err != nil {
 		return "", fmt.Errorf("holding %s under the rule's lease: %w", src.Name, err)
 	}
+	out := r.Output(src.Name)
+	if _, err := reference.ParseNormalizedNamed(out); err != nil {
+		return "", fmt.Errorf("the output name %q of %s: %v: %w", out, src.Name, err, errdefs.ErrInvalidArgument)
+	}
+	if existing, err := s.is.Get(ctx, out); err == nil {
+		from, rule := existing.Labels[labels.ImageConvertedFrom], existing.Labels[labels.RuleOutput]
+		if _, ours := existing.Labels[labels.ImageConvertedFrom]; ours && (from != src.Name || (rule != "" && rule != r.TagSuffix)) {
+			return "", fmt.Errorf("%s is the conversion of %s (rule %q), not of %s by rule %q: not replacing it: %w",
+				out, from, rule, src.Name, r.TagSuffix, errdefs.ErrFailedPrecondition)
+		}
+	}
 	resolver := remote.RegistryOptions{}.ResolverFor(src.Name)
+	if r.Push {
+		if moved, err := s.registryMovedOn(ctx, resolver, src); err != nil || moved {
+			return rules.Stale, err
+		}
+	}
 	var pm platforms.MatchComparer
 	if len(r.Platforms) > 0 {
 		if pm, err = platformMatcher(r.Platforms, false); err != nil {
@@ -99,7 +122,6 @@ func (s *Service) RunRule(ctx context.Context, job rules.Job) (rules.Outcome, er
 			return "", err
 		}
 	}
-	out := r.Output(src.Name)
 	err = s.convertImage(ctx, &api.ConvertRequest{Source: src.Name, Target: out, Format: r.Format, Options: r.Options, Oci: true},
 		func(*api.ConvertEvent) error { return nil },
 		conversionPin{platforms: pm, source: src.Target.Digest, labels: rules.Labels(r, src)})
@@ -151,8 +173,8 @@ func (s *Service) sourcePlatforms(ctx context.Context, resolver remotes.Resolver
 					continue
 				}
 				if err := s.ensureManifest(ctx, resolver, src.Name, m, desc); err != nil {
-					if !errdefs.IsNotFound(err) && !push {
-						return err // a transient failure: tried again
+					if !errdefs.IsNotFound(err) {
+						return err // the registry failing (tried again), a bad manifest
 					}
 					missing = append(missing, fmt.Sprintf("%s (%v)", platforms.Format(*m.Platform), err))
 					continue
@@ -196,11 +218,8 @@ func (s *Service) ensureManifest(ctx context.Context, resolver remotes.Resolver,
 func (s *Service) pushRuleOutput(ctx context.Context, job rules.Job, out string) (rules.Outcome, error) {
 	src := job.Source
 	resolver := remote.RegistryOptions{}.ResolverFor(out)
-	if _, desc, err := resolver.Resolve(ctx, src.Name); err == nil && desc.Digest != src.Target.Digest {
-		log.G(ctx).Infof("lazyconv: not pushing %s: the registry's %s is %s, not the converted %s", out, src.Name, desc.Digest, src.Target.Digest)
-		return rules.Stale, nil
-	} else if err != nil && !errdefs.IsNotFound(err) {
-		return "", fmt.Errorf("resolving %s in its registry: %w", src.Name, err)
+	if moved, err := s.registryMovedOn(ctx, resolver, src); err != nil || moved {
+		return rules.Stale, err
 	}
 	img, err := s.is.Get(ctx, out)
 	if err != nil {
@@ -237,7 +256,20 @@ func (s *Service) pushRuleOutput(ctx context.Context, job rules.Job, out string)
 		if now, err := s.is.Get(ctx, src.Name); err != nil || now.Target.Digest != src.Target.Digest {
 			return rules.Stale, nil
 		}
-		if _, err := s.PushImage(ctx, &api.PushRequest{Ref: out, AllPlatforms: true}); err != nil {
+		// Content first, by digest (the long part), then the source checked
+		// once more, then the tag: an output of a source the registry's tag
+		// has left while the blobs went up is never tagged.
+		byDigest, err := remote.SourceOf(out)
+		if err != nil {
+			return "", err
+		}
+		if _, err := s.PushImage(ctx, &api.PushRequest{Ref: byDigest.Ref(img.Target.Digest), Local: out, AllPlatforms: true}); err != nil {
+			return "", err
+		}
+		if moved, err := s.registryMovedOn(ctx, resolver, src); err != nil || moved {
+			return rules.Stale, err
+		}
+		if _, err := s.PushImage(ctx, &api.PushRequest{Ref: out, Local: out, AllPlatforms: true}); err != nil {
 			return "", err
 		}
 	default:
@@ -250,18 +282,63 @@ func (s *Service) pushRuleOutput(ctx context.Context, job rules.Job, out string)
 	return rules.Converted, nil
 }
 
-// PullSource stores ref as its registry has it now (rules.Puller): index,
+// registryMovedOn says whether the registry's tag of src points at another
+// digest than src's (a source tag it does not have has not moved on).
+func (s *Service) registryMovedOn(ctx context.Context, resolver remotes.Resolver, src images.Image) (bool, error) {
+	_, desc, err := resolver.Resolve(ctx, src.Name)
+	switch {
+	case errdefs.IsNotFound(err):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("resolving %s in its registry: %w", src.Name, err)
+	case desc.Digest != src.Target.Digest:
+		log.G(ctx).Infof("lazyconv: not converting or pushing %s@%s for its rule: the registry's %s is %s", src.Name, src.Target.Digest, src.Name, desc.Digest)
+		return true, nil
+	}
+	return false, nil
+}
+
+// PullSource stores the image a registry notified was pushed as ref
+// (host/repository:tag) with digest dgst (rules.Puller): its index,
 // manifests and configs of every platform, no layers (a conversion fetches
 // those it needs), under a lease recovered at start-up if the daemon dies.
-func (s *Service) PullSource(ctx context.Context, namespace, ref string) (images.Image, error) {
+//
+// It pulls dgst, the digest pushed, unless the registry's tag has moved on
+// from it (ErrFailedPrecondition: a later notification names the newer one);
+// while the registry does not serve the tag yet (distribution notifies
+// while the push is still being written) the digest alone is trusted. The
+// image is stored labelled labels.Notified, and only a name that is
+// missing or already so labelled is written: an image of the namespace that
+// a notification did not make is never moved (ErrAlreadyExists).
+func (s *Service) PullSource(ctx context.Context, namespace, ref string, dgst digest.Digest) (images.Image, error) {
 	ctx = namespaces.WithNamespace(ctx, namespace)
+	if img, err := s.is.Get(ctx, ref); err == nil && img.Labels[labels.Notified] == "" {
+		return images.Image{}, fmt.Errorf("%s is an image of namespace %s that no notification made: not moving it: %w", ref, namespace, errdefs.ErrAlreadyExists)
+	} else if err != nil && !errdefs.IsNotFound(err) {
+		return images.Image{}, err
+	}
+	resolver := remote.RegistryOptions{}.ResolverFor(ref)
+	_, desc, err := resolver.Resolve(ctx, ref)
+	switch {
+	case err == nil && dgst != "" && desc.Digest != dgst:
+		return images.Image{}, fmt.Errorf("the registry's %s is %s now, not the notified %s: %w", ref, desc.Digest, dgst, errdefs.ErrFailedPrecondition)
+	case err == nil:
+		dgst = desc.Digest
+	case !errdefs.IsNotFound(err) || dgst == "":
+		return images.Image{}, fmt.Errorf("resolving %s: %w", ref, err)
+	}
+	src, err := remote.SourceOf(ref)
+	if err != nil {
+		return images.Image{}, err
+	}
 	l, err := s.lm.Create(ctx, leases.WithRandomID(), leases.WithExpiration(time.Hour), leases.WithLabel(labels.LeaseConverting, ref))
 	if err != nil {
 		return images.Image{}, fmt.Errorf("creating lease: %w", err)
 	}
 	defer s.lm.Delete(context.WithoutCancel(ctx), l) //nolint:errcheck // expires anyway
 	ctx = leases.WithLease(ctx, l.ID)
-	return remote.PullLazy(ctx, s.cs, s.is, s.lm, remote.RegistryOptions{}.ResolverFor(ref), ref, platforms.All)
+	return remote.PullLazyAs(ctx, s.cs, s.is, s.lm, resolver, src.Ref(dgst),
+		images.Image{Name: ref, Labels: map[string]string{labels.Notified: dgst.String()}}, platforms.All)
 }
 
 // localPlatforms lists the platforms of an image in the content store.
