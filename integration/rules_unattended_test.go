@@ -261,3 +261,54 @@ func TestRuleNeverRollsAPushedOutputBack(t *testing.T) {
 	assert.Equal(t, out.Target.Digest.String(), registryDigest(t, reg.host, "rollback/app", "v1-esgz"))
 	assert.Contains(t, d.logText(), "dropped", "T1's result was dropped")
 }
+
+// push --force-compression converts into a temporary image of its own: two
+// at once do not collide, and a rule matching the name never converts the
+// temporary image into a lasting output.
+func TestForcedPushesLeaveNoRuleOutputs(t *testing.T) {
+	requireRoot(t)
+	reg := startRegistry(t)
+	d := startDaemon(t, bins.containerdLazyconv, testConfig+`
+[[plugins.'io.containerd.grpc.v1.lazyconv'.rules]]
+  match = "example.com/forced/*"
+  format = "zstdchunked"
+  tag_suffix = "-zc"
+`)
+	src := "example.com/forced/app:v1"
+	img := newTestImage(t, src, 0)
+	mustLazyconv(t, "--address", d.address, "image", "import", img.archive)
+	errs := make(chan error, 2)
+	for _, repo := range []string{"one", "two"} {
+		go func() {
+			out, err := lazyconv(t, "--address", d.address, "image", "push", "--plain-http", "--force-compression", "estargz",
+				reg.host+"/forced/"+repo+":v1", src)
+			if err != nil {
+				err = fmt.Errorf("%v: %s", err, out)
+			}
+			errs <- err
+		}()
+	}
+	require.NoError(t, <-errs)
+	require.NoError(t, <-errs)
+	c := d.client(t)
+	defer c.Close()
+	ctx := nsContext("default")
+	deadline := time.Now().Add(60 * time.Second)
+	for { // the rule's own conversion of the source
+		if _, err := c.ImageService().Get(ctx, src+"-zc"); err == nil {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the rule did not convert the source:\n%s", d.logText())
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // a conversion of a temporary image would land by now
+	imgs, err := c.ImageService().List(ctx)
+	require.NoError(t, err)
+	var names []string
+	for _, i := range imgs {
+		names = append(names, i.Name)
+	}
+	assert.ElementsMatch(t, []string{src, src + "-zc"}, names, "no temporary image, and no output of one")
+	assert.NotEmpty(t, registryDigest(t, reg.host, "forced/one", "v1"))
+	assert.NotEmpty(t, registryDigest(t, reg.host, "forced/two", "v1"))
+}
