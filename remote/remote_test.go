@@ -3,6 +3,7 @@ package remote_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"testing"
 
@@ -66,6 +67,24 @@ func TestAddSourceMergesWithoutDuplicates(t *testing.T) {
 		{Host: "registry.example", Repository: "team/b"},
 	}, remote.Sources(info))
 	assert.Equal(t, "other.example:5000/x@"+d.String(), remote.Sources(info)[0].Ref(d))
+}
+
+// A blob in more repositories of one registry than containerd's label
+// limit (4096 bytes) can list (the empty JSON every referrer shares) is
+// recorded in those that fit, and recording more is no error: a pull of
+// the next repository holding it must not fail on it.
+func TestAddSourceBeyondTheLabelLimit(t *testing.T) {
+	ctx, st := newStore(t)
+	cs := st.ContentStore()
+	d := put(t, ctx, cs, []byte("{}"), "application/vnd.oci.empty.v1+json").Digest
+	for i := range 600 {
+		require.NoError(t, remote.AddSource(ctx, cs, d, remote.Source{Host: "127.0.0.1:5000", Repository: fmt.Sprintf("notified/app%04d", i)}))
+	}
+	info, err := cs.Info(ctx, d)
+	require.NoError(t, err)
+	listed := info.Labels[labels.DistributionSourcePrefix+"127.0.0.1:5000"]
+	assert.LessOrEqual(t, len(labels.DistributionSourcePrefix+"127.0.0.1:5000")+len(listed), 4096)
+	assert.Contains(t, listed, "notified/app0000")
 }
 
 func TestSourceOf(t *testing.T) {

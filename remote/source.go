@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lazyconv/lazyconv/labels"
@@ -105,6 +106,9 @@ func Sources(info content.Info) []Source {
 	return out
 }
 
+// maxLabelSize is containerd's limit on a label's key and value together.
+const maxLabelSize = 4096
+
 // AddSource records on a blob that it exists in src, merging the repository
 // into the host's list without duplicates. The label is keyed by the host
 // name without its port, as containerd's own handler and pusher key it (its
@@ -130,7 +134,16 @@ func AddSource(ctx context.Context, cs content.Manager, d digest.Digest, src Sou
 		}
 		repos = append(repos, src.Repository)
 		sort.Strings(repos)
-		update[key] = strings.Join(repos, ",")
+		value := strings.Join(repos, ",")
+		if len(key)+len(value) > maxLabelSize {
+			// A blob in very many repositories of one registry (the empty
+			// JSON of every referrer, a popular base layer): it is recorded
+			// in those listed already, and an image's own repository is
+			// asked first anyway. containerd's own handler skips it too.
+			log.G(ctx).Debugf("lazyconv: not recording %s/%s on %s: its %s label is full", src.Host, src.Repository, d, key)
+			continue
+		}
+		update[key] = value
 	}
 	if err := labels.Set(ctx, cs, d, update); err != nil {
 		return fmt.Errorf("recording source %s/%s on %s: %w", src.Host, src.Repository, d, err)

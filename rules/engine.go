@@ -23,6 +23,7 @@ package rules
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -198,7 +199,7 @@ func (e *Engine) rule(suffix string) (Rule, bool) {
 // matching lists the rules that convert the image name in namespace: none
 // for a digest reference or a name that carries a rule's suffix (an output).
 func (e *Engine) matching(namespace, name string) []Rule {
-	if !taggedName(name) {
+	if !taggedName(name) || referrersTag.MatchString(name) {
 		return nil
 	}
 	for _, r := range e.cfg.Rules {
@@ -246,6 +247,10 @@ func (e *Engine) trigger(ctx context.Context, namespace, name string, rules []Ru
 	e.mu.Unlock()
 	if dropped == 0 {
 		return nil
+	}
+	if fromReconcile {
+		// not a lost trigger: reconcile finds it again once the queue drains
+		return fmt.Errorf("the rule queue is full (%d): %w", e.cfg.QueueLength, errdefs.ErrUnavailable)
 	}
 	e.metrics.dropped.Inc(float64(dropped))
 	if warn { // at most one line per 10 s in a storm; lazyconv_rule_jobs_dropped_total counts them all
@@ -463,6 +468,12 @@ func failedBefore(r Rule, src images.Image) bool {
 	d := src.Target.Digest.String()
 	return src.Labels[labels.RuleFailedDigestPrefix+r.TagSuffix] == d || src.Labels[labels.RuleGaveUpDigestPrefix+r.TagSuffix] == d
 }
+
+// referrersTag matches names whose tag is the referrers tag schema's
+// (<algorithm>-<digest>: the index of a manifest's referrers that lazyconv
+// itself pushes when it publishes a conversion to a registry without the
+// referrers API): not an image to convert.
+var referrersTag = regexp.MustCompile(`:(sha256|sha384|sha512)-[0-9a-f]{32,128}$`)
 
 // taggedName says whether name is a tagged reference (host/repository:tag):
 // a name without a tag would make an output in another repository

@@ -289,12 +289,14 @@ func TestOverlappingSuffixesAreRefused(t *testing.T) {
 }
 
 // Only tagged names are sources: an untagged one would make its output in
-// another repository (app + "-esgz"), a digest reference has no tag.
+// another repository (app + "-esgz"), a digest reference has no tag, and a
+// referrers tag (sha256-<hex>) names the index of a manifest's referrers.
 func TestOnlyTaggedNamesAreSources(t *testing.T) {
 	w := &worker{}
 	f := newFixture(t, rules.Config{ReconcileInterval: time.Hour}, w)
 	f.e.Start(f.ctx)
-	for _, name := range []string{"example.com/app", "example.com/app@" + digest.FromString("x").String(), "example.com/app:v1"} {
+	referrers := "example.com/app:sha256-" + digest.FromString("x").Encoded() // the referrers tag schema's index
+	for _, name := range []string{"example.com/app", "example.com/app@" + digest.FromString("x").String(), referrers, "example.com/app:v1"} {
 		f.put(t, name, name)
 		require.NoError(t, f.e.Trigger(f.ctx, "test", name))
 	}

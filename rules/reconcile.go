@@ -47,6 +47,7 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 		return err
 	}
 	var queued, full int
+listing:
 	for _, ns := range nss {
 		nctx := namespaces.WithNamespace(ctx, ns)
 		imgs, err := e.is.List(nctx)
@@ -84,14 +85,14 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 				continue
 			}
 			if err := e.trigger(nctx, ns, img.Name, todo, true); err != nil {
-				full++
-				continue
+				full++ // the queue is full: the reconcile after it drains goes on
+				break listing
 			}
 			queued += len(todo)
 		}
 	}
 	if queued > 0 || full > 0 {
-		log.G(ctx).Infof("lazyconv: rule reconcile queued %d conversions (%d images waiting for room in the queue)", queued, full)
+		log.G(ctx).Infof("lazyconv: rule reconcile queued %d conversions (queue full: %t; reconcile goes on once it drains)", queued, full > 0)
 	}
 	return nil
 }

@@ -114,8 +114,9 @@ func fleetSection(work, binDir string, layers []generated, runs int) error {
 	return nil
 }
 
-// startRegistry runs distribution's registry on a free port of 127.0.0.1.
-func startRegistry(bin, dir string) (string, func(), error) {
+// startRegistry runs distribution's registry on a free port of 127.0.0.1,
+// with extra appended to its configuration.
+func startRegistry(bin, dir string, extra ...string) (string, func(), error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", nil, err
@@ -126,7 +127,7 @@ func startRegistry(bin, dir string) (string, func(), error) {
 		return "", nil, err
 	}
 	cfg := filepath.Join(dir, "config.yml")
-	text := fmt.Sprintf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), host)
+	text := fmt.Sprintf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), host) + strings.Join(extra, "")
 	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
 		return "", nil, err
 	}

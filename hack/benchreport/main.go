@@ -42,6 +42,8 @@ func main() {
 	memoryOnly := flag.Bool("memory-only", false, "run only the daemon memory measurement")
 	compareOnly := flag.Bool("compare-only", false, "run only the side-by-side comparison with nativeconverter")
 	fleetOnly := flag.Bool("fleet-only", false, "run only the two-node fleet measurement")
+	rulesOnly := flag.Bool("rules-only", false, "run only the rules-under-load measurement")
+	rulesImages := flag.Int("rules-images", 1000, "images of each storm of the rules-under-load section (0 skips it)")
 	childSide := flag.String("child", "", "internal: convert once as lazyconv (ours) or nativeconverter (peer)")
 	childFormat := flag.String("child-format", "", "internal: the child's format")
 	childLayers := flag.String("child-layers", "", "internal: the child's layers (JSON)")
@@ -81,6 +83,9 @@ func main() {
 			return fleetSection(work, *binDir, layers, *runs)
 		})
 		return
+	case *rulesOnly:
+		only(func(work string) error { return rulesSection(work, *binDir, *rulesImages) })
+		return
 	case *hostileOnly:
 		only(func(string) error { return hostileSection(filepath.Join(*binDir, "lazyconv"), int64(*hostileMiB)<<20) })
 		return
@@ -89,6 +94,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "benchreport:", err)
 		os.Exit(1)
 	}
+	only(func(work string) error { return rulesSection(work, *binDir, *rulesImages) })
 	if *hostileMiB > 0 {
 		if err := hostileSection(filepath.Join(*binDir, "lazyconv"), int64(*hostileMiB)<<20); err != nil {
 			fmt.Fprintln(os.Stderr, "benchreport:", err)

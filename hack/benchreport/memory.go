@@ -36,26 +36,9 @@ func daemonMemory(work, binDir string, layers []generated) error {
 	}
 	time.Sleep(2 * time.Second)
 	idle := rssMB(d.cmd.Process.Pid)
-	var peak atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			if r := int64(rssMB(d.cmd.Process.Pid)); r > peak.Load() {
-				peak.Store(r)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-	}()
+	peak := peakRSS(d.cmd.Process.Pid)
 	out, err := exec.Command(cli, "--address", d.address, "image", "convert", "--estargz", "--oci", "-q", "memory:src", "memory:esgz").CombinedOutput()
-	close(stop)
-	wg.Wait()
+	peakMB := peak()
 	if err != nil {
 		return fmt.Errorf("convert: %v: %s", err, out)
 	}
@@ -65,8 +48,40 @@ func daemonMemory(work, binDir string, layers []generated) error {
 		after = append(after, fmt.Sprintf("%ds %.0f", i*5, rssMB(d.cmd.Process.Pid)))
 	}
 	fmt.Printf("\ndaemon memory (containerd-lazyconv RSS, MB): idle %.0f, peak %d converting %d layers; after: %s (target: within 20 MB of idle by 30s)\n",
-		idle, peak.Load(), len(layers), strings.Join(after, ", "))
+		idle, peakMB, len(layers), strings.Join(after, ", "))
 	return nil
+}
+
+// peakRSS samples a process's resident set every 100 ms until the returned
+// function is called, which returns the peak (MB).
+func peakRSS(pid int) func() int64 {
+	var peak atomic.Int64
+	stop := every(100*time.Millisecond, func() {
+		if r := int64(rssMB(pid)); r > peak.Load() {
+			peak.Store(r)
+		}
+	})
+	return func() int64 { stop(); return peak.Load() }
+}
+
+// every calls f now and then every interval, until the returned function is
+// called (it returns once f has).
+func every(interval time.Duration, f func()) func() {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			f()
+			select {
+			case <-stop:
+				return
+			case <-time.After(interval):
+			}
+		}
+	}()
+	return func() { close(stop); wg.Wait() }
 }
 
 // rssMB reads a process's resident set from /proc.
