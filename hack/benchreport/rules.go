@@ -549,7 +549,7 @@ func notificationStorm(work, dir, binDir string, n int) (stormRow, []string, err
 	}
 	defer stopRegistry()
 	d, err := startRuleDaemon(filepath.Join(binDir, "containerd-lazyconv"), filepath.Join(dir, "notified"), rulesConfig("127.0.0.1:*/notified/*",
-		fmt.Sprintf("[plugins.'io.containerd.grpc.v1.lazyconv'.notifications]\n  address = %q\n  token = %q\n", notify, token),
+		fmt.Sprintf("[plugins.'io.containerd.grpc.v1.lazyconv'.notifications]\n  address = %q\n  token = %q\n  namespace = \"default\"\n", notify, token),
 		"  namespaces = [\"default\"]\n  push = true\n"))
 	if err != nil {
 		return stormRow{}, nil, err
