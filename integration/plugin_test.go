@@ -7,6 +7,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/lazyconv/lazyconv/converter/stargz"
 )
 
 func TestPluginIsListedAndExampleConfigLoadsCleanly(t *testing.T) {
@@ -32,6 +34,9 @@ func TestPluginIsListedAndExampleConfigLoadsCleanly(t *testing.T) {
 	out := mustLazyconv(t, "--address", d.address, "version")
 	assert.Contains(t, out, "default format estargz")
 	assert.Contains(t, out, "format estargz")
+	// The daemon says which deflate its eStargz uses: the one this test binary
+	// was built with (the daemons are built with the same tags).
+	assert.Contains(t, out, "deflate "+stargz.DeflateDescription()+" (")
 }
 
 // The plugin's section of config.toml reaches the service; a typo stops it.

@@ -18,7 +18,8 @@ import (
 // Capabilities is the gRPC handler: every format of the table, whether it
 // can run here (probing external builders, once), and the builders found.
 func (s *Service) Capabilities(ctx context.Context, _ *api.CapabilitiesRequest) (*api.CapabilitiesResponse, error) {
-	resp := &api.CapabilitiesResponse{Version: s.version, DefaultFormat: s.cfg.DefaultFormat, Workers: int32(s.cfg.Workers)}
+	resp := &api.CapabilitiesResponse{Version: s.version, DefaultFormat: s.cfg.DefaultFormat, Workers: int32(s.cfg.Workers),
+		Deflate: stargz.DeflateDescription()}
 	if resp.Workers == 0 {
 		resp.Workers = int32(runtime.GOMAXPROCS(0))
 	}

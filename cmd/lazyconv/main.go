@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -97,6 +98,9 @@ func versionCommand() *cli.Command {
 				return err
 			}
 			fmt.Fprintf(s.out, "service %s at %s: default format %s, %d workers\n", caps.GetVersion(), s.where, caps.GetDefaultFormat(), caps.GetWorkers())
+			if d := caps.GetDeflate(); d != "" { // older services do not say
+				fmt.Fprintf(s.out, "  deflate %s (eStargz's gzip; %s)\n", d, deflateNote(d))
+			}
 			for _, f := range caps.GetFormats() {
 				state := "available"
 				if !f.GetAvailable() {
@@ -110,4 +114,12 @@ func versionCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// deflateNote says what a build's deflate means for eStargz conversion.
+func deflateNote(d string) string {
+	if strings.HasPrefix(d, "libdeflate") {
+		return "linked in: several times faster than the pure-Go build at the same level, and smaller"
+	}
+	return "pure Go: build with libdeflate-dev installed (make) for several times faster eStargz"
 }

@@ -37,6 +37,15 @@ func DefaultDeflate() string {
 	return DeflateGo
 }
 
+// DeflateDescription names the deflate this build uses by default, with
+// libdeflate's version: what `lazyconv version` and Capabilities report.
+func DeflateDescription() string {
+	if libdeflate.Available {
+		return "libdeflate " + libdeflate.Version
+	}
+	return "klauspost/compress"
+}
+
 // validDeflate reports an unknown deflate (ErrInvalidArgument) or libdeflate
 // asked of a build without it (ErrUnavailable).
 func validDeflate(d string) error {

@@ -1595,6 +1595,10 @@ type CapabilitiesResponse struct {
 	Builders      []*Builder             `protobuf:"bytes,3,rep,name=builders,proto3" json:"builders,omitempty"`
 	DefaultFormat string                 `protobuf:"bytes,4,opt,name=default_format,json=defaultFormat,proto3" json:"default_format,omitempty"`
 	Workers       int32                  `protobuf:"varint,5,opt,name=workers,proto3" json:"workers,omitempty"`
+	// The deflate eStargz's gzip uses by default in this build: "libdeflate
+	// <version>" (linked in, where the build had libdeflate-dev) or
+	// "klauspost/compress" (pure Go).
+	Deflate       string `protobuf:"bytes,6,opt,name=deflate,proto3" json:"deflate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1662,6 +1666,13 @@ func (x *CapabilitiesResponse) GetWorkers() int32 {
 		return x.Workers
 	}
 	return 0
+}
+
+func (x *CapabilitiesResponse) GetDeflate() string {
+	if x != nil {
+		return x.Deflate
+	}
+	return ""
 }
 
 var File_lazyconv_v1_converter_proto protoreflect.FileDescriptor
@@ -1807,13 +1818,14 @@ const file_lazyconv_v1_converter_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x14\n" +
-	"\x05found\x18\x04 \x01(\bR\x05found\"\xd2\x01\n" +
+	"\x05found\x18\x04 \x01(\bR\x05found\"\xec\x01\n" +
 	"\x14CapabilitiesResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12-\n" +
 	"\aformats\x18\x02 \x03(\v2\x13.lazyconv.v1.FormatR\aformats\x120\n" +
 	"\bbuilders\x18\x03 \x03(\v2\x14.lazyconv.v1.BuilderR\bbuilders\x12%\n" +
 	"\x0edefault_format\x18\x04 \x01(\tR\rdefaultFormat\x12\x18\n" +
-	"\aworkers\x18\x05 \x01(\x05R\aworkers*\xa3\x02\n" +
+	"\aworkers\x18\x05 \x01(\x05R\aworkers\x12\x18\n" +
+	"\adeflate\x18\x06 \x01(\tR\adeflate*\xa3\x02\n" +
 	"\n" +
 	"LayerState\x12\x16\n" +
 	"\x12LAYER_STATE_QUEUED\x10\x00\x12\x17\n" +
