@@ -81,15 +81,15 @@ func PublishReferrer(ctx context.Context, resolver remotes.Resolver, src Source,
 		return ocispec.Descriptor{}, err
 	}
 	empty := ocispec.DescriptorEmptyJSON
-	if err := pushBytes(ctx, pusher, empty, empty.Data); err != nil {
+	if err := PushBytes(ctx, pusher, empty, empty.Data); err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	if r.Layer != nil {
-		if err := pushBytes(ctx, pusher, *r.Layer, r.Data); err != nil {
+		if err := PushBytes(ctx, pusher, *r.Layer, r.Data); err != nil {
 			return ocispec.Descriptor{}, err
 		}
 	}
-	if err := pushBytes(ctx, pusher, desc, b); err != nil {
+	if err := PushBytes(ctx, pusher, desc, b); err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	listed, err := ListReferrers(ctx, resolver, src, r.Subject.Digest, "")
@@ -149,14 +149,15 @@ func addToTagIndex(ctx context.Context, resolver remotes.Resolver, src Source, s
 	if err != nil {
 		return err
 	}
-	if err := pushBytes(ctx, pusher, idesc, b); err != nil {
+	if err := PushBytes(ctx, pusher, idesc, b); err != nil {
 		return fmt.Errorf("updating the referrers tag index of %s in %s/%s: %w", subject, src.Host, src.Repository, err)
 	}
 	return nil
 }
 
-// pushBytes pushes one blob or manifest, unless the registry has it.
-func pushBytes(ctx context.Context, pusher remotes.Pusher, desc ocispec.Descriptor, b []byte) error {
+// PushBytes pushes one blob or manifest, unless the registry has it (a
+// manifest under the tag of the pusher's reference, when it has one).
+func PushBytes(ctx context.Context, pusher remotes.Pusher, desc ocispec.Descriptor, b []byte) error {
 	w, err := pusher.Push(ctx, desc)
 	if errdefs.IsAlreadyExists(err) {
 		return nil

@@ -124,9 +124,9 @@ func ParseConfig(raw map[string]any) (Config, error) {
 			}
 			cfg.Rules = list
 		case "rule_retries":
-			n, ok := asInt(v)
-			if !ok || n < 0 {
-				return cfg, fmt.Errorf("rule_retries takes a whole number of at least 0, not %v: %w", v, errdefs.ErrInvalidArgument)
+			n, err := atLeast(k, v, 0)
+			if err != nil {
+				return cfg, err
 			}
 			cfg.RuleRetries = n
 		case "rule_retry_backoff", "reconcile_interval":
@@ -146,9 +146,9 @@ func ParseConfig(raw map[string]any) (Config, error) {
 			}
 			cfg.Notifications = n
 		case "rule_queue_length":
-			n, ok := asInt(v)
-			if !ok || n < 1 {
-				return cfg, fmt.Errorf("rule_queue_length takes a whole number of at least 1, not %v: %w", v, errdefs.ErrInvalidArgument)
+			n, err := atLeast(k, v, 1)
+			if err != nil {
+				return cfg, err
 			}
 			cfg.RuleQueueLength = n
 		case "require_lossless", "disable_registry_cache":
@@ -267,6 +267,15 @@ func stringList(v any) ([]string, bool) {
 		return out, true
 	}
 	return nil, false
+}
+
+// atLeast reads a whole number of at least min.
+func atLeast(key string, v any, min int) (int, error) {
+	n, ok := asInt(v)
+	if !ok || n < min {
+		return 0, fmt.Errorf("%s takes a whole number of at least %d, not %v: %w", key, min, v, errdefs.ErrInvalidArgument)
+	}
+	return n, nil
 }
 
 func asInt(v any) (int, bool) {

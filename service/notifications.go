@@ -60,9 +60,9 @@ func parseNotifications(v any) (NotificationsConfig, error) {
 				n.Namespace = text
 			}
 		case "max_body_bytes":
-			b, ok := asInt(val)
-			if !ok || b < 1 {
-				return n, fmt.Errorf("notifications.max_body_bytes takes a whole number of at least 1, not %v: %w", val, errdefs.ErrInvalidArgument)
+			b, err := atLeast("notifications.max_body_bytes", val, 1)
+			if err != nil {
+				return n, err
 			}
 			n.MaxBodyBytes = int64(b)
 		default:

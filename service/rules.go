@@ -269,8 +269,17 @@ func (s *Service) pushRuleOutput(ctx context.Context, job rules.Job, out string)
 		if moved, err := s.registryMovedOn(ctx, resolver, src); err != nil || moved {
 			return rules.Stale, err
 		}
-		if _, err := s.PushImage(ctx, &api.PushRequest{Ref: out, Local: out, AllPlatforms: true}); err != nil {
+		// Only the tag is left to write: the root manifest, under it.
+		b, err := content.ReadBlob(ctx, s.cs, img.Target)
+		if err != nil {
 			return "", err
+		}
+		pusher, err := resolver.Pusher(ctx, out+"@"+img.Target.Digest.String())
+		if err != nil {
+			return "", err
+		}
+		if err := remote.PushBytes(ctx, pusher, img.Target, b); err != nil {
+			return "", fmt.Errorf("tagging %s: %w", out, err)
 		}
 	default:
 		return "", fmt.Errorf("resolving %s in its registry: %w", out, err)
