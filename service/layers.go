@@ -10,6 +10,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/remote"
 )
 
 // layerSource is where a conversion finds a layer: the content store, else
@@ -43,8 +44,12 @@ func (s *Service) layerSource(resolver remotes.Resolver, imageRef string) func(c
 		if ctxErr := context.Cause(ctx); ctxErr != nil {
 			return converter.Ensured{}, ctxErr
 		}
+		var class error = errdefs.ErrNotFound
+		if remote.Transient(err) {
+			class = errdefs.ErrUnavailable // the registry may serve it later: a rule tries again
+		}
 		tried = append(tried, "registry: "+err.Error())
 		return converter.Ensured{}, fmt.Errorf("layer %s (%d of manifest %s) could be had from nowhere: %s: %w",
-			layer.Digest, index, manifest.Digest, strings.Join(tried, "; "), errdefs.ErrNotFound)
+			layer.Digest, index, manifest.Digest, strings.Join(tried, "; "), class)
 	}
 }
