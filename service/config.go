@@ -63,7 +63,9 @@ type Config struct {
 	Notifications NotificationsConfig
 	// FormatOptions holds every format option's configured value as text,
 	// by configuration key ("estargz_compression_level": "9"). Keys not
-	// present keep the format's default.
+	// present keep the format's default; the defaults hold every key but
+	// those whose default follows another option (eStargz's level follows
+	// its deflate).
 	FormatOptions map[string]string
 }
 
@@ -71,6 +73,9 @@ type Config struct {
 type configKey struct {
 	format string // the first format in the table with the option's prefix
 	field  options.Field
+	// dependent: the option's default follows another option's value
+	// (options.DependentDefaults), so the defaults leave it out.
+	dependent bool
 }
 
 // configKeys lists every format option key, each once (formats sharing an
@@ -81,10 +86,14 @@ func configKeys() map[string]configKey {
 		if f.OptionPrefix == "" {
 			continue
 		}
+		var dependent []string
+		if d, ok := f.newOptions().(options.DependentDefaults); ok {
+			dependent = d.Dependent()
+		}
 		for _, fld := range f.Options() {
 			k := fld.ConfigKey(f.OptionPrefix)
 			if _, dup := out[k]; !dup {
-				out[k] = configKey{format: f.Name, field: fld}
+				out[k] = configKey{format: f.Name, field: fld, dependent: slices.Contains(dependent, fld.Name)}
 			}
 		}
 	}
@@ -97,7 +106,9 @@ func DefaultConfig() Config {
 		RuleRetries: rules.DefaultRetries, RuleRetryBackoff: rules.DefaultRetryBackoff, ReconcileInterval: rules.DefaultReconcileInterval,
 		Notifications: defaultNotifications(), FormatOptions: map[string]string{}}
 	for k, ck := range configKeys() {
-		cfg.FormatOptions[k] = ck.field.Value
+		if !ck.dependent {
+			cfg.FormatOptions[k] = ck.field.Value
+		}
 	}
 	return cfg
 }
@@ -224,6 +235,9 @@ func (c Config) TOML() map[string]any {
 	}
 	for k, ck := range configKeys() {
 		v, ok := c.FormatOptions[k]
+		if !ok && ck.dependent {
+			continue // its default follows another option's value
+		}
 		if !ok {
 			v = ck.field.Value
 		}

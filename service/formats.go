@@ -195,12 +195,14 @@ func (f Format) resolveOptions(configured map[string]string, requested map[strin
 		return nil, nil
 	}
 	opts := f.newOptions()
+	set := map[string]bool{}
 	if f.OptionPrefix != "" {
 		for _, fld := range options.Fields(opts) {
 			if v, ok := configured[fld.ConfigKey(f.OptionPrefix)]; ok {
 				if err := options.Set(opts, fld.Name, v); err != nil {
 					return nil, fmt.Errorf("configuration of %s: %w", f.Name, err)
 				}
+				set[fld.Name] = true
 			}
 		}
 	}
@@ -225,6 +227,10 @@ func (f Format) resolveOptions(configured map[string]string, requested map[strin
 		if err := options.Set(opts, name, v); err != nil {
 			return nil, err
 		}
+		set[name] = true
+	}
+	if d, ok := opts.(options.DependentDefaults); ok {
+		d.FollowDefaults(func(name string) bool { return set[name] })
 	}
 	if err := f.validate(opts); err != nil {
 		return nil, fmt.Errorf("%s options: %w", f.Name, err)

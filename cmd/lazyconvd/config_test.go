@@ -51,7 +51,9 @@ func TestConfigLoading(t *testing.T) {
 			assert.Equal(t, "/tmp/x.sock", cfg.Address)
 			assert.Equal(t, 3, cfg.Converter.Workers)
 			assert.Equal(t, defaultConfig().ContainerdAddress, cfg.ContainerdAddress)
-			assert.Equal(t, "9", cfg.Converter.FormatOptions["estargz_compression_level"])
+			assert.Equal(t, "zstd", cfg.Converter.FormatOptions["nydus_compressor"])
+			_, set := cfg.Converter.FormatOptions["estargz_compression_level"]
+			assert.False(t, set, "the eStargz level's default follows the deflate: the defaults leave it unset")
 		}},
 		{"unknown converter key is an error", "[converter]\nestargz_level = 6\n", func(t *testing.T, _ config, err error) {
 			require.Error(t, err)

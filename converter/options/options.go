@@ -150,6 +150,19 @@ func Set(opts any, name, value string) error {
 	return fmt.Errorf("unknown option %q (known: %s): %w", name, strings.Join(Names(opts), ", "), errdefs.ErrInvalidArgument)
 }
 
+// DependentDefaults is implemented by options where one option's default
+// follows another's value (eStargz's level follows its deflate): after the
+// configured and requested values are set, the service calls
+// FollowDefaults with whether each option was set, and the options fill in
+// the defaults of those left unset.
+type DependentDefaults interface {
+	// Dependent names the options whose defaults follow others' (a
+	// configuration does not fill them in with a fixed default).
+	Dependent() []string
+	// FollowDefaults fills in the dependent options that were not set.
+	FollowDefaults(set func(name string) bool)
+}
+
 // Names lists the option names of opts, in field order.
 func Names(opts any) []string {
 	var out []string

@@ -1,6 +1,7 @@
 package stargz
 
 import (
+	"archive/tar"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -17,7 +18,6 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/vbatts/tar-split/archive/tar"
 
 	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/internal/layerio"

@@ -1,6 +1,7 @@
 package stargz_test
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/lazyconv/lazyconv/converter/convertertest"
@@ -10,11 +11,14 @@ import (
 // deflateRows adds the Deflate option's row: the other deflate where the
 // build has both, else fixed; and the default variant of a pure-Go build.
 func deflateRows(name string, alternatives map[string]any) (map[string]any, map[string]string, string) {
+	// The baseline is level 9 with libdeflate: the default level, chosen
+	// later by measurement, is named in the variant.
 	if stargz.DefaultDeflate() == stargz.DeflateLibdeflate {
 		alternatives["Deflate"] = stargz.DeflateGo
-		return alternatives, nil, ""
+		return alternatives, nil, fmt.Sprintf("%s.level-%d", name, stargz.DefaultLevel(stargz.DeflateLibdeflate))
 	}
-	return alternatives, map[string]string{"Deflate": "this build has no libdeflate: go is its only deflate"}, name + ".deflate-go"
+	return alternatives, map[string]string{"Deflate": "this build has no libdeflate: go is its only deflate"},
+		fmt.Sprintf("%s.deflate-go.level-%d", name, stargz.DefaultLevel(stargz.DeflateGo))
 }
 
 func TestEStargzConformance(t *testing.T) {

@@ -136,8 +136,9 @@ func TestEStargzKeepsEStargzLayers(t *testing.T) {
 }
 
 // The variant keys of existing caches stay what they were before options
-// became one struct: same options, same label. libdeflate is the baseline
-// (unnamed); klauspost's pure-Go output is named, in every build.
+// became one struct: same options, same label. Level 9 with libdeflate is
+// the baseline (unnamed); klauspost's pure-Go output is named, in every
+// build, and so are the default levels chosen since (5 and 8).
 func TestEStargzVariantNames(t *testing.T) {
 	cases := []struct {
 		opts stargz.EStargzOptions
@@ -152,7 +153,8 @@ func TestEStargzVariantNames(t *testing.T) {
 			opts stargz.EStargzOptions
 			want string
 		}{
-			{stargz.DefaultEStargzOptions(), "estargz"},
+			{stargz.DefaultEStargzOptions(), "estargz.level-5"},
+			{stargz.EStargzOptions{CompressionLevel: 9}, "estargz"},
 			{stargz.EStargzOptions{CompressionLevel: 6}, "estargz.level-6"},
 			{stargz.EStargzOptions{CompressionLevel: 1, ChunkSize: 1024}, "estargz.chunk-1024.level-1"},
 			{stargz.EStargzOptions{CompressionLevel: -2}, "estargz.level--2"},
@@ -161,7 +163,7 @@ func TestEStargzVariantNames(t *testing.T) {
 		cases = append(cases, struct {
 			opts stargz.EStargzOptions
 			want string
-		}{stargz.DefaultEStargzOptions(), "estargz.deflate-go"})
+		}{stargz.DefaultEStargzOptions(), "estargz.deflate-go.level-8"})
 		_, err := stargz.NewEStargz(stargz.EStargzOptions{CompressionLevel: 9, Deflate: stargz.DeflateLibdeflate})
 		assert.True(t, errdefs.IsUnavailable(err), "libdeflate asked of a build without it: %v", err)
 	}

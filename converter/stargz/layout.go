@@ -1,7 +1,9 @@
 package stargz
 
 import (
+	"archive/tar"
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -10,15 +12,25 @@ import (
 	"path"
 	"strings"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/opencontainers/go-digest"
-	"github.com/vbatts/tar-split/archive/tar"
+
+	"github.com/lazyconv/lazyconv/internal/layerio"
 )
 
-// layoutWriter lays out a lossless eStargz or zstd:chunked layer: it is
-// estargz.Writer's lossless path (AppendTarLossLess; the same bytes for the
-// same compressor, which the tests check against estargz itself), with two
-// differences that keep memory flat:
+// layoutWriter lays out a lossless eStargz or zstd:chunked layer: the
+// layout of estargz.Writer's lossless path (AppendTarLossLess; the same
+// bytes for the same compressor, which the tests check against estargz
+// itself), with these differences:
+//   - one parse: Go's tar reader (the one containerd unpacks with) reads the
+//     tar through a rawTap, which keeps every byte it consumed until the
+//     writer writes it: header bytes are what a header's parse consumed, and
+//     file data must equal what its read consumed (a sparse file's would
+//     not). So the payload is the source's tar byte for byte by
+//     construction, the source's inspection takes the same headers in line
+//     (no second parse beside it), and the payload is never hashed again:
+//     the source's diffID hash is continued (Close);
 //   - TOC entries go to an entrySpill as they are made, and the compressor
 //     writes the TOC from it, instead of every entry staying on the heap;
 //   - a compressed stream that has taken more than maxHeaderRun bytes of tar
@@ -33,13 +45,28 @@ type layoutWriter struct {
 	comp      tocCompressor
 	stream    estargz.WriteFlushCloser // the open compressed stream, if any
 	headerRun int64                    // header bytes in stream since its last file data
-	diffHash  countingHash             // the layer's uncompressed stream: payload, then any TOC entry
+	written   int64                    // uncompressed bytes of the payload
+	diffHash  countingHash             // the layer's uncompressed stream, once Close continues the payload's hash
 	payload   digest.Digest
 	chunkSize int64
 	spill     *entrySpill
 	unames    map[int]string // the last user name written per uid
 	gnames    map[int]string
+	copyBuf   []byte
 }
+
+// tarInspection takes the headers and trailing bytes of the tar the layout
+// writer parses: the source's inspection, in line (layerio.Source.Inline).
+type tarInspection interface {
+	Entry(h *tar.Header) error
+	Trailing(n int64) error
+	EndOfArchive()
+}
+
+// errSparse stops a lossless layout at a sparse file, whose data Go's
+// reader expands: no lossless format carries it (the source's inspection
+// lists it, and the converter rewrites the layer).
+var errSparse = errors.New("sparse file")
 
 // maxHeaderRun bounds the tar header bytes one stream takes after its data.
 const maxHeaderRun = 4 << 20
@@ -50,7 +77,7 @@ const defaultChunkSize = 4 << 20
 func newLayoutWriter(w io.Writer, comp tocCompressor, spill *entrySpill) *layoutWriter {
 	bw := bufio.NewWriter(w)
 	return &layoutWriter{
-		bw: bw, cw: &countingWriter{w: bw}, comp: comp, diffHash: countingHash{Hash: sha256.New()}, chunkSize: defaultChunkSize,
+		bw: bw, cw: &countingWriter{w: bw}, comp: comp, chunkSize: defaultChunkSize,
 		spill: spill, unames: map[int]string{}, gnames: map[int]string{},
 	}
 }
@@ -78,7 +105,7 @@ func (c *countingHash) Write(p []byte) (int, error) {
 // Write writes uncompressed layer bytes into the current stream, opening
 // one if needed.
 func (w *layoutWriter) Write(p []byte) (int, error) {
-	w.diffHash.Write(p)
+	w.written += int64(len(p))
 	if err := w.open(); err != nil {
 		return 0, err
 	}
@@ -118,10 +145,13 @@ func (w *layoutWriter) writeHeaders(p []byte) error {
 	return err
 }
 
-// AppendTarLossLess writes the tar stream r as the layer, byte for byte.
-func (w *layoutWriter) AppendTarLossLess(r io.Reader) error {
-	tr := tar.NewReader(r)
-	tr.RawAccounting = true
+// AppendTarLossLess writes the tar stream r as the layer, byte for byte,
+// handing each header to in (which may be nil: a stream inspected
+// elsewhere). A sparse file stops it with errSparse, after the rest of the
+// headers have been inspected.
+func (w *layoutWriter) AppendTarLossLess(r io.Reader, in tarInspection) error {
+	tap := &rawTap{r: r}
+	tr := tar.NewReader(tap)
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
@@ -130,27 +160,108 @@ func (w *layoutWriter) AppendTarLossLess(r io.Reader) error {
 		if err != nil {
 			return fmt.Errorf("error reading from source tar: tar.Reader.Next: %v", err)
 		}
+		if in != nil {
+			if err := in.Entry(h); err != nil {
+				return err
+			}
+		}
 		if strings.TrimPrefix(path.Clean("/"+h.Name), "/") == estargz.TOCTarName {
 			return errors.New("existing TOC JSON is not allowed; decompress layer before append")
 		}
-		if err := w.writeHeaders(tr.RawBytes()); err != nil {
+		if layerio.IsSparse(h) {
+			return inspectRest(tr, in)
+		}
+		if err := w.writeHeaders(tap.take(len(tap.pending))); err != nil {
 			return err
 		}
-		if err := w.appendEntry(tr, h); err != nil {
+		if err := w.appendEntry(tr, tap, h); err != nil {
 			return err
 		}
 	}
-	if remain := tr.RawBytes(); len(remain) > 0 { // the end-of-archive blocks
-		if err := w.writeHeaders(remain); err != nil {
+	if err := w.writeHeaders(tap.take(len(tap.pending))); err != nil { // the end-of-archive blocks
+		return err
+	}
+	if in != nil {
+		in.EndOfArchive()
+	}
+	// And whatever follows them, within the inspection's limit.
+	buf := w.buffer()
+	for trailing := int64(0); ; {
+		n, err := r.Read(buf)
+		if n > 0 {
+			trailing += int64(n)
+			if in != nil {
+				if err := in.Trailing(trailing); err != nil {
+					return err
+				}
+			}
+			if _, err := w.Write(buf[:n]); err != nil {
+				return err
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
 			return err
 		}
 	}
-	_, err := io.Copy(w, r) // and whatever follows them
-	return err
+}
+
+// inspectRest hands the inspection the headers after a sparse file, so that
+// its verdict covers the whole tar, and returns errSparse.
+func inspectRest(tr *tar.Reader, in tarInspection) error {
+	for in != nil {
+		h, err := tr.Next()
+		if err == io.EOF {
+			in.EndOfArchive()
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("error reading from source tar: tar.Reader.Next: %v", err)
+		}
+		if err := in.Entry(h); err != nil {
+			return err
+		}
+	}
+	return errSparse
+}
+
+// rawTap is the tar reader's source: it keeps what the reader consumed
+// until the layout writer takes it.
+type rawTap struct {
+	r       io.Reader
+	pending []byte
+}
+
+func (t *rawTap) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	t.pending = append(t.pending, p[:n]...)
+	return n, err
+}
+
+// take removes and returns the first n pending bytes (valid until the next
+// Read).
+func (t *rawTap) take(n int) []byte {
+	if n == len(t.pending) {
+		out := t.pending
+		t.pending = t.pending[:0]
+		return out
+	}
+	out := append([]byte(nil), t.pending[:n]...)
+	t.pending = t.pending[:copy(t.pending, t.pending[n:])]
+	return out
+}
+
+func (w *layoutWriter) buffer() []byte {
+	if w.copyBuf == nil {
+		w.copyBuf = make([]byte, 32<<10)
+	}
+	return w.copyBuf
 }
 
 // appendEntry records the entry h and writes its file data (tr's).
-func (w *layoutWriter) appendEntry(tr *tar.Reader, h *tar.Header) error {
+func (w *layoutWriter) appendEntry(tr *tar.Reader, tap *rawTap, h *tar.Header) error {
 	ent, err := tocEntryOf(h, w.unames, w.gnames)
 	if err != nil {
 		return err
@@ -166,7 +277,24 @@ func (w *layoutWriter) appendEntry(tr *tar.Reader, h *tar.Header) error {
 		}
 		return w.spill.Patch(slot, emptySHA256[:])
 	}
-	return w.appendData(tr, &ent)
+	return w.appendData(&tapData{tr: tr, tap: tap}, &ent)
+}
+
+// tapData reads a regular file's data from the tar reader and checks it
+// against the bytes the tap saw consumed for it: a file's data is in the
+// payload exactly as it is in the source.
+type tapData struct {
+	tr  *tar.Reader
+	tap *rawTap
+}
+
+func (d *tapData) Read(p []byte) (int, error) {
+	n, err := d.tr.Read(p)
+	if n > len(d.tap.pending) || !bytes.Equal(p[:n], d.tap.pending[:n]) {
+		return 0, fmt.Errorf("a file's data is not the tar's bytes: %w", errdefs.ErrInvalidArgument)
+	}
+	d.tap.take(n)
+	return n, err
 }
 
 var emptySHA256 = sha256.Sum256(nil)
@@ -174,17 +302,17 @@ var emptySHA256 = sha256.Sum256(nil)
 // appendData writes a regular file's data, a stream per chunk. The first
 // chunk's fields are the reg entry's own; each further chunk is a "chunk"
 // entry. The digest of the whole file is patched into the reg entry last.
-func (w *layoutWriter) appendData(tr io.Reader, ent *estargz.TOCEntry) error {
+func (w *layoutWriter) appendData(src io.Reader, ent *estargz.TOCEntry) error {
 	slot, total := int64(-1), ent.Size
 	chunk := sha256.New()
 	var sum [sha256.Size]byte
 	// A file of one chunk (most files) is hashed once: its chunk's digest is
 	// its digest.
-	src, file := tr, hash.Hash(nil)
+	var file hash.Hash
 	if total > w.chunkSize {
 		file = sha256.New()
-		src = io.TeeReader(tr, file)
 	}
+	buf := w.buffer()
 	for written := int64(0); written < total; {
 		size := w.chunkSize
 		if remain := total - written; remain < size {
@@ -206,8 +334,24 @@ func (w *layoutWriter) appendData(tr io.Reader, ent *estargz.TOCEntry) error {
 			return err
 		}
 		chunk.Reset()
-		if _, err := io.CopyN(w, io.TeeReader(src, chunk), size); err != nil {
-			return fmt.Errorf("error copying %q: %v", ent.Name, err)
+		for left := size; left > 0; {
+			n, err := src.Read(buf[:min(left, int64(len(buf)))])
+			if n > 0 {
+				chunk.Write(buf[:n])
+				if file != nil {
+					file.Write(buf[:n])
+				}
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					return werr
+				}
+				left -= int64(n)
+			}
+			if left > 0 && err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			if err != nil && (left > 0 || err != io.EOF) {
+				return fmt.Errorf("error copying %q: %w", ent.Name, err)
+			}
 		}
 		n, err := w.spill.Append(ent, chunk.Sum(sum[:0]), slot < 0)
 		if err != nil {
@@ -287,11 +431,15 @@ func formatModTime(h *tar.Header) string {
 }
 
 // Close writes the TOC and footer (through the compressor) and flushes.
-func (w *layoutWriter) Close() (digest.Digest, error) {
+// payload is the hash of the payload (the source's diffID hash, continued:
+// the payload is the tar the layout parsed, byte for byte), which takes any
+// bytes the TOC adds to the uncompressed layer.
+func (w *layoutWriter) Close(payload hash.Hash) (digest.Digest, error) {
 	if err := w.closeStream(); err != nil {
 		return "", err
 	}
-	w.payload = digest.NewDigestFromBytes(digest.SHA256, w.diffHash.Sum(nil))
+	w.payload = digest.NewDigestFromBytes(digest.SHA256, payload.Sum(nil))
+	w.diffHash = countingHash{Hash: payload, n: w.written}
 	d, err := w.comp.WriteTOCAndFooter(w.cw, w.cw.n, w.spill, &w.diffHash)
 	if err != nil {
 		return "", err
@@ -303,6 +451,9 @@ func (w *layoutWriter) Close() (digest.Digest, error) {
 // before the TOC: for a lossless layer, the source's diffID. Valid after
 // Close.
 func (w *layoutWriter) PayloadDigest() digest.Digest { return w.payload }
+
+// PayloadSize is the payload's size in bytes.
+func (w *layoutWriter) PayloadSize() int64 { return w.written }
 
 // UncompressedSize is the size of the layer's uncompressed stream (with an
 // eStargz TOC's tar entry; zstd:chunked's TOC is outside it). Valid after

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"crypto/sha256"
 	"hash"
 	"io"
 	"math/rand"
@@ -67,8 +68,9 @@ func writeLayout(t *testing.T, tarball []byte, comp tocCompressor, layout io.Wri
 	defer spill.Close()
 	w := newLayoutWriter(layout, comp, spill)
 	w.SetChunkSize(chunk)
-	require.NoError(t, w.AppendTarLossLess(bytes.NewReader(tarball)))
-	toc, err := w.Close()
+	payload := sha256.New()
+	require.NoError(t, w.AppendTarLossLess(io.TeeReader(bytes.NewReader(tarball), payload), nil))
+	toc, err := w.Close(payload)
 	require.NoError(t, err)
 	return toc, w
 }

@@ -165,3 +165,32 @@ func TestSparseExpansionIsBounded(t *testing.T) {
 	assert.Contains(t, err.Error(), "max_expanded_bytes")
 	assert.Equal(t, before, f.ContentState(t))
 }
+
+// The lossless pass stops at a sparse file, but the source's inspection,
+// made in line by that pass's parse, still covers every entry after it: a
+// path climbing out of the layer root behind a sparse file is refused, not
+// rewritten into the output.
+func TestEntriesAfterASparseFileAreInspected(t *testing.T) {
+	var tarball bytes.Buffer
+	sparse := convertertest.SparseTar(1 << 20)
+	tarball.Write(sparse[:len(sparse)-1024]) // without its end-of-archive blocks
+	tw := tar.NewWriter(&tarball)
+	require.NoError(t, tw.WriteHeader(&tar.Header{Name: "../../etc/cron.d/x", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}))
+	_, err := tw.Write([]byte("x"))
+	require.NoError(t, err)
+	require.NoError(t, tw.Close())
+	esgz, err := stargz.NewEStargz(stargz.DefaultEStargzOptions())
+	require.NoError(t, err)
+	zc, err := stargz.NewZstdChunked(stargz.DefaultZstdChunkedOptions())
+	require.NoError(t, err)
+	for format, lc := range map[string]converter.LayerConverter{"estargz": esgz, "zstdchunked": zc} {
+		t.Run(format, func(t *testing.T) {
+			f := convertertest.NewFixture(t)
+			src := putLayer(t, f, tarball.Bytes(), "gzip")
+			_, err := f.Conv.ConvertLayer(f.Ctx, lc, src, nil)
+			require.Error(t, err)
+			assert.True(t, errdefs.IsInvalidArgument(err), "%v", err)
+			assert.Contains(t, err.Error(), "climbs out of the layer root")
+		})
+	}
+}

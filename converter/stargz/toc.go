@@ -2,6 +2,7 @@ package stargz
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -94,14 +95,21 @@ func (c *tocConverter) convert(ctx context.Context, cs content.Store, desc ocisp
 		return converter.Output{}, nil, err
 	}
 	defer src.Close()
+	// The lossless pass parses the source's tar once: the layout writer's
+	// parse is the source's inspection (Inline) and its payload hash the
+	// source's diffID hash. The rewrite pass parses the rewritten tar, which
+	// the source's own inspection reads.
 	var (
-		stream  io.Reader = src
-		payload           = src.DiffID
+		stream     io.Reader                 = src
+		inspection tarInspection             = src
+		payload    func() (hash.Hash, error) = src.Hash
 	)
 	if rewrite {
 		rw := layerio.Rewrite(src)
 		defer rw.Close()
-		stream, payload = rw, rw.DiffID
+		stream, inspection, payload = rw, nil, rw.Hash
+	} else {
+		src.Inline()
 	}
 	var (
 		diffID      digest.Digest
@@ -123,7 +131,10 @@ func (c *tocConverter) convert(ctx context.Context, cs content.Store, desc ocisp
 		defer spill.Close()
 		ew := newLayoutWriter(layout, comp, spill)
 		c.configure(ew)
-		if err := ew.AppendTarLossLess(stream); err != nil {
+		if err := ew.AppendTarLossLess(stream, inspection); err != nil {
+			if errors.Is(err, errSparse) {
+				return nil, err
+			}
 			return nil, src.InputError(err)
 		}
 		if _, err := io.Copy(io.Discard, stream); err != nil {
@@ -135,15 +146,15 @@ func (c *tocConverter) convert(ctx context.Context, cs content.Store, desc ocisp
 		if err := src.Checked(); err != nil {
 			return nil, err
 		}
-		tocDigest, err := ew.Close()
+		payloadHash, err := payload()
+		if err != nil {
+			return nil, err
+		}
+		tocDigest, err := ew.Close(payloadHash)
 		if err != nil {
 			return nil, err
 		}
 		diffID = ew.DiffID()
-		if ew.PayloadDigest() != payload() {
-			return nil, fmt.Errorf("cannot be converted to %s losslessly (an entry would be rewritten: "+
-				"payload %s differs from source %s): %w", c.format, ew.PayloadDigest(), payload(), errdefs.ErrInvalidArgument)
-		}
 		annotations = map[string]string{
 			labels.TOCDigestAnnotation:        tocDigest.String(),
 			labels.UncompressedSizeAnnotation: strconv.FormatInt(ew.UncompressedSize(), 10),

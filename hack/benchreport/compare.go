@@ -130,14 +130,9 @@ func child(side, formatKey, spec string) error {
 	if err != nil {
 		return err
 	}
-	var f *format
-	for i := range formats {
-		if formats[i].key == formatKey {
-			f = &formats[i]
-		}
-	}
-	if f == nil {
-		return fmt.Errorf("unknown format %q", formatKey)
+	f, err := lookupFormat(formatKey)
+	if err != nil {
+		return err
 	}
 	dir, err := os.MkdirTemp(filepath.Dir(spec), "child-")
 	if err != nil {
@@ -155,6 +150,10 @@ func child(side, formatKey, spec string) error {
 		return err
 	}
 	var r childResult
+	stopProfile, err := startProfile()
+	if err != nil {
+		return err
+	}
 	start := time.Now()
 	if side == "ours" {
 		conv, err := converter.New(st.ContentStore(), st.LeaseManager())
@@ -184,6 +183,7 @@ func child(side, formatKey, spec string) error {
 			return err
 		}
 	}
+	stopProfile()
 	r.PeakMB = selfPeakMB()
 	return json.NewEncoder(os.Stdout).Encode(r)
 }

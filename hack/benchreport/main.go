@@ -44,6 +44,9 @@ func main() {
 	fleetOnly := flag.Bool("fleet-only", false, "run only the two-node fleet measurement")
 	rulesOnly := flag.Bool("rules-only", false, "run only the rules-under-load measurement")
 	rulesImages := flag.Int("rules-images", 1000, "images of each storm of the rules-under-load section (0 skips it)")
+	realDir := flag.String("real", "", "directory of a real image's gzip'd tar layers (*.tar.gz, as hack/realimage.sh writes): workload (r)")
+	probe := flag.Bool("probe-compressors", false, "print the compress-only limit of every deflate and level 5-9 on workload (r) or (a), and exit")
+	levelsOnly := flag.Bool("levels-only", false, "run only the default-level measurement (every candidate level against nerdctl's default)")
 	childSide := flag.String("child", "", "internal: convert once as lazyconv (ours) or nativeconverter (peer)")
 	childFormat := flag.String("child-format", "", "internal: the child's format")
 	childLayers := flag.String("child-layers", "", "internal: the child's layers (JSON)")
@@ -56,9 +59,27 @@ func main() {
 			os.Exit(1)
 		}
 		return
+	case *probe:
+		only(func(work string) error {
+			loads, err := workloads(work, *realDir, *multi, *multiMiB, 0, 0)
+			if err != nil {
+				return err
+			}
+			return probeCompressors(loads[0].layers)
+		})
+		return
+	case *levelsOnly:
+		only(func(work string) error {
+			loads, err := workloads(work, *realDir, *multi, *multiMiB, *files, 0)
+			if err != nil {
+				return err
+			}
+			return levelsSection(work, loads, *runs)
+		})
+		return
 	case *compareOnly:
 		only(func(work string) error {
-			loads, err := workloads(work, *multi, *multiMiB, *files, *bigMiB)
+			loads, err := workloads(work, *realDir, *multi, *multiMiB, *files, *bigMiB)
 			if err != nil {
 				return err
 			}
@@ -90,7 +111,7 @@ func main() {
 		only(func(string) error { return hostileSection(filepath.Join(*binDir, "lazyconv"), int64(*hostileMiB)<<20) })
 		return
 	}
-	if err := run(*runs, *multi, *multiMiB, *files, *bigMiB, *modeMiB, *binDir); err != nil {
+	if err := run(*runs, *realDir, *multi, *multiMiB, *files, *bigMiB, *modeMiB, *binDir); err != nil {
 		fmt.Fprintln(os.Stderr, "benchreport:", err)
 		os.Exit(1)
 	}
@@ -116,7 +137,7 @@ func only(section func(work string) error) {
 	}
 }
 
-func run(runs, multi, multiMiB, files, bigMiB, modeMiB int, binDir string) error {
+func run(runs int, realDir string, multi, multiMiB, files, bigMiB, modeMiB int, binDir string) error {
 	work, err := os.MkdirTemp("", "lazyconv-bench-")
 	if err != nil {
 		return err
@@ -130,7 +151,7 @@ func run(runs, multi, multiMiB, files, bigMiB, modeMiB int, binDir string) error
 	defer st.Close()
 
 	fmt.Printf("lazyconv bench: GOMAXPROCS=%d, %d runs each, medians; peer is stargz-snapshotter's nativeconverter (what nerdctl runs)\n", runtime.GOMAXPROCS(0), runs)
-	loads, err := workloads(work, multi, multiMiB, files, bigMiB)
+	loads, err := workloads(work, realDir, multi, multiMiB, files, bigMiB)
 	if err != nil {
 		return err
 	}
@@ -158,15 +179,26 @@ func run(runs, multi, multiMiB, files, bigMiB, modeMiB int, binDir string) error
 	return nil
 }
 
-// workloads are (a) a multi-layer image of real files, (b) one layer of
-// many small files, (c) one large layer of real files; (b) and (c) are
-// skipped when their size is 0.
-func workloads(work string, multi, multiMiB, files, bigMiB int) ([]workload, error) {
-	several, err := generateLayers(work, "multi", multi, int64(multiMiB)<<20)
-	if err != nil {
-		return nil, err
+// workloads are (r) a real image's layers, when realDir names them, (a) a
+// multi-layer image of real files, (b) one layer of many small files, (c)
+// one large layer of real files; (a), (b) and (c) are skipped when their
+// size is 0.
+func workloads(work, realDir string, multi, multiMiB, files, bigMiB int) ([]workload, error) {
+	var loads []workload
+	if realDir != "" {
+		real, err := realLayers(realDir)
+		if err != nil {
+			return nil, err
+		}
+		loads = append(loads, workload{fmt.Sprintf("(r) real image, %d layers", len(real)), real})
 	}
-	loads := []workload{{fmt.Sprintf("(a) %d layers x %d MiB files", multi, multiMiB), several}}
+	if multi > 0 {
+		several, err := generateLayers(work, "multi", multi, int64(multiMiB)<<20)
+		if err != nil {
+			return nil, err
+		}
+		loads = append(loads, workload{fmt.Sprintf("(a) %d layers x %d MiB files", multi, multiMiB), several})
+	}
 	if files > 0 {
 		small, err := generateSmallFiles(work, files)
 		if err != nil {

@@ -38,11 +38,18 @@ type inspector struct {
 }
 
 func newInspector(limits converter.Limits) *inspector {
-	pr, pw := io.Pipe()
-	in := &inspector{pw: pw, bw: bufio.NewWriterSize(pw, 64<<10), done: make(chan struct{}), limits: limits}
-	go in.run(pr)
-	return in
+	return &inspector{limits: limits}
 }
+
+// start starts the inspector's own parse, fed by write.
+func (in *inspector) start() {
+	pr, pw := io.Pipe()
+	in.pw, in.bw, in.done = pw, bufio.NewWriterSize(pw, 64<<10), make(chan struct{})
+	go in.run(pr)
+}
+
+// started tells whether the inspector parses the stream itself.
+func (in *inspector) started() bool { return in.pw != nil }
 
 // write hands the inspector the next bytes of the stream.
 func (in *inspector) write(p []byte) {
@@ -119,7 +126,7 @@ func (in *inspector) entry(h *tar.Header) error {
 			return fmt.Errorf("hard link %q to %q: %w", h.Name, h.Linkname, err)
 		}
 	}
-	if isSparse(h) {
+	if IsSparse(h) {
 		in.sparse = append(in.sparse, h.Name)
 		in.expanded += h.Size
 		if converter.Exceeds(in.expanded, in.limits.MaxExpandedBytes) {
@@ -138,15 +145,24 @@ func (in *inspector) trailing(r io.Reader) {
 		return
 	}
 	n, _ := io.CopyN(io.Discard, r, max+1)
-	if converter.Exceeds(n, max) {
-		in.fail(fmt.Errorf("more than %d bytes follow the tar's end-of-archive marker (the limit; raise max_trailing_bytes to convert it): %w",
-			max, errdefs.ErrInvalidArgument))
+	if err := in.trailingLimit(n); err != nil {
+		in.fail(err)
 	}
 }
 
-// isSparse tells a sparse file (old GNU 'S', or GNU's PAX sparse formats 0.0,
+// trailingLimit refuses n bytes after the end-of-archive marker when they
+// are beyond the limit.
+func (in *inspector) trailingLimit(n int64) error {
+	if max := in.limits.MaxTrailingBytes; max >= 0 && converter.Exceeds(n, max) {
+		return fmt.Errorf("more than %d bytes follow the tar's end-of-archive marker (the limit; raise max_trailing_bytes to convert it): %w",
+			max, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// IsSparse tells a sparse file (old GNU 'S', or GNU's PAX sparse formats 0.0,
 // 0.1 and 1.0): Go's reader expands it, so its logical size is h.Size.
-func isSparse(h *tar.Header) bool {
+func IsSparse(h *tar.Header) bool {
 	if h.Typeflag == tar.TypeGNUSparse {
 		return true
 	}

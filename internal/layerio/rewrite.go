@@ -44,7 +44,7 @@ func rewrite(src io.Reader, w io.Writer) error {
 		}
 		out := *h
 		out.PAXRecords = maps.Clone(h.PAXRecords)
-		if isSparse(h) {
+		if IsSparse(h) {
 			out.Typeflag = tar.TypeReg
 			for k := range out.PAXRecords {
 				if strings.HasPrefix(k, "GNU.sparse.") {
@@ -74,6 +74,12 @@ func (r *Rewritten) Read(p []byte) (int, error) {
 // DiffID is the digest of the rewritten tar read so far.
 func (r *Rewritten) DiffID() digest.Digest {
 	return digest.NewDigestFromBytes(digest.SHA256, r.hash.Sum(nil))
+}
+
+// Hash is a copy of the state of the hash DiffID is (see Source.Hash).
+func (r *Rewritten) Hash() (hash.Hash, error) {
+	c, err := r.hash.(hash.Cloner).Clone()
+	return c, err
 }
 
 // Close stops the rewriting.

@@ -5,6 +5,7 @@
 package layerio
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
@@ -27,15 +28,22 @@ import (
 // that hashes what it yields (the source diffID), counts the compressed bytes
 // read, and remembers the first error the blob or its decompression gave, so
 // that a failed conversion can tell bad input from a failing store.
+//
+// The blob is decompressed and hashed a few buffers ahead of the reader, in
+// a goroutine of its own. Its tar is inspected by Go's tar reader either
+// beside the reader (in a goroutine of its own, through a pipe) or, for a
+// reader that parses the tar itself, in line: see Inline.
 type Source struct {
 	ctx       context.Context
 	ra        content.ReaderAt
 	decomp    io.ReadCloser
+	ahead     *readAhead
 	diffHash  hash.Hash
-	tarBytes  int64
 	inputErr  error
 	closeOnce atomic.Bool
 	inspect   *inspector
+	inline    bool // the reader inspects each entry (Entry) as it parses it
+	parsed    bool // the reader's parse reached the end of the archive (inline)
 	ended     bool
 }
 
@@ -66,8 +74,37 @@ func Open(ctx context.Context, cs content.Provider, desc ocispec.Descriptor, byt
 	default:
 		s.decomp = io.NopCloser(br)
 	}
+	s.ahead = newReadAhead(s.decomp, s.diffHash)
 	return s, nil
 }
+
+// Inline makes the reader the inspector's parser: instead of a second parse
+// of every byte beside it, the reader (which parses the tar with Go's tar
+// reader itself) hands each header to Entry as it parses it, the bytes
+// after the end-of-archive marker to Trailing, and calls EndOfArchive at
+// the end. Call it before the first Read.
+func (s *Source) Inline() { s.inline = true }
+
+// Entry checks one header of an inline inspection (see Inline): nil, or the
+// rule it breaks (ErrInvalidArgument), which is also the verdict.
+func (s *Source) Entry(h *tar.Header) error {
+	if err := s.inspect.entry(h); err != nil {
+		s.inspect.fail(err)
+	}
+	return s.inspect.failure()
+}
+
+// Trailing checks that n bytes following the end-of-archive marker are
+// within the limit (inline inspection).
+func (s *Source) Trailing(n int64) error {
+	if err := s.inspect.trailingLimit(n); err != nil {
+		s.inspect.fail(err)
+	}
+	return s.inspect.failure()
+}
+
+// EndOfArchive records that an inline inspection parsed the whole tar.
+func (s *Source) EndOfArchive() { s.parsed = true }
 
 // Reserve refuses entries at these paths (the output format's own metadata);
 // call it before the first Read.
@@ -95,17 +132,20 @@ func (s *Source) Read(p []byte) (int, error) {
 	if s.ended {
 		return 0, io.EOF
 	}
-	n, err := s.decomp.Read(p)
-	if n > 0 {
-		s.diffHash.Write(p[:n])
-		s.tarBytes += int64(n)
+	if !s.inline && !s.inspect.started() {
+		s.inspect.start()
+	}
+	n, err := s.ahead.Read(p)
+	if n > 0 && !s.inline {
 		s.inspect.write(p[:n])
 	}
 	if err == io.EOF {
 		s.ended = true
-		if verdict := s.inspect.finish(); verdict != nil {
-			s.setInputErr(verdict)
-			return n, verdict
+		if !s.inline {
+			if verdict := s.inspect.finish(); verdict != nil {
+				s.setInputErr(verdict)
+				return n, verdict
+			}
 		}
 	}
 	if verdict := s.inspect.failure(); verdict != nil {
@@ -130,7 +170,10 @@ func (s *Source) Checked() error {
 	if !s.ended {
 		return fmt.Errorf("the layer was not read to its end: %w", errdefs.ErrInvalidArgument)
 	}
-	return s.inspect.failure()
+	if verdict := s.inspect.failure(); verdict != nil || !s.inline || s.parsed {
+		return verdict
+	}
+	return fmt.Errorf("the layer's tar was not parsed to its end-of-archive marker: %w", errdefs.ErrInvalidArgument)
 }
 
 // Sparse lists the entries no lossless format can carry byte for byte (sparse
@@ -148,9 +191,25 @@ func (s *Source) Drain() error {
 	return err
 }
 
-// DiffID is the digest of the uncompressed tar read so far.
+// DiffID is the digest of the uncompressed tar, once it has been read to
+// its end (before, the read-ahead may still be writing the hash).
 func (s *Source) DiffID() digest.Digest {
+	if !s.ended {
+		return ""
+	}
 	return digest.NewDigestFromBytes(digest.SHA256, s.diffHash.Sum(nil))
+}
+
+// Hash is a copy of the state of the hash the diffID is, once the tar has
+// been read to its end: a format whose uncompressed layer is the source's
+// tar followed by more bytes (eStargz's TOC entry) continues it rather
+// than hash the tar a second time.
+func (s *Source) Hash() (hash.Hash, error) {
+	if !s.ended {
+		return nil, fmt.Errorf("the layer was not read to its end: %w", errdefs.ErrFailedPrecondition)
+	}
+	c, err := s.diffHash.(hash.Cloner).Clone()
+	return c, err
 }
 
 // Close releases the blob.
@@ -158,11 +217,15 @@ func (s *Source) Close() error {
 	if !s.closeOnce.CompareAndSwap(false, true) {
 		return nil
 	}
-	if !s.ended {
+	if !s.ended && s.inspect.started() {
 		s.inspect.abort()
 	}
+	// Stop the read-ahead; closing the blob first ends a read it is in.
+	close(s.ahead.stop)
+	err := s.ra.Close()
+	<-s.ahead.done
 	s.decomp.Close()
-	return s.ra.Close()
+	return err
 }
 
 // InputError classifies a failure while reading the source: a cancelled
