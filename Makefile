@@ -46,9 +46,13 @@ fuzz:
 
 # Go benchmarks, then the side-by-side report against stargz-snapshotter's
 # nativeconverter (ratios, medians), cached re-convert and peak RSS.
+# The real image (hack/realimage.sh: Debian + python3.11 + Go's sources) is
+# built once into .cache/real when debootstrap and root are there.
 bench: build daemons
 	$(GO) test -run '^$$' -bench . -benchtime 3x -benchmem ./converter/...
-	$(GO) run ./hack/benchreport -bin bin
+	if GO=$(GO) ./hack/realimage.sh $(CURDIR)/.cache/real; then \
+	  $(GO) run ./hack/benchreport -bin bin -real $(CURDIR)/.cache/real/layers; \
+	else $(GO) run ./hack/benchreport -bin bin; fi
 
 # containerd-lazyconv, lazyconv's ctr, the lazyconvd sidecar, and a stock containerd v2.4 and distribution's
 # registry (from the Go module proxy).

@@ -23,9 +23,9 @@ import (
 // EStargzOptions configures eStargz conversion (see package options for the tags).
 type EStargzOptions struct {
 	// CompressionLevel is the gzip level, -2 to 9. The default depends on
-	// the deflate (see DefaultLevel): 5 with libdeflate, 8 with
-	// klauspost/compress, each as small as nerdctl's level 9 or within 0.5 %
-	// of it, several times faster.
+	// the deflate (see DefaultLevel): 5 with libdeflate (no larger than
+	// nerdctl's level 9, 2.2x faster than libdeflate's 9), 9 with
+	// klauspost/compress.
 	CompressionLevel int `option:"compression-level" variant:"level" usage:"eStargz gzip level (-2..9)"`
 	// ChunkSize is the largest run of a regular file's bytes kept in one gzip
 	// stream (0: estargz's default of 4 MiB).
@@ -44,19 +44,20 @@ func DefaultEStargzOptions() EStargzOptions {
 }
 
 // DefaultLevel is the level a conversion with deflate d gets when it names
-// none, chosen by measurement (`make bench`, section "Default levels"): the
-// fastest level whose eStargz output of real images is no larger than
-// nerdctl's default (stargz-snapshotter's writer at level 9, Go's
-// compress/gzip); where no level is, the fastest within 0.5 % of it.
-// libdeflate: 5 (7x faster than nerdctl here and 1 % smaller; 9 is 1.6x
-// slower again for 1.4 % less). klauspost/compress: no level is as small
-// as Go's own level 9 (its 9 is 0.16 % larger), and its 9 spends 91 % of the
-// conversion in match finding; 8 is 3.2x faster at +0.4 %.
+// none, chosen by measurement (`make bench`, `benchreport -levels-only`):
+// the fastest level whose eStargz output is no larger than nerdctl's
+// default (stargz-snapshotter's writer at level 9, Go's compress/gzip) on
+// every workload: a debootstrapped Debian with python3.11 and Go's sources,
+// layers of Go's files, 300,000 small files. libdeflate: 5 (1.1-1.3 %
+// smaller than nerdctl's, 2.2x faster than its own 9; 4 is 0.4-0.9 %
+// larger). klauspost/compress: no level is, and only its 9 is within 0.5 %
+// everywhere (+0.16 % at worst; 8 is 3.2x faster but +0.59 % on small
+// files), so 9.
 func DefaultLevel(d string) int {
 	if d == DeflateLibdeflate {
 		return 5
 	}
-	return 8
+	return 9
 }
 
 // Dependent: the level's default follows the deflate.

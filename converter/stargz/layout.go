@@ -3,7 +3,6 @@ package stargz
 import (
 	"archive/tar"
 	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -228,14 +227,23 @@ func inspectRest(tr *tar.Reader, in tarInspection) error {
 }
 
 // rawTap is the tar reader's source: it keeps what the reader consumed
-// until the layout writer takes it.
+// until the layout writer takes it. While a file's data is read (direct),
+// it keeps no copy but the place it read into: the data the tar reader
+// returns must be those very bytes (see tapData).
 type rawTap struct {
 	r       io.Reader
 	pending []byte
+	direct  bool
+	last    []byte // what the last direct read filled
+	reads   int    // direct reads since the tapData read began
 }
 
 func (t *rawTap) Read(p []byte) (int, error) {
 	n, err := t.r.Read(p)
+	if t.direct {
+		t.last, t.reads = p[:n], t.reads+1
+		return n, err
+	}
 	t.pending = append(t.pending, p[:n]...)
 	return n, err
 }
@@ -280,20 +288,26 @@ func (w *layoutWriter) appendEntry(tr *tar.Reader, tap *rawTap, h *tar.Header) e
 	return w.appendData(&tapData{tr: tr, tap: tap}, &ent)
 }
 
-// tapData reads a regular file's data from the tar reader and checks it
-// against the bytes the tap saw consumed for it: a file's data is in the
-// payload exactly as it is in the source.
+// tapData reads a regular file's data from the tar reader and checks that
+// it is what the tap consumed for it, in the same memory: one read of the
+// source into p, returned whole. So a file's data is in the payload exactly
+// as it is in the source, with no copy to compare; a reader that made the
+// data up (a sparse file's holes) or copied it fails the check, closed.
 type tapData struct {
 	tr  *tar.Reader
 	tap *rawTap
 }
 
 func (d *tapData) Read(p []byte) (int, error) {
+	if len(d.tap.pending) > 0 { // cannot happen: the header took them
+		return 0, fmt.Errorf("tar reader consumed %d bytes before a file's data: %w", len(d.tap.pending), errdefs.ErrInvalidArgument)
+	}
+	d.tap.direct, d.tap.last, d.tap.reads = true, nil, 0
 	n, err := d.tr.Read(p)
-	if n > len(d.tap.pending) || !bytes.Equal(p[:n], d.tap.pending[:n]) {
+	d.tap.direct = false
+	if n > 0 && (d.tap.reads != 1 || len(d.tap.last) != n || &d.tap.last[0] != &p[0]) {
 		return 0, fmt.Errorf("a file's data is not the tar's bytes: %w", errdefs.ErrInvalidArgument)
 	}
-	d.tap.take(n)
 	return n, err
 }
 

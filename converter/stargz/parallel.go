@@ -112,7 +112,7 @@ func newParallelCompressor(workers int, out io.Writer,
 	annotations func() map[string]string) *parallelCompressor {
 	c := &parallelCompressor{
 		compress: compress, toc: toc, annotations: annotations, out: out,
-		queue: make(chan *streamResult, maxQueuedStreams), budget: semaphore.NewWeighted(maxQueuedBytes),
+		queue: make(chan *streamResult, maxQueuedStreams), budget: semaphore.NewWeighted(int64(workers+1) * maxQueuedBytes),
 		slots: make(chan struct{}, workers), written: make(chan error, 1),
 		free: make(chan *bytes.Buffer, 2*workers),
 	}
