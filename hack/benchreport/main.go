@@ -47,6 +47,7 @@ func main() {
 	realDir := flag.String("real", "", "directory of a real image's gzip'd tar layers (*.tar.gz, as hack/realimage.sh writes): workload (r)")
 	probe := flag.Bool("probe-compressors", false, "print the compress-only limit of every deflate and level 5-9 on workload (r) or (a), and exit")
 	levelsOnly := flag.Bool("levels-only", false, "run only the default-level measurement (every candidate level against nerdctl's default)")
+	nerdctlOnly := flag.Bool("nerdctl-only", false, "run only the section converting with the nerdctl binary")
 	childSide := flag.String("child", "", "internal: convert once as lazyconv (ours) or nativeconverter (peer)")
 	childFormat := flag.String("child-format", "", "internal: the child's format")
 	childLayers := flag.String("child-layers", "", "internal: the child's layers (JSON)")
@@ -75,6 +76,18 @@ func main() {
 				return err
 			}
 			return levelsSection(work, loads, *runs)
+		})
+		return
+	case *nerdctlOnly:
+		only(func(work string) error {
+			loads, err := workloads(work, *realDir, *multi, *multiMiB, 0, 0)
+			if err != nil {
+				return err
+			}
+			if err := cachedReconvertCLI(work, *binDir, loads[0].layers, *runs); err != nil {
+				return err
+			}
+			return nerdctlSection(work, *binDir, loads, *runs)
 		})
 		return
 	case *compareOnly:
@@ -159,6 +172,18 @@ func run(runs int, realDir string, multi, multiMiB, files, bigMiB, modeMiB int, 
 		return err
 	}
 	if err := cachedReconvert(ctx, st, loads[0].layers, runs); err != nil {
+		return err
+	}
+	if err := cachedReconvertCLI(work, binDir, loads[0].layers, runs); err != nil {
+		return err
+	}
+	var multiLayer []workload // the multi-layer images: (r) and (a)
+	for _, w := range loads {
+		if len(w.layers) > 1 {
+			multiLayer = append(multiLayer, w)
+		}
+	}
+	if err := nerdctlSection(work, binDir, multiLayer, runs); err != nil {
 		return err
 	}
 	if modeMiB > 0 {
