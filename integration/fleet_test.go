@@ -14,8 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/lazyconv/lazyconv/labels"
 )
 
 // convertedDigest is the digest a conversion's output ends with ("NAME DIGEST").
@@ -42,14 +46,35 @@ func trustingConfig(patterns ...string) string {
 	return testConfig + "\n[plugins.'io.containerd.grpc.v1.lazyconv']\n  trusted_publishers = [\"" + strings.Join(patterns, "\", \"") + "\"]\n"
 }
 
+// lookedUpThrough checks that a lookup in repo (log: the registry's log
+// of it) listed the referrers through the referrers API on a registry that
+// has one, without reading the tag schema's tag, and else through the tag.
+func lookedUpThrough(t *testing.T, reg *registry, log, repo string) {
+	t.Helper()
+	api := regexp.MustCompile(`"GET /v2/`+regexp.QuoteMeta(repo)+`/referrers/sha256:[0-9a-f]{64}\S* HTTP/1.1" (\d+)`).FindAllStringSubmatch(log, -1)
+	tag := `"GET /v2/` + repo + `/manifests/sha256-`
+	require.NotEmpty(t, api, "the referrers API was asked:\n%s", log)
+	if reg.referrersAPI {
+		for _, a := range api {
+			assert.Equal(t, "200", a[1], "the referrers API answered")
+		}
+		assert.NotContains(t, log, tag, "the tag schema's tag is not read")
+		return
+	}
+	assert.Equal(t, "404", api[0][1], "distribution has no referrers API")
+	assert.Contains(t, log, tag, "the tag schema's tag is read")
+}
+
 // Two nodes, one registry: node A converts and pushes, which publishes the
 // conversion as a referrer of the source manifest; node B, from a lazy
 // pull, fetches the published layers, checks them against the source and
 // adopts them without converting a layer; node C, which trusts the
-// repository, adopts it without reading a layer.
-func TestFleetConvertsOnce(t *testing.T) {
-	requireRoot(t)
-	reg := startRegistry(t)
+// repository, adopts it without reading a layer. On a registry without the
+// referrers API the referrer is listed in the tag schema's index, on one
+// with it by the API alone.
+func TestFleetConvertsOnce(t *testing.T) { forEachRegistry(t, testFleetConvertsOnce) }
+
+func testFleetConvertsOnce(t *testing.T, reg *registry) {
 	a := startDaemon(t, bins.containerdLazyconv, testConfig)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -67,6 +92,7 @@ func TestFleetConvertsOnce(t *testing.T) {
 	assert.NotContains(t, outA, "warning", "nothing published yet is no error")
 	pushed := mustLazyconv(t, "--address", a.address, "image", "push", "--plain-http", src+"-esgz")
 	assert.Contains(t, pushed, "published conversion "+reg.host+"/fleet/app@sha256:")
+	assertPublished(t, reg, pushed, labels.ConversionArtifactType, map[string]string{labels.ConvertedManifestAnnotation: digestA})
 	again := mustLazyconv(t, "--address", a.address, "image", "push", "--plain-http", src+"-esgz")
 	assert.Contains(t, again, "published conversion", "publishing again names the same referrer")
 	convertedLayers := sourceLayers(t, a, src+"-esgz")
@@ -91,6 +117,7 @@ func TestFleetConvertsOnce(t *testing.T) {
 	log, _ := reg.logSince(t, offset)
 	assert.Empty(t, anyBlobGET(log, sourceDigests), "node B read no source layer")
 	assert.Len(t, anyBlobGET(log, convertedDigests), 3, "node B fetched the published layers to check them")
+	lookedUpThrough(t, reg, log, "fleet/app")
 
 	// Node C trusts the repository: adopted with no layer read.
 	c := startDaemon(t, bins.containerdLazyconv, trustingConfig(reg.host+"/fleet/*"))
@@ -110,11 +137,14 @@ func TestFleetConvertsOnce(t *testing.T) {
 	log, offset = reg.logSince(t, offset)
 	assert.Len(t, anyBlobGET(log, convertedDigests), 3, "verify fetched the three converted layers")
 
-	// B pushes elsewhere with cross-repository mounts only.
+	// B pushes elsewhere with cross-repository mounts only (go-containerregistry
+	// keeps one blob store for all repositories: the layers are there).
 	mustLazyconv(t, "--address", b.address, "image", "push", "--plain-http", reg.host+"/mirror/app:esgz", src+"-esgz")
 	log, _ = reg.logSince(t, offset)
 	for _, l := range convertedLayers {
-		assert.Contains(t, log, "mount="+l.Digest.String()+"&from=fleet/app", "layer %s is mounted", l.Digest)
+		if !reg.referrersAPI {
+			assert.Contains(t, log, "mount="+l.Digest.String()+"&from=fleet/app", "layer %s is mounted", l.Digest)
+		}
 		assert.NotContains(t, log, "digest="+strings.Replace(l.Digest.String(), ":", "%3A", 1), "layer %s is not uploaded", l.Digest)
 	}
 
@@ -122,13 +152,16 @@ func TestFleetConvertsOnce(t *testing.T) {
 	outLocal := mustLazyconv(t, "--address", b.address, "image", "convert", "--estargz", "--oci", "--plain-http", "--no-registry-cache", src, src+"-local")
 	assert.Equal(t, digestA, convertedDigest(t, outLocal), "a local conversion gives the same digest")
 	assert.Contains(t, outLocal, "committed")
+	if reg.referrersAPI {
+		assert.Empty(t, reg.referrersTags(t), "no referrers tag schema index in any repository")
+	}
 }
 
 // An access record made on node A travels as a referrer of the source
 // manifest and optimizes the image on node B to the same digest.
-func TestFleetSharesAccessRecords(t *testing.T) {
-	requireRoot(t)
-	reg := startRegistry(t)
+func TestFleetSharesAccessRecords(t *testing.T) { forEachRegistry(t, testFleetSharesAccessRecords) }
+
+func testFleetSharesAccessRecords(t *testing.T, reg *registry) {
 	a := startDaemon(t, bins.containerdLazyconv, testConfig)
 	b := startDaemon(t, bins.containerdLazyconv, testConfig)
 	src := reg.host + "/records/app:v1"
@@ -140,10 +173,14 @@ func TestFleetSharesAccessRecords(t *testing.T) {
 	outA := mustLazyconv(t, "--address", a.address, "image", "optimize", "--plain-http", "--oci", "--record-in", record,
 		"--record-out-ref", reg.host+"/records/app:v1-record", src, src+"-opt")
 	assert.Contains(t, outA, "published record "+reg.host+"/records/app@sha256:")
+	assertPublished(t, reg, outA, labels.RecordArtifactType, nil)
 
 	mustLazyconv(t, "--address", b.address, "image", "pull", "--plain-http", src)
+	_, offset := reg.logSince(t, 0)
 	outB := mustLazyconv(t, "--address", b.address, "image", "optimize", "--plain-http", "--oci", "--record-in-ref", "auto", src, src+"-opt")
 	assert.Contains(t, outB, "(2 files)")
+	log, _ := reg.logSince(t, offset)
+	lookedUpThrough(t, reg, log, "records/app")
 	assert.Equal(t, convertedDigest(t, outA), convertedDigest(t, outB), "the same record optimizes to the same digest")
 
 	byTag := mustLazyconv(t, "--address", b.address, "image", "optimize", "--plain-http", "--oci", "--record-in-ref", reg.host+"/records/app:v1-record", src, src+"-opt2")
@@ -156,6 +193,9 @@ func TestFleetSharesAccessRecords(t *testing.T) {
 	out, err := lazyconv(t, "--address", b.address, "image", "optimize", "--plain-http", "--record-in-ref", reg.host+"/records/app:v1-record", other, other+"-opt")
 	if assert.Error(t, err) {
 		assert.Contains(t, out, "is of manifest")
+	}
+	if reg.referrersAPI {
+		assert.Empty(t, reg.referrersTags(t), "no referrers tag schema index in any repository")
 	}
 }
 
@@ -186,8 +226,10 @@ func brokenReferrersProxy(t *testing.T, registryHost string) string {
 // A registry that cannot list referrers: conversions are made locally, with
 // a warning, and pushes succeed with a warning that nothing was published.
 func TestFleetDegradesToLocalConversion(t *testing.T) {
-	requireRoot(t)
-	reg := startRegistry(t)
+	forEachRegistry(t, testFleetDegradesToLocalConversion)
+}
+
+func testFleetDegradesToLocalConversion(t *testing.T, reg *registry) {
 	d := startDaemon(t, bins.containerdLazyconv, testConfig)
 	proxied := brokenReferrersProxy(t, reg.host)
 	src := proxied + "/broken/app:v1"
@@ -202,20 +244,24 @@ func TestFleetDegradesToLocalConversion(t *testing.T) {
 	assert.Contains(t, pushed, "pushed "+src+"-zstd")
 	assert.Contains(t, pushed, "warning: publishing the zstdchunked conversion")
 
-	// Through the registry itself (no referrers API, the tag schema works):
-	// the conversion published there is found by a second namespace.
+	// Through the registry itself (the tag schema or the referrers API
+	// works): the conversion published there is found by a second namespace.
 	direct := reg.host + "/broken/app:v1"
-	mustLazyconv(t, "--address", d.address, "image", "push", "--plain-http", direct+"-zstd", src+"-zstd")
+	pushed = mustLazyconv(t, "--address", d.address, "image", "push", "--plain-http", direct+"-zstd", src+"-zstd")
+	assertPublished(t, reg, pushed, labels.ConversionArtifactType, nil)
 	mustLazyconv(t, "--address", d.address, "-n", "other", "image", "pull", "--lazy", "--plain-http", direct)
+	_, offset := reg.logSince(t, 0)
 	out = mustLazyconv(t, "--address", d.address, "-n", "other", "image", "convert", "--zstdchunked", "--plain-http", direct, direct+"-zstd")
 	assert.Contains(t, out, "adopted from "+reg.host+"/broken/app@")
+	log, _ := reg.logSince(t, offset)
+	lookedUpThrough(t, reg, log, "broken/app")
 }
 
 // A rule with push = true pushes what it converts, which publishes the
 // conversion: another node adopts it.
-func TestFleetRulePushPublishes(t *testing.T) {
-	requireRoot(t)
-	reg := startRegistry(t)
+func TestFleetRulePushPublishes(t *testing.T) { forEachRegistry(t, testFleetRulePushPublishes) }
+
+func testFleetRulePushPublishes(t *testing.T, reg *registry) {
 	a := startDaemon(t, bins.containerdLazyconv, testConfig+`
 [[plugins.'io.containerd.grpc.v1.lazyconv'.rules]]
   match = "`+reg.host+`/rules/*"
@@ -228,18 +274,34 @@ func TestFleetRulePushPublishes(t *testing.T) {
 	pushSource(t, b, src)
 	mustLazyconv(t, "--address", a.address, "image", "pull", "--lazy", "--plain-http", src)
 
+	resp, body := reg.do(t, http.MethodHead, "/v2/rules/app/manifests/v1", nil, map[string]string{"Accept": ocispec.MediaTypeImageManifest})
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	subject := digest.Digest(resp.Header.Get("Docker-Content-Digest"))
 	deadline := time.Now().Add(60 * time.Second)
-	for {
+	for published := false; !published; {
 		log, _ := reg.logSince(t, 0)
-		if strings.Contains(log, `"PUT /v2/rules/app/manifests/v1-zstd `) && strings.Contains(log, `"PUT /v2/rules/app/manifests/sha256-`) {
-			break
+		if strings.Contains(log, `"PUT /v2/rules/app/manifests/v1-zstd `) {
+			for _, l := range reg.listReferrers(t, "rules/app", subject) {
+				published = published || l.Annotations[labels.VariantAnnotation] != ""
+			}
 		}
-		require.True(t, time.Now().Before(deadline), "the rule never pushed and published:\n%s", a.logText())
-		time.Sleep(100 * time.Millisecond)
+		if !published {
+			require.True(t, time.Now().Before(deadline), "the rule never pushed and published:\n%s", a.logText())
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	log, _ := reg.logSince(t, 0)
+	if reg.referrersAPI {
+		assert.NotContains(t, log, `"PUT /v2/rules/app/manifests/sha256-`, "no tag schema index beside the referrers API")
+	} else {
+		assert.Contains(t, log, `"PUT /v2/rules/app/manifests/sha256-`, "published in the tag schema's index")
 	}
 	mustLazyconv(t, "--address", b.address, "image", "pull", "--lazy", "--plain-http", src)
 	out := mustLazyconv(t, "--address", b.address, "image", "convert", "--zstdchunked", "--plain-http", src, src+"-zstd")
 	assert.Contains(t, out, "adopted from "+reg.host+"/rules/app@")
 	pulled := mustLazyconv(t, "--address", b.address, "-n", "check", "image", "pull", "--lazy", "--plain-http", src+"-zstd")
 	assert.Contains(t, pulled, convertedDigest(t, out), "the rule's pushed image is the one adopted")
+	if reg.referrersAPI {
+		assert.Empty(t, reg.referrersTags(t), "no referrers tag schema index in any repository")
+	}
 }

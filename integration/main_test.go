@@ -1,6 +1,7 @@
 // Package integration runs lazyconv end to end: the real containerd-lazyconv
 // daemon, a stock containerd v2.4 with the lazyconvd sidecar, a real registry
-// (distribution v3) and the real lazyconv CLI, all on temporary roots and
+// (distribution v3; and go-containerregistry's, with the referrers API, for
+// the fleet tests) and the real lazyconv CLI, all on temporary roots and
 // sockets, on 127.0.0.1.
 package integration
 
@@ -36,6 +37,9 @@ const (
 // bins holds the paths of the binaries TestMain built.
 var bins struct {
 	dir, lazyconv, lazyconvd, containerdLazyconv, stockContainerd, registry string
+	// referrersRegistry is go-containerregistry's registry with the OCI
+	// referrers API (integration/referrersregistry).
+	referrersRegistry string
 	// upstreamCtr is containerd v2.4's own ctr; ctr is lazyconv's.
 	upstreamCtr, ctr string
 }
@@ -72,6 +76,7 @@ func buildBinaries() error {
 	bins.containerdLazyconv = filepath.Join(bins.dir, "containerd-lazyconv")
 	bins.stockContainerd = filepath.Join(bins.dir, "stock", "containerd")
 	bins.registry = filepath.Join(bins.dir, "registry")
+	bins.referrersRegistry = filepath.Join(bins.dir, "referrersregistry")
 	bins.upstreamCtr = filepath.Join(bins.dir, "upstream", "ctr")
 	bins.ctr = filepath.Join(bins.dir, "ctr")
 	for _, b := range []struct{ out, pkg string }{
@@ -83,6 +88,10 @@ func buildBinaries() error {
 		if err := goCmd(repo, nil, "build", "-tags", buildTags(), "-o", b.out, b.pkg); err != nil {
 			return err
 		}
+	}
+	// A module of its own (its dependency is not lazyconv's).
+	if err := goCmd(filepath.Join(repo, "integration", "referrersregistry"), nil, "build", "-o", bins.referrersRegistry, "."); err != nil {
+		return err
 	}
 	for _, b := range []struct{ out, module string }{
 		{bins.registry, registryModule},
@@ -267,10 +276,14 @@ func mustLazyconv(t *testing.T, args ...string) string {
 	return out
 }
 
-// registry is a distribution v3 registry on 127.0.0.1.
+// registry is a registry on 127.0.0.1: distribution v3, or (referrersAPI)
+// go-containerregistry's with the referrers API.
 type registry struct {
 	host    string
 	logPath string
+	// referrersAPI: the registry lists referrers itself (distribution v3
+	// has no referrers API: clients keep the referrers tag schema).
+	referrersAPI bool
 }
 
 func startRegistry(t *testing.T) *registry { return startRegistryWith(t, "", "") }

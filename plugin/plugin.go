@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 
 	diffapi "github.com/containerd/containerd/api/services/diff/v1"
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
@@ -25,6 +26,7 @@ import (
 	"github.com/containerd/plugin/registry"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/lazyconv/lazyconv/format"
 	"github.com/lazyconv/lazyconv/service"
 )
 
@@ -41,7 +43,7 @@ func init() {
 	registry.Register(&plugin.Registration{
 		Type:     plugins.GRPCPlugin,
 		ID:       "lazyconv",
-		Requires: []plugin.Type{plugins.MetadataPlugin, plugins.LeasePlugin, plugins.ServicePlugin, plugins.EventPlugin},
+		Requires: []plugin.Type{plugins.MetadataPlugin, plugins.LeasePlugin, plugins.ServicePlugin, plugins.EventPlugin, format.PluginType},
 		Config:   &defaults,
 		InitFn:   initService,
 	})
@@ -78,7 +80,11 @@ func initService(ic *plugin.InitContext) (any, error) {
 	if !ok {
 		return nil, fmt.Errorf("images service not available: %w", plugin.ErrSkipPlugin)
 	}
-	opts := []service.Option{service.WithScratchDir(filepath.Join(ic.Properties[plugins.PropertyRootDir], "scratch"))}
+	loaded, err := loadedFormats(ic)
+	if err != nil {
+		return nil, err
+	}
+	opts := []service.Option{service.WithScratchDir(filepath.Join(ic.Properties[plugins.PropertyRootDir], "scratch")), service.WithFormats(loaded)}
 	sns, snOK := svcs[srv.SnapshotsService].(map[string]snapshots.Snapshotter)
 	diffClient, diffOK := svcs[srv.DiffService].(diffapi.DiffClient)
 	if snOK && diffOK {
@@ -139,4 +145,51 @@ func namespaceNames(ctx context.Context, db *metadata.DB) ([]string, error) {
 		return err
 	})
 	return nss, err
+}
+
+// loadedFormats is the format table the image-converter plugins made: the
+// formats that initialized, those skipped (with the reason), and those
+// disabled_plugins removed (registered, but never initialized).
+func loadedFormats(ic *plugin.InitContext) (format.Loaded, error) {
+	out := format.Loaded{Skipped: map[string]error{}}
+	for _, f := range format.Registered() {
+		p := ic.Plugins().Get(format.PluginType, f.Name)
+		if p == nil {
+			out.Disabled = append(out.Disabled, f.Name)
+			continue
+		}
+		inst, err := p.Instance()
+		switch {
+		case plugin.IsSkipPlugin(err):
+			out.Skipped[f.Name] = err
+			if skipped, ok := inst.(*format.Format); ok {
+				out.Unavailable = append(out.Unavailable, skipped)
+			}
+		case err != nil:
+			return out, fmt.Errorf("format plugin %s: %w", format.URI(f.Name), err)
+		default:
+			out.Formats = append(out.Formats, inst.(*format.Format))
+		}
+	}
+	// Formats registered from outside this repository are in the set too.
+	for id, inst := range formatInstances(ic) {
+		if !slices.ContainsFunc(out.Formats, func(f *format.Format) bool { return f.Name == id }) {
+			out.Formats = append(out.Formats, inst)
+		}
+	}
+	return out, nil
+}
+
+func formatInstances(ic *plugin.InitContext) map[string]*format.Format {
+	out := map[string]*format.Format{}
+	all, err := ic.GetByType(format.PluginType)
+	if err != nil {
+		return out
+	}
+	for id, inst := range all {
+		if f, ok := inst.(*format.Format); ok {
+			out[id] = f
+		}
+	}
+	return out
 }

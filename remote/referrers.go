@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -104,8 +105,20 @@ func PublishReferrer(ctx context.Context, resolver remotes.Resolver, src Source,
 	return desc, addToTagIndex(ctx, resolver, src, r.Subject.Digest, listed, desc)
 }
 
+// maxRereads bounds the referrers of one listing whose manifest is read to
+// learn what they are (see ListReferrers).
+const maxRereads = 16
+
 // ListReferrers lists the referrers of subject in src (of artifactType,
-// unless ""), through the referrers API or the tag schema.
+// unless ""), through the referrers API or the tag schema. The registry is
+// asked to filter by artifactType, and what it lists is filtered here (a
+// registry need not filter, and the tag schema's index is not filtered). A
+// registry that lists each referrer under its config's media type in place
+// of its artifactType (go-containerregistry's pkg/registry, up to v0.22.1
+// at least) lists every artifact with the empty config, lazyconv's among
+// them, as "application/vnd.oci.empty.v1+json": of those (the first
+// maxRereads), the manifest is read, and one of artifactType referring to
+// subject is listed with its manifest's artifactType and annotations.
 func ListReferrers(ctx context.Context, resolver remotes.Resolver, src Source, subject digest.Digest, artifactType string) ([]ocispec.Descriptor, error) {
 	f, err := resolver.Fetcher(ctx, src.Host+"/"+src.Repository)
 	if err != nil {
@@ -117,13 +130,47 @@ func ListReferrers(ctx context.Context, resolver remotes.Resolver, src Source, s
 	}
 	var opts []remotes.FetchReferrersOpt
 	if artifactType != "" {
-		opts = append(opts, remotes.WithReferrerArtifactTypes(artifactType))
+		// Not WithReferrerArtifactTypes: containerd would drop, unread,
+		// what a registry lists under its config's media type.
+		opts = append(opts, remotes.WithReferrerQueryFilter("artifactType", artifactType))
 	}
 	out, err := rf.FetchReferrers(ctx, subject, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("listing the referrers of %s in %s/%s: %w", subject, src.Host, src.Repository, err)
 	}
-	return out, nil
+	if artifactType == "" {
+		return out, nil
+	}
+	var kept []ocispec.Descriptor
+	rereads := 0
+	for _, d := range out {
+		switch {
+		case d.ArtifactType == artifactType:
+			kept = append(kept, d)
+		case d.ArtifactType == ocispec.MediaTypeEmptyJSON && d.MediaType == ocispec.MediaTypeImageManifest && rereads < maxRereads:
+			rereads++
+			if m, ok := rereadReferrer(ctx, resolver, src, subject, d); ok && m.ArtifactType == artifactType {
+				d.ArtifactType, d.Annotations = m.ArtifactType, m.Annotations
+				kept = append(kept, d)
+			}
+		}
+	}
+	return kept, nil
+}
+
+// rereadReferrer reads the manifest of d, listed as a referrer of subject,
+// and reports whether it is one.
+func rereadReferrer(ctx context.Context, resolver remotes.Resolver, src Source, subject digest.Digest, d ocispec.Descriptor) (ocispec.Manifest, bool) {
+	b, err := ReadBlob(ctx, resolver, src, d, MaxManifestBytes)
+	if err != nil {
+		log.G(ctx).WithError(err).Debugf("lazyconv: reading referrer %s of %s", d.Digest, subject)
+		return ocispec.Manifest{}, false
+	}
+	var m ocispec.Manifest
+	if err := json.Unmarshal(b, &m); err != nil || m.Subject == nil || m.Subject.Digest != subject {
+		return ocispec.Manifest{}, false
+	}
+	return m, true
 }
 
 // tagIndexTag is the referrers tag schema's tag for subject: "sha256-<hex>".

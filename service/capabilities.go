@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"slices"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -12,6 +13,7 @@ import (
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/lazyconv/lazyconv/converter/nydus"
 	"github.com/lazyconv/lazyconv/converter/stargz"
+	"github.com/lazyconv/lazyconv/format"
 	"github.com/lazyconv/lazyconv/labels"
 )
 
@@ -23,20 +25,36 @@ func (s *Service) Capabilities(ctx context.Context, _ *api.CapabilitiesRequest) 
 	if resp.Workers == 0 {
 		resp.Workers = int32(runtime.GOMAXPROCS(0))
 	}
-	for _, f := range formats {
-		format := &api.Format{Name: f.Name, Available: true}
-		if f.available != nil {
-			opts, err := f.resolveOptions(s.cfg.FormatOptions, nil)
+	builderPath := ""
+	for _, f := range format.Registered() {
+		if slices.Contains(s.formats.Disabled, f.Name) {
+			continue // disabled_plugins removed it
+		}
+		out := &api.Format{Name: f.Name, Available: true}
+		if reason, skipped := s.formats.Skipped[f.Name]; skipped {
+			out.Available, out.Reason = false, reason.Error()
+			for _, u := range s.formats.Unavailable {
+				if u.Name == FormatNydus && f.Name == FormatNydus {
+					builderPath = u.Configured()["builder-path"]
+				}
+			}
+		} else if served, err := s.format(f.Name); err != nil {
+			continue // registered but not loaded
+		} else {
+			opts, err := served.ResolveOptions(nil)
 			if err == nil {
-				err = f.available(ctx, opts)
+				err = served.Available(ctx, opts)
 			}
 			if err != nil {
-				format.Available, format.Reason = false, err.Error()
+				out.Available, out.Reason = false, err.Error()
+			}
+			if f.Name == FormatNydus {
+				builderPath = served.Configured()["builder-path"]
 			}
 		}
-		resp.Formats = append(resp.Formats, format)
+		resp.Formats = append(resp.Formats, out)
 	}
-	b := nydus.Probe(ctx, s.cfg.FormatOptions["nydus_builder_path"])
+	b := nydus.Probe(ctx, builderPath)
 	resp.Builders = append(resp.Builders, &api.Builder{Name: nydus.BuilderName, Path: b.Path, Version: b.Version, Found: b.Found})
 	return resp, nil
 }

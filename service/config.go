@@ -3,17 +3,14 @@ package service
 import (
 	"fmt"
 	"maps"
-	"reflect"
 	"runtime"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
 
 	"github.com/lazyconv/lazyconv/converter"
-	"github.com/lazyconv/lazyconv/converter/options"
+	"github.com/lazyconv/lazyconv/format"
 	"github.com/lazyconv/lazyconv/remote"
 	"github.com/lazyconv/lazyconv/rules"
 )
@@ -21,8 +18,10 @@ import (
 // Config is the conversion service's configuration: the plugin's section of
 // containerd's config.toml ([plugins.'io.containerd.grpc.v1.lazyconv']) and
 // the [converter] section of lazyconvd's config. In TOML it is one flat
-// table: workers, default_format, and every format option as
-// "<format>_<option>" (estargz_compression_level = 9); ParseConfig reads it.
+// table (workers, default_format, limits, rules, ...); ParseConfig reads it.
+// Format options are not here: each format's are in its image-converter
+// plugin's section ([plugins.'io.containerd.image-converter.v1.estargz']
+// compression_level = 5, see package format).
 type Config struct {
 	// Workers bounds the layers converted at once (0: GOMAXPROCS).
 	Workers int
@@ -61,40 +60,24 @@ type Config struct {
 	// Notifications receives registries' push notifications (off when its
 	// Address is empty).
 	Notifications NotificationsConfig
-	// FormatOptions holds every format option's configured value as text,
-	// by configuration key ("estargz_compression_level": "9"). Keys not
-	// present keep the format's default; the defaults hold every key but
-	// those whose default follows another option (eStargz's level follows
-	// its deflate).
-	FormatOptions map[string]string
 }
 
-// configKey is a format option as the configuration names it.
-type configKey struct {
-	format string // the first format in the table with the option's prefix
-	field  options.Field
-	// dependent: the option's default follows another option's value
-	// (options.DependentDefaults), so the defaults leave it out.
-	dependent bool
-}
-
-// configKeys lists every format option key, each once (formats sharing an
-// option prefix, such as estargz and estargz-optimized, share its keys).
-func configKeys() map[string]configKey {
-	out := map[string]configKey{}
-	for _, f := range formats {
+// legacyFormatKeys are the keys format options had in this table before
+// each format became a plugin ("estargz_compression_level"), with where each
+// is now: ParseConfig refuses them naming the new place.
+func legacyFormatKeys() map[string]string {
+	out := map[string]string{}
+	for _, f := range format.Registered() {
 		if f.OptionPrefix == "" {
 			continue
 		}
-		var dependent []string
-		if d, ok := f.newOptions().(options.DependentDefaults); ok {
-			dependent = d.Dependent()
-		}
 		for _, fld := range f.Options() {
 			k := fld.ConfigKey(f.OptionPrefix)
-			if _, dup := out[k]; !dup {
-				out[k] = configKey{format: f.Name, field: fld, dependent: slices.Contains(dependent, fld.Name)}
+			place := fmt.Sprintf("%s in [plugins.'%s']", format.ConfigKey(fld.Name), format.URI(f.Name))
+			if prev, ok := out[k]; ok {
+				place = prev + " (and " + place + ")"
 			}
+			out[k] = place
 		}
 	}
 	return out
@@ -104,12 +87,7 @@ func configKeys() map[string]configKey {
 func DefaultConfig() Config {
 	cfg := Config{DefaultFormat: FormatEStargz, Limits: converter.DefaultLimits(), RuleQueueLength: rules.DefaultQueueLength,
 		RuleRetries: rules.DefaultRetries, RuleRetryBackoff: rules.DefaultRetryBackoff, ReconcileInterval: rules.DefaultReconcileInterval,
-		Notifications: defaultNotifications(), FormatOptions: map[string]string{}}
-	for k, ck := range configKeys() {
-		if !ck.dependent {
-			cfg.FormatOptions[k] = ck.field.Value
-		}
-	}
+		Notifications: defaultNotifications()}
 	return cfg
 }
 
@@ -118,7 +96,6 @@ func DefaultConfig() Config {
 // wrong kind is ErrInvalidArgument, so that a typo does not go unnoticed.
 func ParseConfig(raw map[string]any) (Config, error) {
 	cfg := DefaultConfig()
-	keys := configKeys()
 	for _, k := range slices.Sorted(maps.Keys(raw)) {
 		v := raw[k]
 		switch k {
@@ -193,16 +170,12 @@ func ParseConfig(raw map[string]any) (Config, error) {
 				*limit = n
 				continue
 			}
-			ck, known := keys[k]
-			if !known {
-				return cfg, fmt.Errorf("unknown configuration key %q (known: workers, default_format, require_lossless, disable_registry_cache, trusted_publishers, max_*, rules, rule_queue_length, rule_retries, rule_retry_backoff, reconcile_interval, notifications, %s): %w",
-					k, strings.Join(slices.Sorted(maps.Keys(keys)), ", "), errdefs.ErrInvalidArgument)
+			if place, moved := legacyFormatKeys()[k]; moved {
+				return cfg, fmt.Errorf("configuration key %q has moved: format options are in their format's plugin section; set %s: %w",
+					k, place, errdefs.ErrInvalidArgument)
 			}
-			text, ok := scalar(v, ck.field.Kind)
-			if !ok {
-				return cfg, fmt.Errorf("%s takes a %s, not %v: %w", k, ck.field.Kind, v, errdefs.ErrInvalidArgument)
-			}
-			cfg.FormatOptions[k] = text
+			return cfg, fmt.Errorf("unknown configuration key %q (known: workers, default_format, require_lossless, disable_registry_cache, trusted_publishers, max_*, rules, rule_queue_length, rule_retries, rule_retry_backoff, reconcile_interval, notifications): %w",
+				k, errdefs.ErrInvalidArgument)
 		}
 	}
 	return cfg, cfg.validate()
@@ -232,25 +205,6 @@ func (c Config) TOML() map[string]any {
 	limits := c.Limits.WithDefaults()
 	for k, v := range limitFields(&limits) {
 		out[k] = *v
-	}
-	for k, ck := range configKeys() {
-		v, ok := c.FormatOptions[k]
-		if !ok && ck.dependent {
-			continue // its default follows another option's value
-		}
-		if !ok {
-			v = ck.field.Value
-		}
-		switch ck.field.Kind {
-		case reflect.Int, reflect.Int32, reflect.Int64:
-			n, _ := strconv.ParseInt(v, 10, 64)
-			out[k] = n
-		case reflect.Bool:
-			b, _ := strconv.ParseBool(v)
-			out[k] = b
-		default:
-			out[k] = v
-		}
 	}
 	return out
 }
@@ -302,20 +256,6 @@ func asInt(v any) (int, bool) {
 	return 0, false
 }
 
-func scalar(v any, kind reflect.Kind) (string, bool) {
-	switch kind {
-	case reflect.Int, reflect.Int32, reflect.Int64:
-		n, ok := asInt(v)
-		return strconv.Itoa(n), ok
-	case reflect.Bool:
-		b, ok := v.(bool)
-		return strconv.FormatBool(b), ok
-	default:
-		s, ok := v.(string)
-		return s, ok
-	}
-}
-
 // validate checks the configuration, with ErrInvalidArgument on a bad
 // value. It checks every format's options but probes for no builder.
 func (c Config) validate() error {
@@ -333,11 +273,6 @@ func (c Config) validate() error {
 	}
 	if _, err := LookupFormat(c.DefaultFormat); err != nil || c.DefaultFormat == FormatNone {
 		return fmt.Errorf("default_format %q is none of %v: %w", c.DefaultFormat, FormatNames(), errdefs.ErrInvalidArgument)
-	}
-	for _, f := range formats {
-		if _, err := f.resolveOptions(c.FormatOptions, nil); err != nil {
-			return err
-		}
 	}
 	return nil
 }

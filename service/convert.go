@@ -15,6 +15,7 @@ import (
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/format"
 	"github.com/lazyconv/lazyconv/labels"
 	"github.com/lazyconv/lazyconv/remote"
 )
@@ -84,7 +85,7 @@ func (s *Service) convertImage(ctx context.Context, req *api.ConvertRequest, sen
 	done := make(chan outcome, 1)
 	go func() {
 		res, err := s.conv.ConvertImage(ctx, s.is, req.GetSource(), req.GetTarget(), converter.ImageOptions{
-			Layers: p.layers, AppendLayer: p.appendLayer, DockerToOCI: req.GetOci() || oci, Platforms: pm, Progress: progress,
+			Layers: p.Layers, AppendLayer: p.AppendLayer, DockerToOCI: req.GetOci() || oci, Platforms: pm, Progress: progress,
 			EnsureLayer: ensure, Shared: shared, RequireLossless: s.cfg.RequireLossless || req.GetRequireLossless(), Limits: s.cfg.Limits,
 			SourceDigest: pin.source, TargetLabels: pin.labels,
 		})
@@ -155,28 +156,33 @@ func (s *Service) convertImage(ctx context.Context, req *api.ConvertRequest, sen
 // options (defaults, configuration, request), checks the format can run
 // here, and builds its plan. It returns the format's name and whether it
 // implies OCI.
-func (s *Service) planRequest(ctx context.Context, req *api.ConvertRequest) (plan, string, bool, error) {
+func (s *Service) planRequest(ctx context.Context, req *api.ConvertRequest) (format.Plan, string, bool, error) {
 	name := req.GetFormat()
 	if name == "" {
 		name = s.cfg.DefaultFormat
 	}
 	if name == FormatNone {
-		return plan{}, name, false, nil
+		return format.Plan{}, name, false, nil
 	}
-	f, err := LookupFormat(name)
+	f, err := s.format(name)
 	if err != nil {
-		return plan{}, name, false, err
-	}
-	opts, err := f.resolveOptions(s.cfg.FormatOptions, RequestOptions(name, req))
-	if err != nil {
-		return plan{}, name, false, err
-	}
-	if f.available != nil {
-		if err := f.available(ctx, opts); err != nil {
-			return plan{}, name, false, err
+		// A request to a format that is off here is still checked first: an
+		// option it may not set is refused as such.
+		if registered, lerr := format.Lookup(name); lerr == nil {
+			if _, oerr := registered.ResolveOptions(RequestOptions(name, req)); oerr != nil {
+				return format.Plan{}, name, false, oerr
+			}
 		}
+		return format.Plan{}, name, false, err
 	}
-	p, err := f.plan(opts, req)
+	opts, err := f.ResolveOptions(RequestOptions(name, req))
+	if err != nil {
+		return format.Plan{}, name, false, err
+	}
+	if err := f.Available(ctx, opts); err != nil {
+		return format.Plan{}, name, false, err
+	}
+	p, err := f.Plan(opts, req)
 	return p, name, f.OCI, err
 }
 

@@ -24,6 +24,7 @@ import (
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
 	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/format"
 	"github.com/lazyconv/lazyconv/rebuild"
 	"github.com/lazyconv/lazyconv/remote"
 )
@@ -44,6 +45,9 @@ type Service struct {
 	idle *idleReleaser
 	// scratchDir holds conversions' unlinked scratch files ("": the system's).
 	scratchDir string
+	// formats is the format table: what the image-converter plugins gave.
+	formats    format.Loaded
+	formatsSet bool
 }
 
 // Option configures a Service.
@@ -87,6 +91,16 @@ func New(cs content.Store, is images.Store, lm leases.Manager, cfg Config, versi
 		idle: newIdleReleaser(DefaultIdleRelease)}
 	for _, o := range opts {
 		o(s)
+	}
+	if !s.formatsSet {
+		if s.formats, err = loadDefaultFormats(context.Background()); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.DefaultFormat != FormatNone {
+		if _, err := s.format(cfg.DefaultFormat); err != nil {
+			return nil, fmt.Errorf("default_format: %w", err)
+		}
 	}
 	if s.scratchDir != "" {
 		if err := os.MkdirAll(s.scratchDir, 0o700); err != nil {

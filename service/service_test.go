@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/format"
 	"github.com/lazyconv/lazyconv/internal/imagegen"
 	"github.com/lazyconv/lazyconv/labels"
 	"github.com/lazyconv/lazyconv/localstore"
@@ -37,13 +38,13 @@ type fixture struct {
 	svc   *service.Service
 }
 
-func newFixture(t *testing.T, cfg service.Config) *fixture {
+func newFixture(t *testing.T, cfg service.Config, opts ...service.Option) *fixture {
 	t.Helper()
 	ctx := namespaces.WithNamespace(context.Background(), "test")
 	st, err := localstore.Open(ctx, t.TempDir())
 	require.NoError(t, err)
 	t.Cleanup(func() { st.Close() })
-	svc, err := service.New(st.ContentStore(), st.ImageStore(), st.LeaseManager(), cfg, "test")
+	svc, err := service.New(st.ContentStore(), st.ImageStore(), st.LeaseManager(), cfg, "test", opts...)
 	require.NoError(t, err)
 	img := imagegen.Image{Name: "app:v1"}
 	for _, e := range []imagegen.Entry{file("a", "alpha"), file("b", "beta")} {
@@ -127,10 +128,6 @@ func TestConfigIsValidated(t *testing.T) {
 		bad(func(c *service.Config) { c.Workers = -1 }),
 		bad(func(c *service.Config) { c.DefaultFormat = "tarball" }),
 		bad(func(c *service.Config) { c.DefaultFormat = "none" }),
-		bad(func(c *service.Config) { c.FormatOptions["estargz_compression_level"] = "99" }),
-		bad(func(c *service.Config) { c.FormatOptions["zstdchunked_chunk_size"] = "-1" }),
-		bad(func(c *service.Config) { c.FormatOptions["nydus_fs_version"] = "7" }),
-		bad(func(c *service.Config) { c.FormatOptions["estargz_compression_level"] = "high" }),
 	} {
 		_, err := service.New(st.ContentStore(), st.ImageStore(), st.LeaseManager(), cfg, "test")
 		require.Error(t, err)
@@ -208,9 +205,11 @@ func TestGRPCEdge(t *testing.T) {
 }
 
 func TestNydusIsRefusedBeforeAnyWorkWithoutBuilder(t *testing.T) {
-	cfg := service.DefaultConfig()
-	cfg.FormatOptions["nydus_builder_path"] = filepath.Join(t.TempDir(), "nydus-image")
-	f := newFixture(t, cfg)
+	loaded, err := format.Load(context.Background(), map[string]format.Config{
+		"nydus": {"builder_path": filepath.Join(t.TempDir(), "nydus-image")}}, nil)
+	require.NoError(t, err)
+	require.Contains(t, loaded.Skipped, "nydus", "the nydus plugin is skipped without its builder")
+	f := newFixture(t, service.DefaultConfig(), service.WithFormats(loaded))
 	caps, err := f.svc.Capabilities(f.ctx, &api.CapabilitiesRequest{})
 	require.NoError(t, err)
 	var nydus *api.Format

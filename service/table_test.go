@@ -56,23 +56,18 @@ func TestConfigParsesTOMLValues(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, service.DefaultConfig(), cfg)
 		}},
-		{"values as TOML decodes them", map[string]any{"workers": int64(3), "estargz_compression_level": int64(6), "nydus_compressor": "none"},
+		{"values as TOML decodes them", map[string]any{"workers": int64(3), "default_format": "zstdchunked"},
 			func(t *testing.T, cfg service.Config, err error) {
 				require.NoError(t, err)
 				assert.Equal(t, 3, cfg.Workers)
-				assert.Equal(t, "6", cfg.FormatOptions["estargz_compression_level"])
-				assert.Equal(t, "none", cfg.FormatOptions["nydus_compressor"])
-				assert.Equal(t, "3", cfg.FormatOptions["zstdchunked_compression_level"], "others keep their defaults")
+				assert.Equal(t, "zstdchunked", cfg.DefaultFormat)
 			}},
 		{"unknown key", map[string]any{"estargz_level": int64(6)}, func(t *testing.T, _ service.Config, err error) {
 			require.Error(t, err)
 			assert.True(t, errdefs.IsInvalidArgument(err))
-			assert.Contains(t, err.Error(), "estargz_compression_level", "the error lists the known keys")
+			assert.Contains(t, err.Error(), "default_format", "the error lists the known keys")
 		}},
-		{"wrong kind", map[string]any{"estargz_chunk_size": "big"}, func(t *testing.T, _ service.Config, err error) {
-			assert.True(t, errdefs.IsInvalidArgument(err), "%v", err)
-		}},
-		{"invalid value", map[string]any{"zstdchunked_compression_level": int64(30)}, func(t *testing.T, _ service.Config, err error) {
+		{"wrong kind", map[string]any{"workers": "many"}, func(t *testing.T, _ service.Config, err error) {
 			assert.True(t, errdefs.IsInvalidArgument(err), "%v", err)
 		}},
 	} {
@@ -86,25 +81,30 @@ func TestConfigParsesTOMLValues(t *testing.T) {
 	assert.Equal(t, service.DefaultConfig(), back, "TOML() reads back as itself")
 }
 
-// The configuration keys config.toml.example has always had are still there
-// (new options add keys).
+// The service's configuration keys config.toml.example has always had are
+// still there (new options add keys); the format options it had
+// ("estargz_compression_level") are refused, naming their format plugin's
+// section, where they are now.
 func TestConfigKeysAreStable(t *testing.T) {
 	keys := map[string]any{}
 	for k := range service.DefaultConfig().TOML() {
 		keys[k] = nil
 	}
-	for _, k := range []string{"workers", "default_format", "estargz_chunk_size",
-		"zstdchunked_compression_level", "zstdchunked_chunk_size", "nydus_builder_path", "nydus_work_dir",
-		"nydus_fs_version", "nydus_compressor", "nydus_prefetch_patterns"} {
+	for _, k := range []string{"workers", "default_format", "require_lossless", "max_entries", "rule_queue_length"} {
 		assert.Contains(t, keys, k)
 	}
-	// The eStargz level's default follows the deflate, so the defaults leave
-	// it out; the key is still read.
-	assert.NotContains(t, keys, "estargz_compression_level")
-	cfg, err := service.ParseConfig(map[string]any{"estargz_compression_level": int64(9)})
-	require.NoError(t, err)
-	assert.Equal(t, "9", cfg.FormatOptions["estargz_compression_level"])
-	assert.Equal(t, int64(9), cfg.TOML()["estargz_compression_level"])
+	for key, place := range map[string]string{
+		"estargz_compression_level":     "compression_level in [plugins.'io.containerd.image-converter.v1.estargz']",
+		"estargz_chunk_size":            "chunk_size in [plugins.'io.containerd.image-converter.v1.estargz']",
+		"zstdchunked_compression_level": "compression_level in [plugins.'io.containerd.image-converter.v1.zstdchunked']",
+		"nydus_builder_path":            "builder_path in [plugins.'io.containerd.image-converter.v1.nydus']",
+	} {
+		_, err := service.ParseConfig(map[string]any{key: int64(9)})
+		require.Error(t, err, key)
+		assert.True(t, errdefs.IsInvalidArgument(err), "%v", err)
+		assert.Contains(t, err.Error(), place)
+		assert.Contains(t, err.Error(), "has moved")
+	}
 }
 
 func TestRequestOptions(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/format"
 	"github.com/lazyconv/lazyconv/internal/convertcmd"
 	"github.com/lazyconv/lazyconv/service"
 )
@@ -56,13 +57,13 @@ func extendConvert(ctr *cli.Command) error {
 
 // lazyconvFormat is the lazyconv format the flags name (FormatNone for
 // none), refusing a mix with upstream's own layer conversions.
-func lazyconvFormat(cmd *cli.Command, others []string) (service.Format, error) {
+func lazyconvFormat(cmd *cli.Command, others []string) (format.Format, error) {
 	f, err := convertcmd.ChosenFormat(cmd, others...)
 	if err != nil || f.Name == service.FormatNone {
 		return f, err
 	}
 	if cmd.Bool("uncompress") || cmd.IsSet("erofs") {
-		return service.Format{}, fmt.Errorf("--%s is lazyconv's and --uncompress/--erofs are upstream's: convert with one of them: %w",
+		return format.Format{}, fmt.Errorf("--%s is lazyconv's and --uncompress/--erofs are upstream's: convert with one of them: %w",
 			f.Name, errdefs.ErrInvalidArgument)
 	}
 	return f, nil
@@ -71,7 +72,7 @@ func lazyconvFormat(cmd *cli.Command, others []string) (service.Format, error) {
 // convertInDaemon asks the lazyconv plugin on containerd's socket for the
 // conversion, showing its progress, and prints the new image's digest as
 // upstream's convert does.
-func convertInDaemon(ctx context.Context, cmd *cli.Command, f service.Format) error {
+func convertInDaemon(ctx context.Context, cmd *cli.Command, f format.Format) error {
 	src, dst := cmd.Args().Get(0), cmd.Args().Get(1)
 	if src == "" || dst == "" {
 		return errors.New("src and target image need to be specified")

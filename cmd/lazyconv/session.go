@@ -82,8 +82,13 @@ func openEmbedded(ctx context.Context, cmd *cli.Command) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	svc, err := service.New(st.ContentStore(), st.ImageStore(), st.LeaseManager(), convertcmd.EmbeddedConfig(cmd), version,
-		service.WithScratchDir(filepath.Join(st.Root(), "scratch")))
+	cfg, formats, err := convertcmd.EmbeddedConfig(cmd)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	svc, err := service.New(st.ContentStore(), st.ImageStore(), st.LeaseManager(), cfg, version,
+		service.WithScratchDir(filepath.Join(st.Root(), "scratch")), formats)
 	if err != nil {
 		st.Close()
 		return nil, err

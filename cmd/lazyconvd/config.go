@@ -1,16 +1,19 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/user"
 	"strconv"
+	"strings"
 
 	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/containerd/errdefs"
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/lazyconv/lazyconv/format"
 	"github.com/lazyconv/lazyconv/service"
 )
 
@@ -33,16 +36,25 @@ type config struct {
 	AllowedNamespaces []string
 	// Converter is the conversion service's configuration, as the plugin's.
 	Converter service.Config
+	// DisabledPlugins are image-converter plugins (formats) to leave out,
+	// by URI or name, as containerd's disabled_plugins.
+	DisabledPlugins []string
+	// Plugins are the image-converter plugins' config sections, by URI
+	// ([plugins.'io.containerd.image-converter.v1.estargz']), as in
+	// containerd's config.
+	Plugins map[string]format.Config
 }
 
 // file is the configuration file as TOML decodes it.
 type file struct {
-	Address           string         `toml:"address"`
-	SocketMode        string         `toml:"socket_mode"`
-	SocketGroup       string         `toml:"socket_group"`
-	ContainerdAddress string         `toml:"containerd_address"`
-	AllowedNamespaces []string       `toml:"allowed_namespaces"`
-	Converter         map[string]any `toml:"converter"`
+	Address           string                    `toml:"address"`
+	SocketMode        string                    `toml:"socket_mode"`
+	SocketGroup       string                    `toml:"socket_group"`
+	ContainerdAddress string                    `toml:"containerd_address"`
+	AllowedNamespaces []string                  `toml:"allowed_namespaces"`
+	Converter         map[string]any            `toml:"converter"`
+	DisabledPlugins   []string                  `toml:"disabled_plugins"`
+	Plugins           map[string]map[string]any `toml:"plugins"`
 }
 
 func defaultConfig() config {
@@ -88,7 +100,23 @@ func loadConfig(path string) (config, error) {
 	if cfg.Converter, err = service.ParseConfig(raw.Converter); err != nil {
 		return cfg, fmt.Errorf("%s: [converter]: %w", path, err)
 	}
+	cfg.DisabledPlugins = raw.DisabledPlugins
+	for uri, section := range raw.Plugins {
+		if !strings.HasPrefix(uri, format.PluginType.String()+".") {
+			return cfg, fmt.Errorf("%s: [plugins.'%s']: lazyconvd runs only %s plugins (formats): %w", path, uri, format.PluginType, errdefs.ErrInvalidArgument)
+		}
+		if cfg.Plugins == nil {
+			cfg.Plugins = map[string]format.Config{}
+		}
+		cfg.Plugins[uri] = section
+	}
 	return cfg, nil
+}
+
+// formats loads the format plugins in-process with the file's sections and
+// disabled_plugins, as containerd would.
+func (c config) formats(ctx context.Context) (format.Loaded, error) {
+	return format.Load(ctx, c.Plugins, c.DisabledPlugins)
 }
 
 // socketGID is the group id SocketGroup names, by number or by name (-1

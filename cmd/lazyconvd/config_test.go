@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/lazyconv/lazyconv/format"
 )
 
 // exampleSidecarConfig extracts the commented lazyconvd section of
@@ -33,6 +36,17 @@ func TestConfigExampleIsTheDefaults(t *testing.T) {
 	require.NoError(t, os.WriteFile(p, []byte(exampleSidecarConfig(t)), 0o644))
 	cfg, err := loadConfig(p)
 	require.NoError(t, err)
+	// The format sections are the formats' defaults.
+	got, err := cfg.formats(context.Background())
+	require.NoError(t, err)
+	want, err := format.Load(context.Background(), nil, nil)
+	require.NoError(t, err)
+	require.Equal(t, len(want.Formats), len(got.Formats))
+	for i := range want.Formats {
+		assert.Equal(t, want.Formats[i].Configured(), got.Formats[i].Configured(), want.Formats[i].Name)
+	}
+	assert.Equal(t, want.Disabled, got.Disabled)
+	cfg.Plugins, cfg.DisabledPlugins = nil, nil
 	assert.Equal(t, defaultConfig(), cfg)
 }
 
@@ -51,9 +65,33 @@ func TestConfigLoading(t *testing.T) {
 			assert.Equal(t, "/tmp/x.sock", cfg.Address)
 			assert.Equal(t, 3, cfg.Converter.Workers)
 			assert.Equal(t, defaultConfig().ContainerdAddress, cfg.ContainerdAddress)
-			assert.Equal(t, "zstd", cfg.Converter.FormatOptions["nydus_compressor"])
-			_, set := cfg.Converter.FormatOptions["estargz_compression_level"]
-			assert.False(t, set, "the eStargz level's default follows the deflate: the defaults leave it unset")
+		}},
+		{"a format's section reaches it, disabled_plugins removes one",
+			"disabled_plugins = [\"io.containerd.image-converter.v1.nydus\", \"gzip\"]\n[plugins.'io.containerd.image-converter.v1.estargz']\ncompression_level = 7\n",
+			func(t *testing.T, cfg config, err error) {
+				require.NoError(t, err)
+				loaded, err := cfg.formats(context.Background())
+				require.NoError(t, err)
+				assert.Equal(t, []string{"nydus", "gzip"}, loaded.Disabled)
+				var names []string
+				for _, f := range loaded.Formats {
+					names = append(names, f.Name)
+					if f.Name == "estargz" {
+						assert.Equal(t, "7", f.Configured()["compression-level"])
+					}
+				}
+				assert.NotContains(t, names, "nydus")
+				assert.NotContains(t, names, "gzip")
+				assert.Contains(t, names, "estargz")
+			}},
+		{"a format key in [converter] names its new place", "[converter]\nestargz_compression_level = 6\n", func(t *testing.T, _ config, err error) {
+			require.Error(t, err)
+			assert.True(t, errdefs.IsInvalidArgument(err))
+			assert.Contains(t, err.Error(), "compression_level in [plugins.'io.containerd.image-converter.v1.estargz']")
+		}},
+		{"only format plugins", "[plugins.'io.containerd.grpc.v1.cri']\nx = 1\n", func(t *testing.T, _ config, err error) {
+			require.Error(t, err)
+			assert.True(t, errdefs.IsInvalidArgument(err))
 		}},
 		{"unknown converter key is an error", "[converter]\nestargz_level = 6\n", func(t *testing.T, _ config, err error) {
 			require.Error(t, err)

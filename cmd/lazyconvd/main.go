@@ -57,8 +57,16 @@ func run(ctx context.Context, configPath, address, containerdAddress string) err
 		return fmt.Errorf("connecting to containerd at %s: %w", cfg.ContainerdAddress, err)
 	}
 	defer client.Close()
+	formats, err := cfg.formats(ctx)
+	if err != nil {
+		return err
+	}
+	for name, reason := range formats.Skipped {
+		log.G(ctx).Warnf("lazyconvd: format %s is unavailable: %v", name, reason)
+	}
 	svc, err := service.New(client.ContentStore(), client.ImageService(), client.LeasesService(), cfg.Converter, version,
-		service.WithSnapshots(func(name string) (snapshots.Snapshotter, error) { return client.SnapshotService(name), nil }, client.DiffService()))
+		service.WithSnapshots(func(name string) (snapshots.Snapshotter, error) { return client.SnapshotService(name), nil }, client.DiffService()),
+		service.WithFormats(formats))
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,7 @@ type EStargzOptions struct {
 	// the deflate (see DefaultLevel): 5 with libdeflate (no larger than
 	// nerdctl's level 9, 2.2x faster than libdeflate's 9), 9 with
 	// klauspost/compress.
-	CompressionLevel int `option:"compression-level" variant:"level" usage:"eStargz gzip level (-2..9)"`
+	CompressionLevel int `option:"compression-level" variant:"level" usage:"eStargz gzip level (-2..9); unset, 5 with libdeflate and 9 with the go deflate: the fastest level no larger than nerdctl's level 9 (see README)"`
 	// ChunkSize is the largest run of a regular file's bytes kept in one gzip
 	// stream (0: estargz's default of 4 MiB).
 	ChunkSize int `option:"chunk-size" variant:"chunk" usage:"eStargz chunk size in bytes (0: 4 MiB)"`

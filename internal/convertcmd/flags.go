@@ -5,6 +5,7 @@
 package convertcmd
 
 import (
+	"context"
 	"fmt"
 	"reflect"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/format"
 	"github.com/lazyconv/lazyconv/service"
 )
 
@@ -44,7 +46,7 @@ func FormatFlags(others ...string) []cli.Flag {
 }
 
 // OptionFlags are the flags of one format's options.
-func OptionFlags(f service.Format) []cli.Flag {
+func OptionFlags(f format.Format) []cli.Flag {
 	var flags []cli.Flag
 	for _, o := range f.Options() {
 		name := o.FlagName(f.OptionPrefix)
@@ -65,8 +67,8 @@ func OptionFlags(f service.Format) []cli.Flag {
 // ChosenFormat is the format whose flag is set (FormatNone when none is).
 // Formats named in others are not lazyconv's in this command (ctr's own
 // --uncompress, say).
-func ChosenFormat(cmd *cli.Command, others ...string) (service.Format, error) {
-	var chosen []service.Format
+func ChosenFormat(cmd *cli.Command, others ...string) (format.Format, error) {
+	var chosen []format.Format
 	for _, f := range service.Formats() {
 		if f.Flag && !slices.Contains(others, f.Name) && cmd.Bool(f.Name) {
 			chosen = append(chosen, f)
@@ -74,18 +76,18 @@ func ChosenFormat(cmd *cli.Command, others ...string) (service.Format, error) {
 	}
 	switch len(chosen) {
 	case 0:
-		return service.Format{Name: service.FormatNone}, nil
+		return format.Format{Name: service.FormatNone}, nil
 	case 1:
 		return chosen[0], nil
 	default:
-		return service.Format{}, fmt.Errorf("%s: %w", service.ExclusiveFlagsMessage(), errdefs.ErrInvalidArgument)
+		return format.Format{}, fmt.Errorf("%s: %w", service.ExclusiveFlagsMessage(), errdefs.ErrInvalidArgument)
 	}
 }
 
 // FlagOptions are the format's options the user set on the command line, by
 // option name, checked against the format (service-only options aside, which
 // only the service that runs them judges).
-func FlagOptions(cmd *cli.Command, f service.Format) (map[string]string, error) {
+func FlagOptions(cmd *cli.Command, f format.Format) (map[string]string, error) {
 	out := map[string]string{}
 	for _, o := range f.Options() {
 		name := o.FlagName(f.OptionPrefix)
@@ -107,10 +109,11 @@ func FlagOptions(cmd *cli.Command, f service.Format) (map[string]string, error) 
 	return out, nil
 }
 
-// EmbeddedConfig is the service configuration of embedded mode: the CLI is
-// the service, so options only a service sets (the nydus builder) are the
-// user's flags.
-func EmbeddedConfig(cmd *cli.Command) service.Config {
+// EmbeddedConfig is the service configuration of embedded mode, and the
+// option giving it its formats: the CLI is the service, so it loads the
+// format plugins in-process (format.Load), and options only a service sets
+// (the nydus builder) are the user's flags, in their format's section.
+func EmbeddedConfig(cmd *cli.Command) (service.Config, service.Option, error) {
 	cfg := service.DefaultConfig()
 	root := cmd.Root()
 	for _, l := range LimitsOf(&cfg.Limits) {
@@ -121,14 +124,22 @@ func EmbeddedConfig(cmd *cli.Command) service.Config {
 	if root.IsSet("trusted-publisher") {
 		cfg.TrustedPublishers = root.StringSlice("trusted-publisher")
 	}
+	sections := map[string]format.Config{}
 	for _, f := range service.Formats() {
 		for _, o := range f.Options() {
 			if o.ServiceOnly && cmd.IsSet(o.FlagName(f.OptionPrefix)) {
-				cfg.FormatOptions[o.ConfigKey(f.OptionPrefix)] = cmd.String(o.FlagName(f.OptionPrefix))
+				if sections[f.Name] == nil {
+					sections[f.Name] = format.Config{}
+				}
+				sections[f.Name][format.ConfigKey(o.Name)] = cmd.String(o.FlagName(f.OptionPrefix))
 			}
 		}
 	}
-	return cfg
+	loaded, err := format.Load(context.Background(), sections, nil)
+	if err != nil {
+		return cfg, nil, err
+	}
+	return cfg, service.WithFormats(loaded), nil
 }
 
 // LimitFlag is one limit as a CLI flag.
