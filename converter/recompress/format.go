@@ -20,6 +20,8 @@ func init() {
 		{"zstd", "convert layers to zstd", false, 70, converter.Zstd},
 	} {
 		format.Register(format.New(format.Format{Name: f.name, Usage: f.usage, Flag: f.flag, Order: f.order}, format.NoOptions, format.NoValidation,
-			func(struct{}, *api.ConvertRequest) (format.Plan, error) { return format.Every(New(f.target, Options{})) }))
+			func(struct{}, *api.ConvertRequest) (format.Plan, error) {
+				return format.Every(New(f.target, Options{}))
+			}))
 	}
 }

@@ -18,7 +18,9 @@ func init() {
 		DefaultPrioritizedOptions, PrioritizedOptions.Validate, prioritizedPlan))
 	format.Register(format.New(format.Format{Name: "zstdchunked", Usage: "convert layers to zstd:chunked (lossless; implies --oci)", Flag: true, OCI: true, OptionPrefix: "zstdchunked", Order: 30},
 		DefaultZstdChunkedOptions, ZstdChunkedOptions.Validate,
-		func(o ZstdChunkedOptions, _ *api.ConvertRequest) (format.Plan, error) { return format.Every(NewZstdChunked(o)) }))
+		func(o ZstdChunkedOptions, _ *api.ConvertRequest) (format.Plan, error) {
+			return format.Every(NewZstdChunked(o))
+		}))
 }
 
 // prioritizedPlan puts a request's recorded files first in the layers of
