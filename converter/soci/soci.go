@@ -1,0 +1,205 @@
+//go:build cgo
+
+package soci
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+
+	"github.com/awslabs/soci-snapshotter/soci"
+	"github.com/awslabs/soci-snapshotter/ztoc"
+	"github.com/awslabs/soci-snapshotter/ztoc/compression"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/lazyconv/lazyconv/converter"
+	"github.com/lazyconv/lazyconv/converter/options"
+	"github.com/lazyconv/lazyconv/labels"
+)
+
+// BuildToolIdentifier is the build tool a zTOC and an index name: `soci
+// convert`'s (and soci-snapshotter's library default), so that the bytes
+// are the same as soci's for the same layer and span size.
+const BuildToolIdentifier = "AWS SOCI CLI v0.2"
+
+// Options configures SOCI indexing.
+type Options struct {
+	// SpanSize is the uncompressed bytes between two gzip checkpoints of a
+	// zTOC (soci's default, 4 MiB).
+	SpanSize int64 `option:"span-size" variant:"span" usage:"SOCI span size: uncompressed bytes between gzip checkpoints"`
+	// MinLayerSize is the smallest layer (compressed bytes) that gets a
+	// zTOC; smaller layers are fetched whole (soci's default, 10 MiB).
+	MinLayerSize int64 `option:"min-layer-size" variant:"min" usage:"SOCI: smallest layer (bytes) that gets a zTOC"`
+}
+
+// DefaultOptions are soci's defaults.
+func DefaultOptions() Options { return Options{SpanSize: 4 << 20, MinLayerSize: 10 << 20} }
+
+// Validate refuses a span size below 1 KiB and a negative minimum.
+func (o Options) Validate() error {
+	if o.SpanSize < 1<<10 {
+		return fmt.Errorf("SOCI span size must be at least 1024 bytes, got %d: %w", o.SpanSize, errdefs.ErrInvalidArgument)
+	}
+	if o.MinLayerSize < 0 {
+		return fmt.Errorf("SOCI minimum layer size must not be negative, got %d: %w", o.MinLayerSize, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// variant is the variant name of a layer's zTOC: its label on the layer
+// blob points at it. The minimum layer size only decides whether a layer
+// gets one, so it is not part of it.
+func (o Options) variant() string {
+	return options.Variant("soci-ztoc", struct {
+		SpanSize int64 `variant:"span"`
+	}{o.SpanSize}, struct {
+		SpanSize int64 `variant:"span"`
+	}{DefaultOptions().SpanSize})
+}
+
+// ZTOC returns the zTOC descriptor of a layer (with soci's annotations),
+// building it and storing it in cs (under ctx's lease) unless the layer's
+// variant label already names a stored one. A layer smaller than
+// MinLayerSize, or not a gzip tar, gets none (nil, nil).
+func ZTOC(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Options) (*ocispec.Descriptor, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	comp, err := converter.LayerCompression(layer.MediaType)
+	if err != nil || comp != converter.Gzip || layer.Size < o.MinLayerSize {
+		return nil, nil //nolint:nilerr // not a layer soci indexes
+	}
+	info, err := cs.Info(ctx, layer.Digest)
+	if err != nil {
+		return nil, err
+	}
+	desc := ocispec.Descriptor{MediaType: soci.SociLayerMediaType}
+	if cached, ok := labels.Variant(info, o.variant()); ok {
+		if ci, err := cs.Info(ctx, cached); err == nil {
+			desc.Digest, desc.Size = cached, ci.Size
+			return annotated(desc, layer, o), nil
+		}
+	}
+	toc, err := build(ctx, cs, layer, o)
+	if err != nil {
+		return nil, err
+	}
+	r, zdesc, err := ztoc.Marshal(toc)
+	if err != nil {
+		return nil, err
+	}
+	ref := "lazyconv-" + o.variant() + "-" + layer.Digest.Encoded()
+	if err := content.WriteBlob(ctx, cs, ref, r, zdesc); err != nil && !errdefs.IsAlreadyExists(err) {
+		return nil, fmt.Errorf("storing the zTOC of %s: %w", layer.Digest, err)
+	}
+	if err := labels.Set(ctx, cs, layer.Digest, map[string]string{labels.VariantKey(o.variant()): zdesc.Digest.String()}); err != nil {
+		return nil, err
+	}
+	desc.Digest, desc.Size = zdesc.Digest, zdesc.Size
+	return annotated(desc, layer, o), nil
+}
+
+// annotated is the zTOC's descriptor as a SOCI index lists it. soci's
+// xattr optimization (com.amazon.soci.disable-xattrs) is off, as in `soci
+// convert` without --optimizations.
+func annotated(desc, layer ocispec.Descriptor, o Options) *ocispec.Descriptor {
+	desc.Annotations = map[string]string{
+		soci.IndexAnnotationImageLayerMediaType: layer.MediaType,
+		soci.IndexAnnotationImageLayerDigest:    layer.Digest.String(),
+		soci.IndexAnnotationSociSpanSize:        strconv.FormatInt(o.SpanSize, 10),
+	}
+	return &desc
+}
+
+// build streams the layer once into a scratch file (soci's builder reads
+// a file by name) and builds its zTOC.
+func build(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Options) (*ztoc.Ztoc, error) {
+	ra, err := cs.ReaderAt(ctx, layer)
+	if err != nil {
+		return nil, err
+	}
+	defer ra.Close()
+	f, err := os.CreateTemp(converter.ScratchDirFrom(ctx), "soci-layer-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if _, err := io.Copy(f, io.NewSectionReader(ra, 0, layer.Size)); err != nil {
+		return nil, err
+	}
+	toc, err := ztoc.NewBuilder(BuildToolIdentifier).BuildZtoc(f.Name(), o.SpanSize, ztoc.WithCompression(compression.Gzip))
+	if err != nil {
+		return nil, fmt.Errorf("building the zTOC of %s: %v: %w", layer.Digest, err, errdefs.ErrInvalidArgument)
+	}
+	return toc, nil
+}
+
+// Index writes the SOCI index manifest v2 of a manifest's zTOCs (in layer
+// order) and its config to cs, and returns its descriptor (artifactType
+// set, as an image index lists it).
+func Index(ctx context.Context, cs content.Store, ztocs []ocispec.Descriptor) (ocispec.Descriptor, error) {
+	if len(ztocs) == 0 {
+		return ocispec.Descriptor{}, fmt.Errorf("no layer is large enough for a zTOC: %w", soci.ErrEmptyIndex)
+	}
+	idx := soci.NewIndex(soci.V2, ztocs, nil, map[string]string{soci.IndexAnnotationBuildToolIdentifier: BuildToolIdentifier})
+	b, err := soci.MarshalIndex(idx)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	empty := []byte("{}")
+	if err := content.WriteBlob(ctx, cs, "lazyconv-soci-config-"+digest.FromBytes(empty).Encoded(), bytes.NewReader(empty),
+		idx.Config); err != nil && !errdefs.IsAlreadyExists(err) {
+		return ocispec.Descriptor{}, err
+	}
+	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(b), Size: int64(len(b)),
+		ArtifactType: soci.SociIndexArtifactTypeV2}
+	gc := map[string]string{}
+	for i, z := range ztocs {
+		gc[fmt.Sprintf("containerd.io/gc.ref.content.ztoc.%d", i)] = z.Digest.String()
+	}
+	gc["containerd.io/gc.ref.content.config"] = idx.Config.Digest.String()
+	if err := content.WriteBlob(ctx, cs, "lazyconv-soci-index-"+desc.Digest.Encoded(), bytes.NewReader(b), desc,
+		content.WithLabels(gc)); err != nil && !errdefs.IsAlreadyExists(err) {
+		return ocispec.Descriptor{}, err
+	}
+	return desc, nil
+}
+
+// manifestOf reads a manifest (for tests and callers that hold only its
+// descriptor).
+func manifestOf(ctx context.Context, cs content.Provider, desc ocispec.Descriptor) (ocispec.Manifest, error) {
+	var m ocispec.Manifest
+	b, err := content.ReadBlob(ctx, cs, desc)
+	if err == nil {
+		err = json.Unmarshal(b, &m)
+	}
+	return m, err
+}
+
+// ManifestIndex builds the zTOCs of a manifest's layers and its SOCI index
+// v2: what the soci format binds into a SOCI-enabled image.
+func ManifestIndex(ctx context.Context, cs content.Store, manifest ocispec.Descriptor, o Options) (ocispec.Descriptor, error) {
+	m, err := manifestOf(ctx, cs, manifest)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	var ztocs []ocispec.Descriptor
+	for _, l := range m.Layers {
+		z, err := ZTOC(ctx, cs, l, o)
+		if err != nil {
+			return ocispec.Descriptor{}, err
+		}
+		if z != nil {
+			ztocs = append(ztocs, *z)
+		}
+	}
+	return Index(ctx, cs, ztocs)
+}

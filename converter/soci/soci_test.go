@@ -1,0 +1,174 @@
+//go:build cgo
+
+package soci_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	sociapi "github.com/awslabs/soci-snapshotter/soci"
+	"github.com/awslabs/soci-snapshotter/soci/store"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lazyconv/lazyconv/converter/convertertest"
+	"github.com/lazyconv/lazyconv/converter/soci"
+	"github.com/lazyconv/lazyconv/internal/imagegen"
+)
+
+// sociStore is soci's blob store over a containerd content store, for
+// soci-snapshotter's own index builder in the comparison below.
+type sociStore struct {
+	cs content.Store
+	lm leases.Manager
+}
+
+func (s *sociStore) Exists(ctx context.Context, d ocispec.Descriptor) (bool, error) {
+	_, err := s.cs.Info(ctx, d.Digest)
+	if errdefs.IsNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+type blobReader struct {
+	content.ReaderAt
+	*io.SectionReader
+}
+
+func (r blobReader) Read(p []byte) (int, error)              { return r.SectionReader.Read(p) }
+func (r blobReader) ReadAt(p []byte, off int64) (int, error) { return r.SectionReader.ReadAt(p, off) }
+func (r blobReader) Size() int64                             { return r.SectionReader.Size() }
+
+func (s *sociStore) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	ra, err := s.cs.ReaderAt(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	return blobReader{ra, io.NewSectionReader(ra, 0, ra.Size())}, nil
+}
+
+func (s *sociStore) Push(ctx context.Context, d ocispec.Descriptor, r io.Reader) error {
+	return content.WriteBlob(ctx, s.cs, "soci-"+d.Digest.String(), r, d)
+}
+
+func (s *sociStore) Label(ctx context.Context, d ocispec.Descriptor, name, value string) error {
+	_, err := s.cs.Update(ctx, content.Info{Digest: d.Digest, Labels: map[string]string{name: value}}, "labels."+name)
+	return err
+}
+
+func (s *sociStore) Delete(ctx context.Context, dg digest.Digest) error { return s.cs.Delete(ctx, dg) }
+
+func (s *sociStore) BatchOpen(ctx context.Context) (context.Context, store.CleanupFunc, error) {
+	l, err := s.lm.Create(ctx, leases.WithRandomID(), leases.WithExpiration(time.Hour))
+	if err != nil {
+		return ctx, store.NopCleanup, err
+	}
+	return leases.WithLease(ctx, l.ID), func(ctx context.Context) error { return s.lm.Delete(ctx, l) }, nil
+}
+
+// image stores a two-layer image: a layer of text and random files large
+// enough for several spans, and one below the minimum size.
+func image(t *testing.T, f *convertertest.Fixture) images.Image {
+	t.Helper()
+	rnd := rand.New(rand.NewPCG(1, 2))
+	random := make([]byte, 3<<20)
+	for i := range random {
+		random[i] = byte(rnd.IntN(256))
+	}
+	var big []imagegen.Entry
+	for i := range 40 {
+		e := imagegen.Entry{Body: append([]byte("text file "), random[i*60000:(i+1)*60000]...)}
+		e.Header.Name, e.Header.Typeflag, e.Header.Mode = "usr/share/f"+string(rune('a'+i%26))+string(rune('a'+i/26)), '0', 0o644
+		big = append(big, e)
+	}
+	e := imagegen.Entry{Body: random}
+	e.Header.Name, e.Header.Typeflag, e.Header.Mode = "usr/lib/blob", '0', 0o644
+	big = append(big, e)
+	small := imagegen.Entry{Body: []byte("small")}
+	small.Header.Name, small.Header.Typeflag, small.Header.Mode = "etc/small", '0', 0o644
+	img := imagegen.Image{Name: "example.com/soci/app:v1"}
+	for _, entries := range [][]imagegen.Entry{big, {small}} {
+		img.Layers = append(img.Layers, imagegen.Layer{MediaType: ocispec.MediaTypeImageLayerGzip,
+			Blob: imagegen.Compress(imagegen.TarBytes(entries), "gzip")})
+	}
+	_, err := imagegen.Store(f.Ctx, f.CS, f.Store.ImageStore(), img)
+	require.NoError(t, err)
+	stored, err := f.Store.ImageStore().Get(f.Ctx, img.Name)
+	require.NoError(t, err)
+	return stored
+}
+
+// lazyconv's zTOCs and SOCI index v2 are byte for byte those
+// soci-snapshotter's own builder (what `soci convert` runs) writes for the
+// same image, span size and minimum layer size.
+func TestZTOCsAndIndexAreSoci(t *testing.T) {
+	f := convertertest.NewFixture(t)
+	img := image(t, f)
+	opts := soci.Options{SpanSize: 512 << 10, MinLayerSize: 1 << 10}
+	lease, err := f.Store.LeaseManager().Create(f.Ctx, leases.WithRandomID(), leases.WithExpiration(time.Hour))
+	require.NoError(t, err)
+	defer f.Store.LeaseManager().Delete(f.Ctx, lease) //nolint:errcheck
+	lctx := leases.WithLease(f.Ctx, lease.ID)
+	ours, err := soci.ManifestIndex(lctx, f.CS, img.Target, opts)
+	require.NoError(t, err)
+
+	bs := &sociStore{cs: f.CS, lm: f.Store.LeaseManager()}
+	root := filepath.Join(t.TempDir(), "soci")
+	require.NoError(t, os.MkdirAll(root, 0o700))
+	db, err := sociapi.NewDB(sociapi.ArtifactsDbPath(root))
+	require.NoError(t, err)
+	b, err := sociapi.NewIndexBuilder(f.CS, bs, sociapi.WithSpanSize(opts.SpanSize), sociapi.WithMinLayerSize(opts.MinLayerSize),
+		sociapi.WithBuildToolIdentifier(soci.BuildToolIdentifier), sociapi.WithArtifactsDb(db), sociapi.WithForceRecreateZtocs(true))
+	require.NoError(t, err)
+	bctx, cleanup, err := bs.BatchOpen(f.Ctx)
+	require.NoError(t, err)
+	defer cleanup(f.Ctx) //nolint:errcheck
+	theirs, err := b.Convert(bctx, img, sociapi.ConvertWithNoGarbageCollectionLabels())
+	require.NoError(t, err)
+	raw, err := content.ReadBlob(f.Ctx, f.CS, *theirs)
+	require.NoError(t, err)
+	var idx ocispec.Index
+	require.NoError(t, json.Unmarshal(raw, &idx))
+	var sociIndex *ocispec.Descriptor
+	for i, m := range idx.Manifests {
+		if m.ArtifactType == sociapi.SociIndexArtifactTypeV2 {
+			sociIndex = &idx.Manifests[i]
+		}
+	}
+	require.NotNil(t, sociIndex, "soci's image index binds a SOCI index v2")
+	assert.Equal(t, sociIndex.Digest, ours.Digest, "the same SOCI index, byte for byte")
+	assert.Equal(t, sociIndex.Size, ours.Size)
+
+	var m ocispec.Manifest
+	raw, err = content.ReadBlob(f.Ctx, f.CS, ours)
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(raw, &m))
+	require.Len(t, m.Layers, 1, "one zTOC: the small layer gets none")
+	assert.Equal(t, "524288", m.Layers[0].Annotations[sociapi.IndexAnnotationSociSpanSize])
+
+	// Again: the zTOC is found by the layer's variant label, not rebuilt,
+	// and the index is the same.
+	again, err := soci.ManifestIndex(lctx, f.CS, img.Target, opts)
+	require.NoError(t, err)
+	assert.Equal(t, ours, again)
+}
+
+func TestOptionsAreChecked(t *testing.T) {
+	for _, o := range []soci.Options{{SpanSize: 0}, {SpanSize: 100}, {SpanSize: 4 << 20, MinLayerSize: -1}} {
+		assert.True(t, errdefs.IsInvalidArgument(o.Validate()), "%+v", o)
+	}
+	require.NoError(t, soci.DefaultOptions().Validate())
+}
