@@ -46,6 +46,10 @@ type ImageOptions struct {
 	// returns a layer to append to it, with its diffID (nydus's merged
 	// bootstrap).
 	AppendLayer AppendLayerFunc
+	// Finish, if set, runs on the converted image's target before it is
+	// stored, writing to cs under ctx's lease, and returns the target to
+	// store in its place (SOCI binds its indexes into a new image index).
+	Finish FinishFunc
 	// Shared, if set, is asked for a manifest's conversion published in a
 	// registry (by another node) before any of its layers is converted; a
 	// conversion it finds is adopted only if the manifest rebuilt from the
@@ -104,6 +108,9 @@ const (
 	OriginRegistry = "registry"
 )
 
+// FinishFunc returns the target to store for a converted image's target.
+type FinishFunc func(ctx context.Context, cs content.Store, target ocispec.Descriptor) (ocispec.Descriptor, error)
+
 // AppendLayerFunc returns a layer to append to a manifest whose (converted)
 // layers are given, written to cs under ctx's lease, and its diffID.
 type AppendLayerFunc func(ctx context.Context, cs content.Store, layers []ocispec.Descriptor, oci bool) (*ocispec.Descriptor, digest.Digest, error)
@@ -158,6 +165,17 @@ func (c *Converter) ConvertImage(ctx context.Context, is images.Store, srcRef, d
 	target, err := w.convert(ctx, src.Target)
 	if err != nil {
 		return nil, err
+	}
+	if opts.Finish != nil {
+		cur := src.Target
+		if target != nil {
+			cur = *target
+		}
+		finished, err := opts.Finish(ctx, c.cs, cur)
+		if err != nil {
+			return nil, err
+		}
+		target = &finished
 	}
 	dst := src
 	dst.Name = dstRef

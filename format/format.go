@@ -62,6 +62,9 @@ type Plan struct {
 	// AppendLayer, if not nil, adds a layer to each converted manifest
 	// (nydus's bootstrap).
 	AppendLayer converter.AppendLayerFunc
+	// Finish, if not nil, makes the converted image's target into the one
+	// stored (SOCI's index binding).
+	Finish converter.FinishFunc
 }
 
 // New fills a Format from typed functions over the format's options O:

@@ -35,17 +35,17 @@ func TestPluginIsListedAndExampleConfigLoadsCleanly(t *testing.T) {
 			ids[p.ID] = p.InitErr.Message
 		}
 	}
-	for _, name := range []string{"estargz", "estargz-optimized", "zstdchunked", "uncompress", "gzip", "zstd"} {
+	for _, name := range []string{"estargz", "estargz-optimized", "zstdchunked", "soci", "uncompress", "gzip", "zstd"} {
 		assert.Equal(t, "ok", ids[name], name)
 	}
 	if _, err := exec.LookPath("nydus-image"); err != nil {
 		assert.Contains(t, ids["nydus"], "nydus-image", "nydus is skipped, saying why")
 		assert.Contains(t, ids["nydus"], "skip plugin")
 	}
-	assert.Len(t, ids, 7)
+	assert.Len(t, ids, 8)
 	out, err := exec.Command(bins.ctr, "--address", d.address, "plugins", "ls", "type==io.containerd.image-converter.v1").CombinedOutput()
 	require.NoError(t, err, "%s", out)
-	assert.Equal(t, 7, strings.Count(string(out), "\nio.containerd.image-converter.v1 "), "one row per format:\n%s", out)
+	assert.Equal(t, 8, strings.Count(string(out), "\nio.containerd.image-converter.v1 "), "one row per format:\n%s", out)
 	for _, line := range strings.Split(d.logText(), "\n") {
 		if strings.Contains(line, "level=warning") && (strings.Contains(line, "unknown key") ||
 			strings.Contains(line, "migrated") || strings.Contains(line, "lazyconv")) {

@@ -14,6 +14,8 @@ import (
 	// image-converter plugins (see package format).
 	_ "github.com/lazyconv/lazyconv/converter/nydus"
 	_ "github.com/lazyconv/lazyconv/converter/recompress"
+	_ "github.com/lazyconv/lazyconv/converter/soci" // with cgo
+
 	_ "github.com/lazyconv/lazyconv/converter/stargz"
 )
 
@@ -28,6 +30,8 @@ const (
 	FormatUncompress       = "uncompress"
 	FormatGzip             = "gzip"
 	FormatZstd             = "zstd"
+	// FormatSOCI keeps the layers and adds SOCI indexes (builds with cgo).
+	FormatSOCI = "soci"
 	// FormatNone converts media types only (with oci).
 	FormatNone = "none"
 )

@@ -152,6 +152,12 @@ func TestZTOCsAndIndexAreSoci(t *testing.T) {
 	assert.Equal(t, sociIndex.Digest, ours.Digest, "the same SOCI index, byte for byte")
 	assert.Equal(t, sociIndex.Size, ours.Size)
 
+	// And the SOCI-enabled image: the same image index, byte for byte
+	// (its annotated manifest and its SOCI index entry included).
+	bound, err := soci.Bind(lctx, f.CS, img.Target, opts)
+	require.NoError(t, err)
+	assert.Equal(t, *theirs, bound, "the same SOCI-enabled image index as soci convert's")
+
 	var m ocispec.Manifest
 	raw, err = content.ReadBlob(f.Ctx, f.CS, ours)
 	require.NoError(t, err)
