@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strconv"
 
 	"github.com/awslabs/soci-snapshotter/soci"
@@ -18,6 +19,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/converter/options"
@@ -191,12 +193,23 @@ func ManifestIndex(ctx context.Context, cs content.Store, manifest ocispec.Descr
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
+	// The layers' zTOCs are built on every core at once (each is one pass
+	// of zlib's inflate over its layer), listed in layer order.
+	built := make([]*ocispec.Descriptor, len(m.Layers))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for i, l := range m.Layers {
+		g.Go(func() error {
+			z, err := ZTOC(gctx, cs, l, o)
+			built[i] = z
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return ocispec.Descriptor{}, err
+	}
 	var ztocs []ocispec.Descriptor
-	for _, l := range m.Layers {
-		z, err := ZTOC(ctx, cs, l, o)
-		if err != nil {
-			return ocispec.Descriptor{}, err
-		}
+	for _, z := range built {
 		if z != nil {
 			ztocs = append(ztocs, *z)
 		}

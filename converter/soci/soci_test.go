@@ -3,9 +3,7 @@
 package soci_test
 
 import (
-	"context"
 	"encoding/json"
-	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -13,12 +11,10 @@ import (
 	"time"
 
 	sociapi "github.com/awslabs/soci-snapshotter/soci"
-	"github.com/awslabs/soci-snapshotter/soci/store"
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/errdefs"
-	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -26,58 +22,8 @@ import (
 	"github.com/lazyconv/lazyconv/converter/convertertest"
 	"github.com/lazyconv/lazyconv/converter/soci"
 	"github.com/lazyconv/lazyconv/internal/imagegen"
+	"github.com/lazyconv/lazyconv/internal/socistore"
 )
-
-// sociStore is soci's blob store over a containerd content store, for
-// soci-snapshotter's own index builder in the comparison below.
-type sociStore struct {
-	cs content.Store
-	lm leases.Manager
-}
-
-func (s *sociStore) Exists(ctx context.Context, d ocispec.Descriptor) (bool, error) {
-	_, err := s.cs.Info(ctx, d.Digest)
-	if errdefs.IsNotFound(err) {
-		return false, nil
-	}
-	return err == nil, err
-}
-
-type blobReader struct {
-	content.ReaderAt
-	*io.SectionReader
-}
-
-func (r blobReader) Read(p []byte) (int, error)              { return r.SectionReader.Read(p) }
-func (r blobReader) ReadAt(p []byte, off int64) (int, error) { return r.SectionReader.ReadAt(p, off) }
-func (r blobReader) Size() int64                             { return r.SectionReader.Size() }
-
-func (s *sociStore) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
-	ra, err := s.cs.ReaderAt(ctx, d)
-	if err != nil {
-		return nil, err
-	}
-	return blobReader{ra, io.NewSectionReader(ra, 0, ra.Size())}, nil
-}
-
-func (s *sociStore) Push(ctx context.Context, d ocispec.Descriptor, r io.Reader) error {
-	return content.WriteBlob(ctx, s.cs, "soci-"+d.Digest.String(), r, d)
-}
-
-func (s *sociStore) Label(ctx context.Context, d ocispec.Descriptor, name, value string) error {
-	_, err := s.cs.Update(ctx, content.Info{Digest: d.Digest, Labels: map[string]string{name: value}}, "labels."+name)
-	return err
-}
-
-func (s *sociStore) Delete(ctx context.Context, dg digest.Digest) error { return s.cs.Delete(ctx, dg) }
-
-func (s *sociStore) BatchOpen(ctx context.Context) (context.Context, store.CleanupFunc, error) {
-	l, err := s.lm.Create(ctx, leases.WithRandomID(), leases.WithExpiration(time.Hour))
-	if err != nil {
-		return ctx, store.NopCleanup, err
-	}
-	return leases.WithLease(ctx, l.ID), func(ctx context.Context) error { return s.lm.Delete(ctx, l) }, nil
-}
 
 // image stores a two-layer image: a layer of text and random files large
 // enough for several spans, and one below the minimum size.
@@ -125,7 +71,7 @@ func TestZTOCsAndIndexAreSoci(t *testing.T) {
 	ours, err := soci.ManifestIndex(lctx, f.CS, img.Target, opts)
 	require.NoError(t, err)
 
-	bs := &sociStore{cs: f.CS, lm: f.Store.LeaseManager()}
+	bs := socistore.New(f.CS, f.Store.LeaseManager())
 	root := filepath.Join(t.TempDir(), "soci")
 	require.NoError(t, os.MkdirAll(root, 0o700))
 	db, err := sociapi.NewDB(sociapi.ArtifactsDbPath(root))

@@ -170,6 +170,9 @@ func child(side, formatKey, spec string) error {
 	if err != nil {
 		return err
 	}
+	if formatKey == "soci" {
+		return sociChild(side, spec, layers)
+	}
 	f, err := lookupFormat(formatKey)
 	if err != nil {
 		return err

@@ -47,6 +47,7 @@ func main() {
 	realDir := flag.String("real", "", "directory of a real image's gzip'd tar layers (*.tar.gz, as hack/realimage.sh writes): workload (r)")
 	probe := flag.Bool("probe-compressors", false, "print the compress-only limit of every deflate and level 5-9 on workload (r) or (a), and exit")
 	levelsOnly := flag.Bool("levels-only", false, "run only the default-level measurement (every candidate level against nerdctl's default)")
+	sociOnly := flag.Bool("soci-only", false, "run only the SOCI section (lazyconv against soci-snapshotter's builder)")
 	nerdctlOnly := flag.Bool("nerdctl-only", false, "run only the section converting with the nerdctl binary")
 	childSide := flag.String("child", "", "internal: convert once as lazyconv (ours) or nativeconverter (peer)")
 	childFormat := flag.String("child-format", "", "internal: the child's format")
@@ -76,6 +77,15 @@ func main() {
 				return err
 			}
 			return levelsSection(work, loads, *runs)
+		})
+		return
+	case *sociOnly:
+		only(func(work string) error {
+			loads, err := workloads(work, *realDir, *multi, *multiMiB, 0, 0)
+			if err != nil {
+				return err
+			}
+			return sociSection(work, loads, *runs)
 		})
 		return
 	case *nerdctlOnly:
@@ -184,6 +194,9 @@ func run(runs int, realDir string, multi, multiMiB, files, bigMiB, modeMiB int, 
 		}
 	}
 	if err := nerdctlSection(work, binDir, multiLayer, runs); err != nil {
+		return err
+	}
+	if err := sociSection(work, multiLayer, runs); err != nil {
 		return err
 	}
 	if modeMiB > 0 {
