@@ -177,21 +177,11 @@ func child(side, formatKey, spec string) error {
 	if err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp(filepath.Dir(spec), "child-")
+	ctx, st, ref, dir, cleanup, err := childStore(spec, layers)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	ctx := context.Background()
-	st, err := localstore.Open(ctx, filepath.Join(dir, "store"))
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	ctx, ref, err := storeImage(ctx, st, layers)
-	if err != nil {
-		return err
-	}
+	defer cleanup()
 	var r childResult
 	stopProfile, err := startProfile()
 	if err != nil {
@@ -267,4 +257,27 @@ func generateSmallFiles(dir string, n int) ([]generated, error) {
 	return generate(dir, "files", 1, func(w io.Writer, prefix string) error {
 		return imagegen.WriteSmallFilesTar(w, strings.TrimSuffix(prefix, "-"), n)
 	})
+}
+
+// childStore opens a fresh store in a directory of its own beside spec,
+// with the layers stored as the image it returns the name of; cleanup
+// closes and removes it.
+func childStore(spec string, layers []generated) (context.Context, *localstore.Store, string, string, func(), error) {
+	dir, err := os.MkdirTemp(filepath.Dir(spec), "child-")
+	if err != nil {
+		return nil, nil, "", "", nil, err
+	}
+	ctx := context.Background()
+	st, err := localstore.Open(ctx, filepath.Join(dir, "store"))
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, "", "", nil, err
+	}
+	cleanup := func() { st.Close(); os.RemoveAll(dir) }
+	ctx, ref, err := storeImage(ctx, st, layers)
+	if err != nil {
+		cleanup()
+		return nil, nil, "", "", nil, err
+	}
+	return ctx, st, ref, dir, cleanup, nil
 }

@@ -21,7 +21,6 @@ import (
 	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/converter/soci"
 	"github.com/lazyconv/lazyconv/internal/socistore"
-	"github.com/lazyconv/lazyconv/localstore"
 )
 
 // sociSection converts each workload to a SOCI-enabled image with lazyconv
@@ -108,21 +107,11 @@ var resultOut = os.Stdout
 // (side "ours") or soci-snapshotter's builder ("peer"), on a fresh store, and
 // prints a childResult whose size is the bytes added: zTOCs, SOCI index.
 func sociChild(side, spec string, layers []generated) error {
-	dir, err := os.MkdirTemp(filepath.Dir(spec), "child-")
+	ctx, st, ref, dir, cleanup, err := childStore(spec, layers)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	ctx := context.Background()
-	st, err := localstore.Open(ctx, filepath.Join(dir, "store"))
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	ctx, ref, err := storeImage(ctx, st, layers)
-	if err != nil {
-		return err
-	}
+	defer cleanup()
 	stopProfile, err := startProfile()
 	if err != nil {
 		return err
