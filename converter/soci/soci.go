@@ -23,6 +23,7 @@ import (
 
 	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/converter/options"
+	"github.com/lazyconv/lazyconv/internal/layerio"
 	"github.com/lazyconv/lazyconv/labels"
 )
 
@@ -120,9 +121,52 @@ func annotated(desc, layer ocispec.Descriptor, o Options) *ocispec.Descriptor {
 	return &desc
 }
 
-// build streams the layer once into a scratch file (soci's builder reads
-// a file by name) and builds its zTOC.
+// maxCheckpointBytes bounds what a zTOC's gzip checkpoints may hold in
+// memory while it is built (32 KiB of window per span): 64 MiB, a layer of
+// 8 GiB of tar at soci's default span.
+const maxCheckpointBytes = 64 << 20
+
+// checkpointBytes is what soci's builder holds for the checkpoints of a tar
+// of n bytes at span.
+func checkpointBytes(n, span int64) int64 { return (n/span + 1) * (32<<10 + 17) }
+
+// inspect reads the layer as every format does first (layerio: paths,
+// entries, trailing bytes, the limits) and refuses one whose checkpoints
+// would hold more than maxCheckpointBytes, before soci's builder, which
+// has no limit of its own, inflates it.
+func inspect(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Options) error {
+	src, err := layerio.Open(ctx, cs, layer, nil)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	var n countingDiscard
+	if _, err := io.Copy(&n, src); err != nil {
+		return src.InputError(err)
+	}
+	if err := src.Checked(); err != nil {
+		return err
+	}
+	if c := checkpointBytes(int64(n), o.SpanSize); c > maxCheckpointBytes {
+		return fmt.Errorf("layer %s is %d bytes of tar: its zTOC at span %d would hold %d bytes of checkpoints, beyond the limit of %d "+
+			"(use a larger span-size): %w", layer.Digest, int64(n), o.SpanSize, c, maxCheckpointBytes, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+type countingDiscard int64
+
+func (c *countingDiscard) Write(p []byte) (int, error) {
+	*c += countingDiscard(len(p))
+	return len(p), nil
+}
+
+// build checks the layer (inspect), streams it into a scratch file (soci's
+// builder reads a file by name) and builds its zTOC.
 func build(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Options) (*ztoc.Ztoc, error) {
+	if err := inspect(ctx, cs, layer, o); err != nil {
+		return nil, err
+	}
 	ra, err := cs.ReaderAt(ctx, layer)
 	if err != nil {
 		return nil, err

@@ -124,3 +124,48 @@ func TestOptionsAreChecked(t *testing.T) {
 	}
 	require.NoError(t, soci.DefaultOptions().Validate())
 }
+
+// What a layer holds cannot make the zTOC builder escape the house's
+// rules: a path climbing out of the layer root, data that is not the gzip
+// its media type says, and a bomb whose checkpoints would not fit the bound
+// are refused (InvalidArgument) before soci's builder inflates them, and
+// nothing is linked.
+func TestHostileLayersAreRefused(t *testing.T) {
+	entry := func(name string, body []byte) imagegen.Entry {
+		e := imagegen.Entry{Body: body}
+		e.Header.Name, e.Header.Typeflag, e.Header.Mode = name, '0', 0o644
+		return e
+	}
+	for _, tc := range []struct {
+		name string
+		blob []byte
+		span int64
+		want string
+	}{
+		{"escaping path", imagegen.Compress(imagegen.TarBytes([]imagegen.Entry{entry("../../etc/passwd", []byte("x"))}), "gzip"), 4 << 20, "climbs out"},
+		{"not gzip", []byte("this is not gzip at all, though the media type says so"), 4 << 20, "gzip"},
+		{"checkpoint bomb", imagegen.Compress(imagegen.TarBytes([]imagegen.Entry{entry("zeros", make([]byte, 80<<20))}), "gzip"), 1 << 10, "checkpoints"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := convertertest.NewFixture(t)
+			img := imagegen.Image{Name: "example.com/hostile:v1", Layers: []imagegen.Layer{{MediaType: ocispec.MediaTypeImageLayerGzip, Blob: tc.blob}}}
+			_, err := imagegen.Store(f.Ctx, f.CS, f.Store.ImageStore(), img)
+			require.NoError(t, err)
+			stored, err := f.Store.ImageStore().Get(f.Ctx, img.Name)
+			require.NoError(t, err)
+			var m ocispec.Manifest
+			raw, err := content.ReadBlob(f.Ctx, f.CS, stored.Target)
+			require.NoError(t, err)
+			require.NoError(t, json.Unmarshal(raw, &m))
+			_, err = soci.ZTOC(f.Ctx, f.CS, m.Layers[0], soci.Options{SpanSize: tc.span})
+			require.Error(t, err)
+			assert.True(t, errdefs.IsInvalidArgument(err), "%v", err)
+			assert.Contains(t, err.Error(), tc.want)
+			info, err := f.CS.Info(f.Ctx, m.Layers[0].Digest)
+			require.NoError(t, err)
+			for k := range info.Labels {
+				assert.NotContains(t, k, "soci", "no zTOC linked")
+			}
+		})
+	}
+}
