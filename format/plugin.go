@@ -198,6 +198,19 @@ type Loaded struct {
 	Disabled []string
 }
 
+// Find returns the format of that name as it was configured, whether it
+// initialized or was skipped.
+func (l Loaded) Find(name string) (*Format, bool) {
+	for _, fs := range [][]*Format{l.Formats, l.Unavailable} {
+		for _, f := range fs {
+			if f.Name == name {
+				return f, true
+			}
+		}
+	}
+	return nil, false
+}
+
 // Load initializes every registered format plugin in-process, as containerd
 // does for the lazyconv plugin: sections holds config sections by plugin URI
 // or format name, disabled the plugin URIs or names to leave out. It is how

@@ -8,7 +8,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"slices"
 
 	diffapi "github.com/containerd/containerd/api/services/diff/v1"
 	imagesapi "github.com/containerd/containerd/api/services/images/v1"
@@ -171,25 +170,5 @@ func loadedFormats(ic *plugin.InitContext) (format.Loaded, error) {
 			out.Formats = append(out.Formats, inst.(*format.Format))
 		}
 	}
-	// Formats registered from outside this repository are in the set too.
-	for id, inst := range formatInstances(ic) {
-		if !slices.ContainsFunc(out.Formats, func(f *format.Format) bool { return f.Name == id }) {
-			out.Formats = append(out.Formats, inst)
-		}
-	}
 	return out, nil
-}
-
-func formatInstances(ic *plugin.InitContext) map[string]*format.Format {
-	out := map[string]*format.Format{}
-	all, err := ic.GetByType(format.PluginType)
-	if err != nil {
-		return out
-	}
-	for id, inst := range all {
-		if f, ok := inst.(*format.Format); ok {
-			out[id] = f
-		}
-	}
-	return out
 }

@@ -25,7 +25,6 @@ func (s *Service) Capabilities(ctx context.Context, _ *api.CapabilitiesRequest) 
 	if resp.Workers == 0 {
 		resp.Workers = int32(runtime.GOMAXPROCS(0))
 	}
-	builderPath := ""
 	for _, f := range format.Registered() {
 		if slices.Contains(s.formats.Disabled, f.Name) {
 			continue // disabled_plugins removed it
@@ -33,11 +32,6 @@ func (s *Service) Capabilities(ctx context.Context, _ *api.CapabilitiesRequest) 
 		out := &api.Format{Name: f.Name, Available: true}
 		if reason, skipped := s.formats.Skipped[f.Name]; skipped {
 			out.Available, out.Reason = false, reason.Error()
-			for _, u := range s.formats.Unavailable {
-				if u.Name == FormatNydus && f.Name == FormatNydus {
-					builderPath = u.Configured()["builder-path"]
-				}
-			}
 		} else if served, err := s.format(f.Name); err != nil {
 			continue // registered but not loaded
 		} else {
@@ -48,11 +42,12 @@ func (s *Service) Capabilities(ctx context.Context, _ *api.CapabilitiesRequest) 
 			if err != nil {
 				out.Available, out.Reason = false, err.Error()
 			}
-			if f.Name == FormatNydus {
-				builderPath = served.Configured()["builder-path"]
-			}
 		}
 		resp.Formats = append(resp.Formats, out)
+	}
+	builderPath := ""
+	if f, ok := s.formats.Find(FormatNydus); ok {
+		builderPath = f.Configured()["builder-path"]
 	}
 	b := nydus.Probe(ctx, builderPath)
 	resp.Builders = append(resp.Builders, &api.Builder{Name: nydus.BuilderName, Path: b.Path, Version: b.Version, Found: b.Found})

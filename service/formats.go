@@ -1,7 +1,6 @@
 package service
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -126,9 +125,4 @@ func (s *Service) format(name string) (*format.Format, error) {
 	}
 	return nil, fmt.Errorf("unknown format %q (this service serves: %s, %s): %w",
 		name, strings.Join(names, ", "), FormatNone, errdefs.ErrInvalidArgument)
-}
-
-// loadDefaultFormats is the table of a service given none.
-func loadDefaultFormats(ctx context.Context) (format.Loaded, error) {
-	return format.Load(ctx, nil, nil)
 }

@@ -93,7 +93,7 @@ func New(cs content.Store, is images.Store, lm leases.Manager, cfg Config, versi
 		o(s)
 	}
 	if !s.formatsSet {
-		if s.formats, err = loadDefaultFormats(context.Background()); err != nil {
+		if s.formats, err = format.Load(context.Background(), nil, nil); err != nil {
 			return nil, err
 		}
 	}

@@ -5,7 +5,6 @@ package soci
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -219,22 +218,11 @@ func Index(ctx context.Context, cs content.Store, ztocs []ocispec.Descriptor) (o
 	return desc, nil
 }
 
-// manifestOf reads a manifest (for tests and callers that hold only its
-// descriptor).
-func manifestOf(ctx context.Context, cs content.Provider, desc ocispec.Descriptor) (ocispec.Manifest, error) {
-	var m ocispec.Manifest
-	b, err := content.ReadBlob(ctx, cs, desc)
-	if err == nil {
-		err = json.Unmarshal(b, &m)
-	}
-	return m, err
-}
-
 // ManifestIndex builds the zTOCs of a manifest's layers and its SOCI index
 // v2: what the soci format binds into a SOCI-enabled image.
 func ManifestIndex(ctx context.Context, cs content.Store, manifest ocispec.Descriptor, o Options) (ocispec.Descriptor, error) {
-	m, err := manifestOf(ctx, cs, manifest)
-	if err != nil {
+	var m ocispec.Manifest
+	if _, err := converter.ReadDocument(ctx, cs, &m, manifest); err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	// The layers' zTOCs are built on every core at once (each is one pass
