@@ -129,43 +129,64 @@ const maxCheckpointBytes = 64 << 20
 // of n bytes at span.
 func checkpointBytes(n, span int64) int64 { return (n/span + 1) * (32<<10 + 17) }
 
-// inspect reads the layer as every format does first (layerio: paths,
-// entries, trailing bytes, the limits) and refuses one whose checkpoints
-// would hold more than maxCheckpointBytes, before soci's builder, which
-// has no limit of its own, inflates it.
-func inspect(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Options) error {
+// sourceAlgorithm is the name under which soci's TOC builder reads the
+// layer through lazyconv's source (a TarProvider of its own).
+const sourceAlgorithm = "lazyconv-source"
+
+// fileTable is soci's TOC of the uncompressed tar r, built by soci's own
+// TOC builder (so that every field is what soci writes), and its size as
+// soci counts it (to the end-of-archive marker). TocFromFile opens a file
+// by name before it asks its provider for the tar: any readable file does.
+func fileTable(r io.Reader) (ztoc.TOC, compression.Offset, error) {
+	tb := ztoc.NewTocBuilder()
+	tb.RegisterTarProvider(sourceAlgorithm, func(*os.File) (io.Reader, error) { return r, nil })
+	return tb.TocFromFile(sourceAlgorithm, os.DevNull)
+}
+
+// build makes the zTOC of a layer in two passes, as soci does, but never
+// a third: the file table from the layer as every format reads it
+// (layerio: paths, entries, trailing bytes, the limits, all in the same
+// pass), then, once the tar is known to be within the checkpoint bound,
+// the gzip checkpoints by soci's zlib builder (which has no bound of its
+// own and reads a file by name) over a scratch copy of the blob.
+func build(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Options) (*ztoc.Ztoc, error) {
 	src, err := layerio.Open(ctx, cs, layer, nil)
 	if err != nil {
-		return err
-	}
-	defer src.Close()
-	var n countingDiscard
-	if _, err := io.Copy(&n, src); err != nil {
-		return src.InputError(err)
-	}
-	if err := src.Checked(); err != nil {
-		return err
-	}
-	if c := checkpointBytes(int64(n), o.SpanSize); c > maxCheckpointBytes {
-		return fmt.Errorf("layer %s is %d bytes of tar: its zTOC at span %d would hold %d bytes of checkpoints, beyond the limit of %d "+
-			"(use a larger span-size): %w", layer.Digest, int64(n), o.SpanSize, c, maxCheckpointBytes, errdefs.ErrInvalidArgument)
-	}
-	return nil
-}
-
-type countingDiscard int64
-
-func (c *countingDiscard) Write(p []byte) (int, error) {
-	*c += countingDiscard(len(p))
-	return len(p), nil
-}
-
-// build checks the layer (inspect), streams it into a scratch file (soci's
-// builder reads a file by name) and builds its zTOC.
-func build(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Options) (*ztoc.Ztoc, error) {
-	if err := inspect(ctx, cs, layer, o); err != nil {
 		return nil, err
 	}
+	defer src.Close()
+	var n countingReader
+	n.r = src
+	toc, tarSize, err := fileTable(&n)
+	if err == nil {
+		_, err = io.Copy(io.Discard, &n) // the bytes after the end-of-archive marker
+	}
+	if err != nil {
+		return nil, src.InputError(err)
+	}
+	if err := src.Checked(); err != nil {
+		return nil, err
+	}
+	if c := checkpointBytes(n.n, o.SpanSize); c > maxCheckpointBytes {
+		return nil, fmt.Errorf("layer %s is %d bytes of tar: its zTOC at span %d would hold %d bytes of checkpoints, beyond the limit of %d "+
+			"(use a larger span-size): %w", layer.Digest, n.n, o.SpanSize, c, maxCheckpointBytes, errdefs.ErrInvalidArgument)
+	}
+	f, err := scratchCopy(ctx, cs, layer)
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	info, err := checkpoints(f, layer.Size, o.SpanSize)
+	if err != nil {
+		return nil, fmt.Errorf("building the zTOC of %s: %v: %w", layer.Digest, err, errdefs.ErrInvalidArgument)
+	}
+	return &ztoc.Ztoc{Version: ztoc.Version09, TOC: toc, CompressedArchiveSize: compression.Offset(layer.Size),
+		UncompressedArchiveSize: tarSize, BuildToolIdentifier: BuildToolIdentifier, CompressionInfo: info}, nil
+}
+
+// scratchCopy writes the layer blob into a scratch file.
+func scratchCopy(ctx context.Context, cs content.Store, layer ocispec.Descriptor) (*os.File, error) {
 	ra, err := cs.ReaderAt(ctx, layer)
 	if err != nil {
 		return nil, err
@@ -175,16 +196,48 @@ func build(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Op
 	if err != nil {
 		return nil, err
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
 	if _, err := io.Copy(f, io.NewSectionReader(ra, 0, layer.Size)); err != nil {
+		f.Close()
+		os.Remove(f.Name())
 		return nil, err
 	}
-	toc, err := ztoc.NewBuilder(BuildToolIdentifier).BuildZtoc(f.Name(), o.SpanSize, ztoc.WithCompression(compression.Gzip))
+	return f, nil
+}
+
+// checkpoints are the gzip checkpoints of the blob in f (zlib's inflate
+// through soci's builder) and the digest of each span's compressed bytes.
+func checkpoints(f *os.File, size, span int64) (ztoc.CompressionInfo, error) {
+	zinfo, err := compression.NewZinfoFromFile(compression.Gzip, f.Name(), span)
 	if err != nil {
-		return nil, fmt.Errorf("building the zTOC of %s: %v: %w", layer.Digest, err, errdefs.ErrInvalidArgument)
+		return ztoc.CompressionInfo{}, err
 	}
-	return toc, nil
+	defer zinfo.Close()
+	digests := make([]digest.Digest, 0, zinfo.MaxSpanID()+1)
+	for i := compression.SpanID(0); i <= zinfo.MaxSpanID(); i++ {
+		start, end := zinfo.StartCompressedOffset(i), zinfo.EndCompressedOffset(i, compression.Offset(size))
+		d, err := digest.FromReader(io.NewSectionReader(f, int64(start), int64(end-start)))
+		if err != nil {
+			return ztoc.CompressionInfo{}, err
+		}
+		digests = append(digests, d)
+	}
+	b, err := zinfo.Bytes()
+	if err != nil {
+		return ztoc.CompressionInfo{}, err
+	}
+	return ztoc.CompressionInfo{MaxSpanID: zinfo.MaxSpanID(), SpanDigests: digests, Checkpoints: b, CompressionAlgorithm: compression.Gzip}, nil
+}
+
+// countingReader counts what it reads.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // Index writes the SOCI index manifest v2 of a manifest's zTOCs (in layer
