@@ -50,6 +50,10 @@ type ImageOptions struct {
 	// stored, writing to cs under ctx's lease, and returns the target to
 	// store in its place (SOCI binds its indexes into a new image index).
 	Finish FinishFunc
+	// Manifests, if set, converts every image manifest with a format that
+	// keeps the layers and adds to the manifest (Layers and AppendLayer
+	// are then unused).
+	Manifests ManifestFormat
 	// Shared, if set, is asked for a manifest's conversion published in a
 	// registry (by another node) before any of its layers is converted; a
 	// conversion it finds is adopted only if the manifest rebuilt from the
@@ -404,6 +408,9 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 			return nil, fmt.Errorf("manifest %s: layer %d (%s) has media type %q, which is no layer type: %w",
 				desc.Digest, i, l.Digest, l.MediaType, errdefs.ErrInvalidArgument)
 		}
+		if w.opts.Manifests != nil {
+			continue
+		}
 		positions[i] = pos
 		if w.opts.Layers != nil {
 			lc, err := w.opts.Layers(desc, pos, l)
@@ -413,6 +420,9 @@ func (w *imageWalk) convertManifest(ctx context.Context, desc ocispec.Descriptor
 			converters[i] = lc
 		}
 		pos++
+	}
+	if w.opts.Manifests != nil {
+		return w.annotateManifest(ctx, desc, manifest, lbls, modified)
 	}
 	if w.opts.Layers == nil {
 		return w.finish(ctx, desc, manifest, lbls, make([]*LayerResult, len(manifest.Layers)), modified, "")

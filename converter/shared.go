@@ -37,6 +37,10 @@ type SharedConversion struct {
 	// Read returns a blob of that repository (the converted manifest or its
 	// config), checked against its descriptor and bounded in size.
 	Read func(ctx context.Context, desc ocispec.Descriptor) ([]byte, error)
+	// Resolve finds a manifest of that repository by its digest: the
+	// descriptor the registry gives (media type and size), which Read then
+	// reads (a manifest that a published one names only by digest).
+	Resolve func(ctx context.Context, d digest.Digest) (ocispec.Descriptor, error)
 	// Adopt records on the local copy of the converted manifest that it
 	// and its blobs are in that repository, so that its layers are fetched
 	// from there on first use and mounted from there on a push.

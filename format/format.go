@@ -50,6 +50,7 @@ type Format struct {
 	validate   func(opts any) error
 	available  func(ctx context.Context, opts any) error
 	plan       func(opts any, req *api.ConvertRequest) (Plan, error)
+	verifier   converter.ManifestVerifier
 	// configured are the values of its plugin's config section, by option
 	// name.
 	configured map[string]string
@@ -62,6 +63,9 @@ type Plan struct {
 	// AppendLayer, if not nil, adds a layer to each converted manifest
 	// (nydus's bootstrap).
 	AppendLayer converter.AppendLayerFunc
+	// Manifests, if not nil, converts each image manifest in place of
+	// Layers and AppendLayer: layers kept, the manifest annotated (SOCI).
+	Manifests converter.ManifestFormat
 	// Finish, if not nil, makes the converted image's target into the one
 	// stored (SOCI's index binding).
 	Finish converter.FinishFunc
@@ -84,6 +88,16 @@ func (f Format) WithAvailability(available func(ctx context.Context, opts any) e
 	f.available = available
 	return f
 }
+
+// WithVerifier adds a check of what the format adds to manifests, which
+// `image verify` runs on the manifests it claims.
+func (f Format) WithVerifier(v converter.ManifestVerifier) Format {
+	f.verifier = v
+	return f
+}
+
+// Verifier is the format's check of what it adds to manifests (nil: none).
+func (f *Format) Verifier() converter.ManifestVerifier { return f.verifier }
 
 // Every is the plan of a format with one converter for every layer.
 func Every(lc converter.LayerConverter, err error) (Plan, error) {

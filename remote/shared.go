@@ -137,6 +137,18 @@ func (s *SharedConversions) lookupIn(ctx context.Context, src Source, subject di
 				defer cancel()
 				return ReadBlob(ctx, s.resolver, src, d, MaxManifestBytes)
 			},
+			Resolve: func(ctx context.Context, d digest.Digest) (ocispec.Descriptor, error) {
+				ctx, cancel := context.WithTimeout(ctx, LookupTimeout)
+				defer cancel()
+				_, found, err := s.resolver.Resolve(ctx, src.Ref(d))
+				if err != nil {
+					return ocispec.Descriptor{}, fmt.Errorf("resolving %s: %w", src.Ref(d), err)
+				}
+				if found.Digest != d {
+					return ocispec.Descriptor{}, fmt.Errorf("%s resolves to %s: %w", src.Ref(d), found.Digest, errdefs.ErrInvalidArgument)
+				}
+				return found, nil
+			},
 			Adopt:   func(ctx context.Context) error { return AddSource(ctx, s.cs, desc.Digest, src) },
 			Trusted: s.trusted.Trusts(src),
 			Fetch: func(ctx context.Context, d ocispec.Descriptor, bytesIn *atomic.Int64) error {

@@ -85,7 +85,7 @@ func (s *Service) convertImage(ctx context.Context, req *api.ConvertRequest, sen
 	done := make(chan outcome, 1)
 	go func() {
 		res, err := s.conv.ConvertImage(ctx, s.is, req.GetSource(), req.GetTarget(), converter.ImageOptions{
-			Layers: p.Layers, AppendLayer: p.AppendLayer, Finish: p.Finish, DockerToOCI: req.GetOci() || oci, Platforms: pm, Progress: progress,
+			Layers: p.Layers, AppendLayer: p.AppendLayer, Finish: p.Finish, Manifests: p.Manifests, DockerToOCI: req.GetOci() || oci, Platforms: pm, Progress: progress,
 			EnsureLayer: ensure, Shared: shared, RequireLossless: s.cfg.RequireLossless || req.GetRequireLossless(), Limits: s.cfg.Limits,
 			SourceDigest: pin.source, TargetLabels: pin.labels,
 		})

@@ -7,9 +7,11 @@ import (
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	api "github.com/lazyconv/lazyconv/api/lazyconv/v1"
+	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/converter/stargz"
 	"github.com/lazyconv/lazyconv/remote"
 )
@@ -45,9 +47,14 @@ func (s *Service) VerifyImage(ctx context.Context, req *api.VerifyRequest) (*api
 	// are fetched from where their manifest came from.
 	type layerOf struct{ layer, manifest ocispec.Descriptor }
 	var layers []layerOf
+	var claimed []claimedManifest
 	handler := images.HandlerFunc(func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
 		children, err := images.Children(ctx, s.cs, desc)
 		if images.IsManifestType(desc.MediaType) {
+			if c, ok := s.claim(ctx, desc); ok {
+				claimed = append(claimed, c)
+				return nil, err
+			}
 			for _, c := range children {
 				if images.IsLayerType(c.MediaType) {
 					layers = append(layers, layerOf{c, desc})
@@ -62,6 +69,26 @@ func (s *Service) VerifyImage(ctx context.Context, req *api.VerifyRequest) (*api
 	}
 	resp := &api.VerifyResponse{}
 	resolver := remote.RegistryOptions{}.ResolverFor(req.GetRef())
+	for _, c := range claimed {
+		ensure := func(ctx context.Context, desc ocispec.Descriptor) error {
+			return s.fetcher.Ensure(ctx, resolver, desc, c.desc, req.GetRef(), nil)
+		}
+		checks, err := c.verifier.VerifyManifest(ctx, s.cs, c.manifest, c.diffIDs, ensure)
+		if err != nil {
+			if ctxErr := ctx.Err(); ctxErr != nil {
+				return nil, ctxErr
+			}
+			resp.Layers = append(resp.Layers, &api.LayerVerification{Digest: c.desc.Digest.String(), Error: err.Error()})
+			continue
+		}
+		for _, ch := range checks {
+			lv := &api.LayerVerification{Digest: ch.Layer.String(), TocDigest: ch.Checked.String(), Entries: ch.Entries, Files: ch.Files, Bytes: ch.Bytes}
+			if ch.Err != nil {
+				lv = &api.LayerVerification{Digest: ch.Layer.String(), Error: ch.Err.Error()}
+			}
+			resp.Layers = append(resp.Layers, lv)
+		}
+	}
 	for _, lm := range layers {
 		l := lm.layer
 		lv := &api.LayerVerification{Digest: l.Digest.String()}
@@ -81,4 +108,33 @@ func (s *Service) VerifyImage(ctx context.Context, req *api.VerifyRequest) (*api
 		resp.Layers = append(resp.Layers, lv)
 	}
 	return resp, nil
+}
+
+// claimedManifest is a manifest that a format's verifier checks (what the
+// format added to it, SOCI's zTOCs) in place of a check of each layer.
+type claimedManifest struct {
+	desc     ocispec.Descriptor
+	manifest ocispec.Manifest
+	diffIDs  []digest.Digest
+	verifier converter.ManifestVerifier
+}
+
+// claim finds the verifier of a format that claims the manifest desc.
+func (s *Service) claim(ctx context.Context, desc ocispec.Descriptor) (claimedManifest, bool) {
+	var m ocispec.Manifest
+	if _, err := converter.ReadDocument(ctx, s.cs, &m, desc); err != nil {
+		return claimedManifest{}, false
+	}
+	for _, f := range s.formats.Formats {
+		v := f.Verifier()
+		if v == nil || !v.Claims(m) {
+			continue
+		}
+		diffIDs, err := images.RootFS(ctx, s.cs, m.Config)
+		if err != nil {
+			return claimedManifest{}, false
+		}
+		return claimedManifest{desc: desc, manifest: m, diffIDs: diffIDs, verifier: v}, true
+	}
+	return claimedManifest{}, false
 }

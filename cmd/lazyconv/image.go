@@ -210,7 +210,7 @@ func imageRemoveCommand() *cli.Command {
 func imageVerifyCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "verify",
-		Usage:     "verify every eStargz or zstd:chunked layer of an image: TOC digest, and every file against the TOC",
+		Usage:     "verify every eStargz or zstd:chunked layer of an image (TOC digest, and every file against the TOC) and every zTOC of a SOCI-enabled one (each span inflated from its checkpoint, the file table)",
 		ArgsUsage: "REF",
 		Description: `Against a daemon the layers are verified inside it (or in the lazyconvd
 sidecar): no blob crosses the socket.`,

@@ -50,6 +50,12 @@ func TestCLISOCI(t *testing.T) {
 	out, err = lazyconv(t, root, "image", "convert", "--soci", "--soci-min-layer-size", "65536", "--soci-span-size", "1048576",
 		"example.com/soci/app:v1", "example.com/soci/app:soci2")
 	require.NoError(t, err, out)
+	// verify checks the zTOC against its layer (each span inflated from its
+	// checkpoint, the file table); the small layer has none to check.
+	out, err = lazyconv(t, root, "image", "verify", "example.com/soci/app:soci")
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "example.com/soci/app:soci: 1 lazy-pull layers verified")
+	assert.Regexp(t, `sha256:\S+\s+sha256:\S+\s+2\s+1\s+`, out, "two spans (each ends at the first deflate block boundary past 1 MiB), one file")
 
 	ctx := namespaces.WithNamespace(context.Background(), "default")
 	st, err := localstore.Open(ctx, root)

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/awslabs/soci-snapshotter/soci"
 	"github.com/containerd/containerd/v2/core/content"
@@ -21,14 +20,14 @@ import (
 	"github.com/lazyconv/lazyconv/converter"
 )
 
-// Bind makes target into a SOCI-enabled image (SOCI index manifest v2, as
-// soci-snapshotter v0.10+ reads it): every manifest it lists (or the one it
-// is) is written again as an OCI manifest annotated with the digest of its
-// SOCI index (com.amazon.soci.index-digest), and the image index lists the
-// SOCI indexes beside the manifests, each with its platform and the digest
-// of its manifest (com.amazon.soci.image-manifest-digest). Layers are the
-// source's, untouched. A manifest none of whose layers gets a zTOC gets no
-// SOCI index; an image where none does is refused (InvalidArgument).
+// Bind makes target, whose manifests the converter annotated with their
+// SOCI indexes (Manifests), into a SOCI-enabled image (SOCI index manifest
+// v2, as soci-snapshotter v0.10+ reads it): an image index listing, beside
+// each manifest (its descriptor carrying the manifest's annotations, the
+// digest of its SOCI index among them), that SOCI index with the
+// manifest's platform and digest (com.amazon.soci.image-manifest-digest).
+// Layers are the source's, untouched. An image none of whose manifests has
+// a SOCI index is refused (InvalidArgument): no layer was large enough.
 func Bind(ctx context.Context, cs content.Store, target ocispec.Descriptor, o Options) (ocispec.Descriptor, error) {
 	var idx ocispec.Index
 	switch {
@@ -54,35 +53,24 @@ func Bind(ctx context.Context, cs content.Store, target ocispec.Descriptor, o Op
 		if !images.IsManifestType(desc.MediaType) || desc.ArtifactType != "" {
 			continue // nested indexes, attestations, SOCI indexes: listed as they are
 		}
-		sociIndex, err := ManifestIndex(ctx, cs, *desc, o)
-		if errdefs.IsNotFound(err) {
+		var m ocispec.Manifest
+		if _, err := converter.ReadDocument(ctx, cs, &m, *desc); errdefs.IsNotFound(err) {
 			continue // a platform not here
-		}
-		if err != nil && !isEmpty(err) {
+		} else if err != nil {
 			return ocispec.Descriptor{}, err
 		}
-		var m ocispec.Manifest
-		lbls, err2 := converter.ReadDocument(ctx, cs, &m, *desc)
-		if err2 != nil {
-			return ocispec.Descriptor{}, err2
+		named, err := digest.Parse(m.Annotations[soci.ImageAnnotationSociIndexDigest])
+		if err != nil {
+			continue // no layer of this manifest gets a zTOC
 		}
-		m.MediaType, m.Config.MediaType = ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageConfig
-		if err == nil {
-			if m.Annotations == nil {
-				m.Annotations = map[string]string{}
-			}
-			m.Annotations[soci.ImageAnnotationSociIndexDigest] = sociIndex.Digest.String()
+		info, err := cs.Info(ctx, named)
+		if err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("the SOCI index of %s: %w", desc.Digest, err)
 		}
-		written, err3 := put(ctx, cs, m, gcLabels(lbls))
-		if err3 != nil {
-			return ocispec.Descriptor{}, err3
-		}
-		desc.Digest, desc.Size, desc.MediaType, desc.Annotations = written.Digest, written.Size, ocispec.MediaTypeImageManifest, m.Annotations
-		if err == nil {
-			sociIndex.Platform = desc.Platform
-			sociIndex.Annotations = map[string]string{soci.IndexAnnotationImageManifestDigest: desc.Digest.String()}
-			indexes = append(indexes, sociIndex)
-		}
+		desc.Annotations = m.Annotations
+		indexes = append(indexes, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: named, Size: info.Size,
+			ArtifactType: soci.SociIndexArtifactTypeV2, Platform: desc.Platform,
+			Annotations: map[string]string{soci.IndexAnnotationImageManifestDigest: desc.Digest.String()}})
 	}
 	if len(indexes) == 0 {
 		return ocispec.Descriptor{}, fmt.Errorf("no layer of the image is a gzip layer of at least %d bytes, so it gets no zTOC: %w",
@@ -103,20 +91,7 @@ func Bind(ctx context.Context, cs content.Store, target ocispec.Descriptor, o Op
 
 func isEmpty(err error) bool { return errors.Is(err, soci.ErrEmptyIndex) }
 
-// gcLabels are the garbage collection references of a document's labels:
-// what a rewritten copy of it needs.
-func gcLabels(lbls map[string]string) map[string]string {
-	out := map[string]string{}
-	for k, v := range lbls {
-		if strings.HasPrefix(k, "containerd.io/gc.ref.") {
-			out[k] = v
-		}
-	}
-	return out
-}
-
-// put writes a document as JSON with GC labels (those of the document it
-// replaces, for a manifest).
+// put writes a document as JSON with GC labels.
 func put(ctx context.Context, cs content.Store, doc any, lbls map[string]string) (ocispec.Descriptor, error) {
 	b, err := json.Marshal(doc)
 	if err != nil {

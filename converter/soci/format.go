@@ -19,11 +19,11 @@ func init() {
 	format.Register(format.New(format.Format{Name: "soci",
 		Usage: "add SOCI indexes (zTOCs of the gzip layers, kept as they are) and bind them into a SOCI-enabled image (index manifest v2; implies --oci)",
 		Flag:  true, OCI: true, OptionPrefix: "soci", Order: 45},
-		DefaultOptions, Options.Validate, plan))
+		DefaultOptions, Options.Validate, plan).WithVerifier(Verifier()))
 }
 
 func plan(o Options, _ *api.ConvertRequest) (format.Plan, error) {
-	return format.Plan{Finish: func(ctx context.Context, cs content.Store, target ocispec.Descriptor) (ocispec.Descriptor, error) {
+	return format.Plan{Manifests: Manifests(o), Finish: func(ctx context.Context, cs content.Store, target ocispec.Descriptor) (ocispec.Descriptor, error) {
 		return Bind(ctx, cs, target, o)
 	}}, nil
 }

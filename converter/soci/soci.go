@@ -66,6 +66,13 @@ func (o Options) variant() string {
 	}{DefaultOptions().SpanSize})
 }
 
+// indexes reports whether the layer gets a zTOC: a gzip layer of at least
+// the minimum size.
+func (o Options) indexes(layer ocispec.Descriptor) bool {
+	comp, err := converter.LayerCompression(layer.MediaType)
+	return err == nil && comp == converter.Gzip && layer.Size >= o.MinLayerSize
+}
+
 // ZTOC returns the zTOC descriptor of a layer (with soci's annotations),
 // building it and storing it in cs (under ctx's lease) unless the layer's
 // variant label already names a stored one. A layer smaller than
@@ -74,9 +81,8 @@ func ZTOC(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Opt
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	comp, err := converter.LayerCompression(layer.MediaType)
-	if err != nil || comp != converter.Gzip || layer.Size < o.MinLayerSize {
-		return nil, nil //nolint:nilerr // not a layer soci indexes
+	if !o.indexes(layer) {
+		return nil, nil
 	}
 	info, err := cs.Info(ctx, layer.Digest)
 	if err != nil {
@@ -247,8 +253,7 @@ func Index(ctx context.Context, cs content.Store, ztocs []ocispec.Descriptor) (o
 	if len(ztocs) == 0 {
 		return ocispec.Descriptor{}, fmt.Errorf("no layer is large enough for a zTOC: %w", soci.ErrEmptyIndex)
 	}
-	idx := soci.NewIndex(soci.V2, ztocs, nil, map[string]string{soci.IndexAnnotationBuildToolIdentifier: BuildToolIdentifier})
-	b, err := soci.MarshalIndex(idx)
+	idx, b, err := marshalIndex(ztocs)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
@@ -271,19 +276,31 @@ func Index(ctx context.Context, cs content.Store, ztocs []ocispec.Descriptor) (o
 	return desc, nil
 }
 
+// marshalIndex is the SOCI index v2 of these zTOCs as soci writes it.
+func marshalIndex(ztocs []ocispec.Descriptor) (*soci.Index, []byte, error) {
+	idx := soci.NewIndex(soci.V2, ztocs, nil, map[string]string{soci.IndexAnnotationBuildToolIdentifier: BuildToolIdentifier})
+	b, err := soci.MarshalIndex(idx)
+	return idx, b, err
+}
+
 // ManifestIndex builds the zTOCs of a manifest's layers and its SOCI index
-// v2: what the soci format binds into a SOCI-enabled image.
+// v2 (soci.ErrEmptyIndex when no layer gets a zTOC).
 func ManifestIndex(ctx context.Context, cs content.Store, manifest ocispec.Descriptor, o Options) (ocispec.Descriptor, error) {
 	var m ocispec.Manifest
 	if _, err := converter.ReadDocument(ctx, cs, &m, manifest); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	// The layers' zTOCs are built on every core at once (each is one pass
-	// of zlib's inflate over its layer), listed in layer order.
-	built := make([]*ocispec.Descriptor, len(m.Layers))
+	return layersIndex(ctx, cs, m.Layers, o)
+}
+
+// layersIndex builds the zTOCs of these layers, on every core at once
+// (each is one pass of each inflater over its layer), and their SOCI index
+// in layer order.
+func layersIndex(ctx context.Context, cs content.Store, layers []ocispec.Descriptor, o Options) (ocispec.Descriptor, error) {
+	built := make([]*ocispec.Descriptor, len(layers))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(runtime.GOMAXPROCS(0))
-	for i, l := range m.Layers {
+	for i, l := range layers {
 		g.Go(func() error {
 			z, err := ZTOC(gctx, cs, l, o)
 			built[i] = z

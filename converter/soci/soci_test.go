@@ -3,6 +3,7 @@
 package soci_test
 
 import (
+	"context"
 	"encoding/json"
 	"math/rand/v2"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/converter/convertertest"
 	"github.com/lazyconv/lazyconv/converter/soci"
 	"github.com/lazyconv/lazyconv/internal/imagegen"
@@ -100,9 +102,9 @@ func TestZTOCsAndIndexAreSoci(t *testing.T) {
 
 	// And the SOCI-enabled image: the same image index, byte for byte
 	// (its annotated manifest and its SOCI index entry included).
-	bound, err := soci.Bind(lctx, f.CS, img.Target, opts)
+	res, err := f.Conv.ConvertImage(lctx, f.Store.ImageStore(), img.Name, img.Name+"-soci", sociImage(opts))
 	require.NoError(t, err)
-	assert.Equal(t, *theirs, bound, "the same SOCI-enabled image index as soci convert's")
+	assert.Equal(t, *theirs, res.Image.Target, "the same SOCI-enabled image index as soci convert's")
 
 	var m ocispec.Manifest
 	raw, err = content.ReadBlob(f.Ctx, f.CS, ours)
@@ -116,6 +118,14 @@ func TestZTOCsAndIndexAreSoci(t *testing.T) {
 	again, err := soci.ManifestIndex(lctx, f.CS, img.Target, opts)
 	require.NoError(t, err)
 	assert.Equal(t, ours, again)
+}
+
+// sociImage are the image options the soci format converts with.
+func sociImage(o soci.Options) converter.ImageOptions {
+	return converter.ImageOptions{DockerToOCI: true, Manifests: soci.Manifests(o),
+		Finish: func(ctx context.Context, cs content.Store, target ocispec.Descriptor) (ocispec.Descriptor, error) {
+			return soci.Bind(ctx, cs, target, o)
+		}}
 }
 
 func TestOptionsAreChecked(t *testing.T) {
