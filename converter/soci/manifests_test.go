@@ -36,7 +36,9 @@ type publication struct {
 func (p *publication) Lookup(ctx context.Context, _ ocispec.Descriptor, _ string) ([]converter.SharedConversion, error) {
 	return []converter.SharedConversion{{
 		Manifest: p.published, Where: "registry.example/app", Trusted: p.trusted,
-		Read: func(ctx context.Context, d ocispec.Descriptor) ([]byte, error) { return content.ReadBlob(ctx, p.from, d) },
+		Read: func(ctx context.Context, d ocispec.Descriptor) ([]byte, error) {
+			return content.ReadBlob(ctx, p.from, d)
+		},
 		Resolve: func(ctx context.Context, d digest.Digest) (ocispec.Descriptor, error) {
 			info, err := p.from.Info(ctx, d)
 			return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: d, Size: info.Size}, err
