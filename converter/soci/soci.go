@@ -95,7 +95,7 @@ func ZTOC(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Opt
 			return annotated(desc, layer, o), nil
 		}
 	}
-	toc, err := build(ctx, cs, layer, o)
+	toc, _, err := build(ctx, cs, layer, o)
 	if err != nil {
 		return nil, err
 	}
@@ -155,10 +155,10 @@ func fileTable(r io.Reader) (ztoc.TOC, compression.Offset, error) {
 // pass), then, once the tar is known to be within the checkpoint bound,
 // the gzip checkpoints by soci's zlib builder (which has no bound of its
 // own and reads a file by name) over a scratch copy of the blob.
-func build(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Options) (*ztoc.Ztoc, error) {
+func build(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Options) (*ztoc.Ztoc, digest.Digest, error) {
 	src, err := layerio.Open(ctx, cs, layer, nil)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer src.Close()
 	var n countingReader
@@ -168,27 +168,27 @@ func build(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Op
 		_, err = io.Copy(io.Discard, &n) // the bytes after the end-of-archive marker
 	}
 	if err != nil {
-		return nil, src.InputError(err)
+		return nil, "", src.InputError(err)
 	}
 	if err := src.Checked(); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if c := checkpointBytes(n.n, o.SpanSize); c > maxCheckpointBytes {
-		return nil, fmt.Errorf("layer %s is %d bytes of tar: its zTOC at span %d would hold %d bytes of checkpoints, beyond the limit of %d "+
+		return nil, "", fmt.Errorf("layer %s is %d bytes of tar: its zTOC at span %d would hold %d bytes of checkpoints, beyond the limit of %d "+
 			"(use a larger span-size): %w", layer.Digest, n.n, o.SpanSize, c, maxCheckpointBytes, errdefs.ErrInvalidArgument)
 	}
 	f, err := scratchCopy(ctx, cs, layer)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
 	info, err := checkpoints(f, layer.Size, o.SpanSize)
 	if err != nil {
-		return nil, fmt.Errorf("building the zTOC of %s: %v: %w", layer.Digest, err, errdefs.ErrInvalidArgument)
+		return nil, "", fmt.Errorf("building the zTOC of %s: %v: %w", layer.Digest, err, errdefs.ErrInvalidArgument)
 	}
 	return &ztoc.Ztoc{Version: ztoc.Version09, TOC: toc, CompressedArchiveSize: compression.Offset(layer.Size),
-		UncompressedArchiveSize: tarSize, BuildToolIdentifier: BuildToolIdentifier, CompressionInfo: info}, nil
+		UncompressedArchiveSize: tarSize, BuildToolIdentifier: BuildToolIdentifier, CompressionInfo: info}, src.DiffID(), nil
 }
 
 // scratchCopy writes the layer blob into a scratch file.

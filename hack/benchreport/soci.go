@@ -14,6 +14,7 @@ import (
 
 	sociapi "github.com/awslabs/soci-snapshotter/soci"
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/platforms"
 	"github.com/klauspost/compress/gzip"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -30,8 +31,8 @@ import (
 // of decompressing every layer once on all cores, and prints times, ratios,
 // the bytes each adds (zTOCs and indexes) and peak RSS.
 func sociSection(work string, loads []workload, runs int) error {
-	fmt.Printf("\nSOCI (span 4 MiB, min layer 10 MiB)  %9s %9s %7s %13s %13s %9s %9s %10s %9s\n",
-		"lazyconv", "soci", "ratio", "added ours", "added soci", "RSS ours", "RSS soci", "eStargz", "× limit")
+	fmt.Printf("\nSOCI (span 4 MiB, min layer 10 MiB)  %9s %9s %7s %13s %13s %9s %9s %10s %9s %9s\n",
+		"lazyconv", "soci", "ratio", "added ours", "added soci", "RSS ours", "RSS soci", "eStargz", "× limit", "verify")
 	for _, w := range loads {
 		ours, err := measure(work, "ours", "soci", w, runs)
 		if err != nil {
@@ -45,6 +46,10 @@ func sociSection(work string, loads []workload, runs int) error {
 		if err != nil {
 			return err
 		}
+		check, err := measure(work, "verify", "soci", w, runs)
+		if err != nil {
+			return err
+		}
 		var limits []float64
 		for range runs {
 			t, err := decompressOnce(w.layers)
@@ -53,9 +58,9 @@ func sociSection(work string, loads []workload, runs int) error {
 			}
 			limits = append(limits, t.Seconds())
 		}
-		fmt.Printf("%-36s %8.2fs %8.2fs %6.2fx %10.2f MB %10.2f MB %6.0f MB %6.0f MB %9.2fs %8.2fx\n", w.name,
+		fmt.Printf("%-36s %8.2fs %8.2fs %6.2fx %10.2f MB %10.2f MB %6.0f MB %6.0f MB %9.2fs %8.2fx %8.2fs\n", w.name,
 			ours.seconds, peer.seconds, peer.seconds/ours.seconds, ours.size/1e6, peer.size/1e6, ours.rssMB, peer.rssMB,
-			esgz.seconds, ours.seconds/median(limits))
+			esgz.seconds, ours.seconds/median(limits), check.seconds)
 	}
 	return nil
 }
@@ -118,14 +123,14 @@ func sociChild(side, spec string, layers []generated) error {
 	}
 	start := time.Now()
 	var target ocispec.Descriptor
-	if side == "ours" {
+	if side == "ours" || side == "verify" {
 		conv, err := converter.New(st.ContentStore(), st.LeaseManager())
 		if err != nil {
 			return err
 		}
 		o := soci.DefaultOptions()
 		res, err := conv.ConvertImage(converter.WithScratchDir(ctx, dir), st.ImageStore(), ref, "bench:soci", converter.ImageOptions{
-			DockerToOCI: true, Platforms: platforms.All,
+			DockerToOCI: true, Platforms: platforms.All, Manifests: soci.Manifests(o),
 			Finish: func(ctx context.Context, cs content.Store, t ocispec.Descriptor) (ocispec.Descriptor, error) {
 				return soci.Bind(ctx, cs, t, o)
 			}})
@@ -133,6 +138,12 @@ func sociChild(side, spec string, layers []generated) error {
 			return err
 		}
 		target = res.Image.Target
+		if side == "verify" { // what a node adopting it from the registry spends checking it
+			start = time.Now()
+			if err := verifyAll(ctx, st.ContentStore(), target); err != nil {
+				return err
+			}
+		}
 	} else {
 		src, err := st.ImageStore().Get(ctx, ref)
 		if err != nil {
@@ -170,6 +181,38 @@ func sociChild(side, spec string, layers []generated) error {
 	}
 	r.PeakMB = selfPeakMB()
 	return json.NewEncoder(resultOut).Encode(r)
+}
+
+// verifyAll checks every zTOC of a SOCI-enabled image against its layer.
+func verifyAll(ctx context.Context, cs content.Store, target ocispec.Descriptor) error {
+	var idx ocispec.Index
+	if _, err := converter.ReadDocument(ctx, cs, &idx, target); err != nil {
+		return err
+	}
+	v := soci.Verifier()
+	for _, d := range idx.Manifests {
+		var m ocispec.Manifest
+		if _, err := converter.ReadDocument(ctx, cs, &m, d); err != nil {
+			return err
+		}
+		if !v.Claims(m) {
+			continue
+		}
+		diffIDs, err := images.RootFS(ctx, cs, m.Config)
+		if err != nil {
+			return err
+		}
+		checks, err := v.VerifyManifest(ctx, cs, m, diffIDs, func(context.Context, ocispec.Descriptor) error { return nil })
+		if err != nil {
+			return err
+		}
+		for _, c := range checks {
+			if c.Err != nil {
+				return c.Err
+			}
+		}
+	}
+	return nil
 }
 
 // sociAdded is the bytes a SOCI-enabled image adds: its SOCI indexes and
