@@ -127,13 +127,9 @@ func annotated(desc, layer ocispec.Descriptor, o Options) *ocispec.Descriptor {
 }
 
 // maxCheckpointBytes bounds what a zTOC's gzip checkpoints may hold in
-// memory while it is built (32 KiB of window per span): 64 MiB, a layer of
-// 8 GiB of tar at soci's default span.
+// memory while it is built (32 KiB of window per span): 64 MiB, at least 8
+// GiB of tar at soci's default span.
 const maxCheckpointBytes = 64 << 20
-
-// checkpointBytes is what soci's builder holds for the checkpoints of a tar
-// of n bytes at span.
-func checkpointBytes(n, span int64) int64 { return (n/span + 1) * (32<<10 + 17) }
 
 // sourceAlgorithm is the name under which soci's TOC builder reads the
 // layer through lazyconv's source (a TarProvider of its own).
@@ -149,101 +145,73 @@ func fileTable(r io.Reader) (ztoc.TOC, compression.Offset, error) {
 	return tb.TocFromFile(sourceAlgorithm, os.DevNull)
 }
 
-// build makes the zTOC of a layer in two passes, as soci does, but never
-// a third: the file table from the layer as every format reads it
-// (layerio: paths, entries, trailing bytes, the limits, all in the same
-// pass), then, once the tar is known to be within the checkpoint bound,
-// the gzip checkpoints by soci's zlib builder (which has no bound of its
-// own and reads a file by name) over a scratch copy of the blob.
+// build makes the zTOC of a layer in one pass over it: zlib inflates it
+// once (checkpointer), recording soci's gzip checkpoints as it goes, and
+// the tar it yields is hashed (the diffID), inspected as every format's
+// source is (layerio: paths, entries, trailing bytes, the limits) and read
+// by soci's own TOC builder for the file table. Soci's builder makes two
+// passes (zlib for the checkpoints, Go's gzip for the file table); the
+// zTOC is the same, byte for byte.
 func build(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Options) (*ztoc.Ztoc, digest.Digest, error) {
-	src, err := layerio.Open(ctx, cs, layer, nil)
+	ra, err := layerio.OpenBlob(ctx, cs, layer)
 	if err != nil {
 		return nil, "", err
-	}
-	defer src.Close()
-	var n countingReader
-	n.r = src
-	toc, tarSize, err := fileTable(&n)
-	if err == nil {
-		_, err = io.Copy(io.Discard, &n) // the bytes after the end-of-archive marker
-	}
-	if err != nil {
-		return nil, "", src.InputError(err)
-	}
-	if err := src.Checked(); err != nil {
-		return nil, "", err
-	}
-	if c := checkpointBytes(n.n, o.SpanSize); c > maxCheckpointBytes {
-		return nil, "", fmt.Errorf("layer %s is %d bytes of tar: its zTOC at span %d would hold %d bytes of checkpoints, beyond the limit of %d "+
-			"(use a larger span-size): %w", layer.Digest, n.n, o.SpanSize, c, maxCheckpointBytes, errdefs.ErrInvalidArgument)
-	}
-	f, err := scratchCopy(ctx, cs, layer)
-	if err != nil {
-		return nil, "", err
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	info, err := checkpoints(f, layer.Size, o.SpanSize)
-	if err != nil {
-		return nil, "", fmt.Errorf("building the zTOC of %s: %v: %w", layer.Digest, err, errdefs.ErrInvalidArgument)
-	}
-	return &ztoc.Ztoc{Version: ztoc.Version09, TOC: toc, CompressedArchiveSize: compression.Offset(layer.Size),
-		UncompressedArchiveSize: tarSize, BuildToolIdentifier: BuildToolIdentifier, CompressionInfo: info}, src.DiffID(), nil
-}
-
-// scratchCopy writes the layer blob into a scratch file.
-func scratchCopy(ctx context.Context, cs content.Store, layer ocispec.Descriptor) (*os.File, error) {
-	ra, err := cs.ReaderAt(ctx, layer)
-	if err != nil {
-		return nil, err
 	}
 	defer ra.Close()
-	f, err := os.CreateTemp(converter.ScratchDirFrom(ctx), "soci-layer-")
+	cp, err := newCheckpointer(io.NewSectionReader(ra, 0, layer.Size), o.SpanSize)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	if _, err := io.Copy(f, io.NewSectionReader(ra, 0, layer.Size)); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return nil, err
+	defer cp.Close()
+	h := digest.SHA256.Digester()
+	tarStream := layerio.Inspect(ctx, io.TeeReader(contextReader{ctx, cp}, h.Hash()))
+	defer tarStream.Close()
+	toc, tarSize, err := fileTable(tarStream)
+	if err == nil {
+		_, err = io.Copy(io.Discard, tarStream) // the bytes after the end-of-archive marker, and the gzip trailer
 	}
-	return f, nil
-}
-
-// checkpoints are the gzip checkpoints of the blob in f (zlib's inflate
-// through soci's builder) and the digest of each span's compressed bytes.
-func checkpoints(f *os.File, size, span int64) (ztoc.CompressionInfo, error) {
-	zinfo, err := compression.NewZinfoFromFile(compression.Gzip, f.Name(), span)
+	if err == nil {
+		err = tarStream.Checked()
+	}
 	if err != nil {
-		return ztoc.CompressionInfo{}, err
-	}
-	defer zinfo.Close()
-	digests := make([]digest.Digest, 0, zinfo.MaxSpanID()+1)
-	for i := compression.SpanID(0); i <= zinfo.MaxSpanID(); i++ {
-		start, end := zinfo.StartCompressedOffset(i), zinfo.EndCompressedOffset(i, compression.Offset(size))
-		d, err := digest.FromReader(io.NewSectionReader(f, int64(start), int64(end-start)))
-		if err != nil {
-			return ztoc.CompressionInfo{}, err
+		if ctxErr := context.Cause(ctx); ctxErr != nil {
+			return nil, "", ctxErr
 		}
-		digests = append(digests, d)
+		if errdefs.IsInvalidArgument(err) || errdefs.IsNotFound(err) || errdefs.IsUnavailable(err) {
+			return nil, "", fmt.Errorf("layer %s: %w", layer.Digest, err)
+		}
+		return nil, "", fmt.Errorf("layer %s: %v: %w", layer.Digest, err, errdefs.ErrInvalidArgument)
 	}
-	b, err := zinfo.Bytes()
-	if err != nil {
-		return ztoc.CompressionInfo{}, err
+	digests := make([]digest.Digest, len(cp.points))
+	for i, p := range cp.points {
+		start, end := p.in, layer.Size
+		if p.bits != 0 {
+			start--
+		}
+		if i+1 < len(cp.points) {
+			end = cp.points[i+1].in
+		}
+		if digests[i], err = digest.FromReader(io.NewSectionReader(ra, start, end-start)); err != nil {
+			return nil, "", err
+		}
 	}
-	return ztoc.CompressionInfo{MaxSpanID: zinfo.MaxSpanID(), SpanDigests: digests, Checkpoints: b, CompressionAlgorithm: compression.Gzip}, nil
+	info := ztoc.CompressionInfo{MaxSpanID: compression.SpanID(len(cp.points) - 1), SpanDigests: digests, Checkpoints: cp.blob(),
+		CompressionAlgorithm: compression.Gzip}
+	return &ztoc.Ztoc{Version: ztoc.Version09, TOC: toc, CompressedArchiveSize: compression.Offset(layer.Size),
+		UncompressedArchiveSize: tarSize, BuildToolIdentifier: BuildToolIdentifier, CompressionInfo: info}, h.Digest(), nil
 }
 
-// countingReader counts what it reads.
-type countingReader struct {
-	r io.Reader
-	n int64
+// contextReader stops reading once ctx is done.
+type contextReader struct {
+	ctx context.Context
+	r   io.Reader
 }
 
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
+func (c contextReader) Read(p []byte) (int, error) {
+	if err := context.Cause(c.ctx); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 // Index writes the SOCI index manifest v2 of a manifest's zTOCs (in layer
