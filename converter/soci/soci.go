@@ -95,7 +95,7 @@ func ZTOC(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Opt
 			return annotated(desc, layer, o), nil
 		}
 	}
-	toc, _, err := build(ctx, cs, layer, o)
+	toc, _, err := build(ctx, cs, layer, o, false)
 	if err != nil {
 		return nil, err
 	}
@@ -147,12 +147,14 @@ func fileTable(r io.Reader) (ztoc.TOC, compression.Offset, error) {
 
 // build makes the zTOC of a layer in one pass over it: zlib inflates it
 // once (checkpointer), recording soci's gzip checkpoints as it goes, and
-// the tar it yields is hashed (the diffID), inspected as every format's
-// source is (layerio: paths, entries, trailing bytes, the limits) and read
-// by soci's own TOC builder for the file table. Soci's builder makes two
+// the tar it yields is parsed once (tarTable): each header checked as every
+// format's source is (layerio: paths, entries, trailing bytes, the limits)
+// and listed in the file table as soci's TOC builder lists it. Soci's builder makes two
 // passes (zlib for the checkpoints, Go's gzip for the file table); the
-// zTOC is the same, byte for byte.
-func build(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Options) (*ztoc.Ztoc, digest.Digest, error) {
+// zTOC is the same, byte for byte. With diffID, the tar is also hashed and
+// its digest returned (a conversion, which keeps the layer as it is, does
+// not need it).
+func build(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Options, diffID bool) (*ztoc.Ztoc, digest.Digest, error) {
 	ra, err := layerio.OpenBlob(ctx, cs, layer)
 	if err != nil {
 		return nil, "", err
@@ -163,15 +165,15 @@ func build(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Op
 		return nil, "", err
 	}
 	defer cp.Close()
-	h := digest.SHA256.Digester()
-	tarStream := layerio.Inspect(ctx, io.TeeReader(contextReader{ctx, cp}, h.Hash()))
-	defer tarStream.Close()
-	toc, tarSize, err := fileTable(tarStream)
-	if err == nil {
-		_, err = io.Copy(io.Discard, tarStream) // the bytes after the end-of-archive marker, and the gzip trailer
+	var tarReader io.Reader = contextReader{ctx, cp}
+	var h digest.Digester
+	if diffID {
+		h = digest.SHA256.Digester()
+		tarReader = io.TeeReader(tarReader, h.Hash())
 	}
+	toc, tarSize, err := tarTable(tarReader, layerio.NewCheck(ctx))
 	if err == nil {
-		err = tarStream.Checked()
+		_, err = io.Copy(io.Discard, tarReader) // nothing but the gzip trailer, read by zlib
 	}
 	if err != nil {
 		if ctxErr := context.Cause(ctx); ctxErr != nil {
@@ -198,7 +200,14 @@ func build(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Op
 	info := ztoc.CompressionInfo{MaxSpanID: compression.SpanID(len(cp.points) - 1), SpanDigests: digests, Checkpoints: cp.blob(),
 		CompressionAlgorithm: compression.Gzip}
 	return &ztoc.Ztoc{Version: ztoc.Version09, TOC: toc, CompressedArchiveSize: compression.Offset(layer.Size),
-		UncompressedArchiveSize: tarSize, BuildToolIdentifier: BuildToolIdentifier, CompressionInfo: info}, h.Digest(), nil
+		UncompressedArchiveSize: tarSize, BuildToolIdentifier: BuildToolIdentifier, CompressionInfo: info}, digestOf(h), nil
+}
+
+func digestOf(h digest.Digester) digest.Digest {
+	if h == nil {
+		return ""
+	}
+	return h.Digest()
 }
 
 // contextReader stops reading once ctx is done.

@@ -3,6 +3,7 @@
 package soci_test
 
 import (
+	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -10,6 +11,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,6 +49,24 @@ func image(t *testing.T, f *convertertest.Fixture) images.Image {
 	e := imagegen.Entry{Body: random}
 	e.Header.Name, e.Header.Typeflag, e.Header.Mode = "usr/lib/blob", '0', 0o644
 	big = append(big, e)
+	// Every kind of entry soci indexes, and the headers that change where
+	// an entry's data starts (a long name, PAX records with an xattr).
+	for _, h := range []tar.Header{
+		{Name: "usr/share/doc/", Typeflag: tar.TypeDir, Mode: 0o755, Uid: 0, Gid: 0, ModTime: time.Unix(1700000000, 0)},
+		{Name: "usr/bin/python3", Typeflag: tar.TypeSymlink, Linkname: "python3.11", Mode: 0o777, Uname: "root", Gname: "root"},
+		{Name: "usr/lib/blob-again", Typeflag: tar.TypeLink, Linkname: "usr/lib/blob", Mode: 0o644},
+		{Name: "dev/null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3, Mode: 0o666},
+		{Name: "dev/sda", Typeflag: tar.TypeBlock, Devmajor: 8, Devminor: 0, Mode: 0o660},
+		{Name: "run/fifo", Typeflag: tar.TypeFifo, Mode: 0o600, Uid: 1000, Gid: 1000},
+		{Name: "usr/share/" + strings.Repeat("a-very-long-directory-name/", 8) + "file", Typeflag: tar.TypeReg, Mode: 0o644, Size: 5},
+		{Name: "usr/bin/ping", Typeflag: tar.TypeReg, Mode: 0o4755, Size: 4, PAXRecords: map[string]string{"SCHILY.xattr.security.capability": "\x01\x02"}},
+	} {
+		e := imagegen.Entry{Header: h}
+		if h.Size > 0 {
+			e.Body = random[:h.Size]
+		}
+		big = append(big, e)
+	}
 	small := imagegen.Entry{Body: []byte("small")}
 	small.Header.Name, small.Header.Typeflag, small.Header.Mode = "etc/small", '0', 0o644
 	img := imagegen.Image{Name: "example.com/soci/app:v1"}

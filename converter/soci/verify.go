@@ -163,7 +163,7 @@ func VerifyZTOC(ctx context.Context, cs content.Store, layer ocispec.Descriptor,
 // reading of the layer: no checkpoint of the publisher's is inflated) and
 // comparing bytes; the output is deterministic, so an honest one is equal.
 func verifyByBuilding(ctx context.Context, cs content.Store, layer ocispec.Descriptor, diffID digest.Digest, z ocispec.Descriptor, o Options, spans int) (Report, error) {
-	zt, got, err := build(ctx, cs, layer, o)
+	zt, got, err := build(ctx, cs, layer, o, true)
 	if err != nil {
 		return Report{}, err
 	}

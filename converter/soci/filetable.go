@@ -1,0 +1,89 @@
+//go:build cgo
+
+package soci
+
+import (
+	"archive/tar"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/awslabs/soci-snapshotter/ztoc"
+	"github.com/awslabs/soci-snapshotter/ztoc/compression"
+	"github.com/containerd/errdefs"
+
+	"github.com/lazyconv/lazyconv/internal/layerio"
+)
+
+// tarTable parses the tar r once with Go's tar reader, checking each header
+// as it comes (check: paths, the limits, then the bytes after the
+// end-of-archive marker), and returns its file table as soci's TOC builder
+// makes it (ztoc's metadataFromTarReader: an entry's data starts where the
+// reader stands after its headers, its headers where the previous entry's
+// data ends, rounded up to a tar block) and the tar's size as soci counts
+// it (to the end-of-archive marker). Verification compares it with soci's
+// own builder (VerifyZTOC), and TestZTOCsAndIndexAreSoci with soci's output.
+func tarTable(r io.Reader, check *layerio.Check) (ztoc.TOC, compression.Offset, error) {
+	pt := &positionReader{r: r}
+	tr := tar.NewReader(pt)
+	var md []ztoc.FileMetadata
+	var headerAt int64
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return ztoc.TOC{}, 0, fmt.Errorf("not a valid tar after %d entries: %v: %w", len(md), err, errdefs.ErrInvalidArgument)
+		}
+		if err := check.Entry(h); err != nil {
+			return ztoc.TOC{}, 0, err
+		}
+		typ, ok := fileTypes[h.Typeflag]
+		if !ok {
+			return ztoc.TOC{}, 0, fmt.Errorf("entry %q has tar type %q, which soci does not index: %w", h.Name, h.Typeflag, errdefs.ErrInvalidArgument)
+		}
+		e := ztoc.FileMetadata{Name: h.Name, Type: typ, UncompressedOffset: compression.Offset(pt.n), UncompressedSize: compression.Offset(h.Size),
+			TarHeaderOffset: compression.Offset(headerAt), Linkname: h.Linkname, Mode: h.Mode, UID: h.Uid, GID: h.Gid, Uname: h.Uname,
+			Gname: h.Gname, ModTime: h.ModTime, Devmajor: h.Devmajor, Devminor: h.Devminor, PAXHeaders: h.PAXRecords}
+		md = append(md, e)
+		headerAt = int64(ztoc.AlignToTarBlock(e.UncompressedOffset + e.UncompressedSize))
+	}
+	size := pt.n
+	limit := check.MaxTrailing()
+	var trailing int64
+	var err error
+	if limit < 0 {
+		trailing, err = io.Copy(io.Discard, pt)
+	} else {
+		trailing, err = io.CopyN(io.Discard, pt, limit)
+		if errors.Is(err, io.EOF) {
+			err = nil
+		}
+	}
+	if err != nil {
+		return ztoc.TOC{}, 0, err
+	}
+	if err := check.Trailing(trailing); err != nil {
+		return ztoc.TOC{}, 0, err
+	}
+	return ztoc.TOC{FileMetadata: md}, compression.Offset(size), nil
+}
+
+// fileTypes are the tar types soci's TOC builder indexes, by its names.
+var fileTypes = map[byte]string{
+	tar.TypeLink: "hardlink", tar.TypeSymlink: "symlink", tar.TypeDir: "dir", tar.TypeReg: "reg",
+	tar.TypeChar: "char", tar.TypeBlock: "block", tar.TypeFifo: "fifo",
+}
+
+// positionReader counts what it reads.
+type positionReader struct {
+	r io.Reader
+	n int64
+}
+
+func (p *positionReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.n += int64(n)
+	return n, err
+}
