@@ -111,7 +111,7 @@ func TestPublishedSOCIConversions(t *testing.T) {
 	}{
 		{name: "honest", published: published, adopted: true},
 		{name: "honest, trusted", published: published, trusted: true, adopted: true},
-		{name: "a zTOC renaming a file", published: hostile, warning: "file table"},
+		{name: "a zTOC renaming a file", published: hostile, warning: "the layer's zTOC built here is"},
 		{name: "an index that is not canonical", published: notCanonical, warning: "not the index of its zTOCs"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -158,8 +158,8 @@ func VerifyZTOC(ctx context.Context, cs content.Store, layer ocispec.Descriptor,
 	return Report{Spans: len(spans), Files: len(toc.FileMetadata), Bytes: total}, nil
 }
 
-// verifyByBuilding checks a zTOC that Go's inflate cannot replay (see
-// errShifted) by building the layer's zTOC here (zlib, from lazyconv's own
+// verifyByBuilding checks a zTOC (one that Go's inflate cannot replay, see
+// errShifted, or a published one to adopt) by building the layer's zTOC here (zlib, from lazyconv's own
 // reading of the layer: no checkpoint of the publisher's is inflated) and
 // comparing bytes; the output is deterministic, so an honest one is equal.
 func verifyByBuilding(ctx context.Context, cs content.Store, layer ocispec.Descriptor, diffID digest.Digest, z ocispec.Descriptor, o Options, spans int) (Report, error) {
@@ -176,6 +176,9 @@ func verifyByBuilding(ctx context.Context, cs content.Store, layer ocispec.Descr
 	}
 	if d.Digest != z.Digest {
 		return Report{}, fmt.Errorf("zTOC %s of layer %s: the layer's zTOC built here is %s: %w", z.Digest, layer.Digest, d.Digest, errdefs.ErrInvalidArgument)
+	}
+	if spans == 0 {
+		spans = int(zt.MaxSpanID) + 1
 	}
 	return Report{Spans: spans, Files: len(zt.FileMetadata), Bytes: int64(zt.UncompressedArchiveSize), Rebuilt: true}, nil
 }
