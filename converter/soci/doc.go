@@ -1,13 +1,17 @@
-// Package soci builds the SOCI artifacts of an image (groundwork of the
-// soci format, issue 22): the zTOC of each gzip layer and the SOCI index
-// manifest v2 that lists them, with soci-snapshotter's own ztoc package
-// (cgo, over Debian's static zlib) so that the bytes are what `soci
-// convert` writes. Layers are never rewritten: a zTOC is a small blob beside
-// its layer, stored under the caller's lease and linked from the layer blob
-// by a variant label (so one layer shared by many images is indexed once,
-// and garbage collection keeps the zTOC exactly as long as the layer).
+// Package soci is the soci format: SOCI-enabled images (SOCI index
+// manifest v2, as soci-snapshotter v0.10+ reads them). Layers are never
+// rewritten: each gzip layer of at least the minimum size gets a zTOC, a
+// small blob beside it, built in one zlib pass over the layer
+// (checkpointer, tarTable) to the bytes soci-snapshotter v0.16.1's own
+// builder writes, stored under the caller's lease and linked from the layer
+// blob by a variant label (one layer shared by many images is indexed once,
+// and garbage collection keeps the zTOC exactly as long as the layer). The
+// SOCI index of a manifest's zTOCs is named by the manifest's annotation
+// (Manifests, a converter.ManifestFormat, which also adopts conversions
+// published elsewhere once they check out) and listed beside it in the
+// image index (Bind). VerifyZTOC checks a zTOC made anywhere against its
+// layer by replaying it as soci-snapshotter reads it.
 //
-// Its code needs cgo (soci-snapshotter's gzip checkpoints are zlib's); a
-// build without cgo has none of it. It is not a format of the service yet:
-// the soci format (a SOCI-enabled image binding the index) is to come.
+// Its code needs cgo (zlib, and soci-snapshotter's ztoc package); a build
+// without cgo has none of it, and no soci format.
 package soci
