@@ -12,6 +12,7 @@ import (
 	"github.com/awslabs/soci-snapshotter/ztoc/compression"
 	"github.com/containerd/errdefs"
 
+	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/internal/layerio"
 )
 
@@ -23,21 +24,29 @@ import (
 // data ends, rounded up to a tar block) and the tar's size as soci counts
 // it (to the end-of-archive marker). Verification compares it with soci's
 // own builder (VerifyZTOC), and TestZTOCsAndIndexAreSoci with soci's output.
-func tarTable(r io.Reader, check *layerio.Check) (ztoc.TOC, compression.Offset, error) {
+func tarTable(r io.Reader, check *layerio.Check, maxBytes int64) (ztoc.TOC, compression.Offset, error) {
 	pt := &positionReader{r: r}
 	tr := tar.NewReader(pt)
 	var md []ztoc.FileMetadata
-	var headerAt int64
+	var headerAt, held int64
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			return ztoc.TOC{}, 0, fmt.Errorf("not a valid tar after %d entries: %v: %w", len(md), err, errdefs.ErrInvalidArgument)
+			return ztoc.TOC{}, 0, fmt.Errorf("not a valid tar after %d entries: %w: %w", len(md), err, errdefs.ErrInvalidArgument)
 		}
 		if err := check.Entry(h); err != nil {
 			return ztoc.TOC{}, 0, err
+		}
+		if layerio.IsSparse(h) {
+			return ztoc.TOC{}, 0, fmt.Errorf("entry %q: %w", h.Name, errSparse)
+		}
+		held += entryBytes(h)
+		if converter.Exceeds(held, maxBytes) {
+			return ztoc.TOC{}, 0, fmt.Errorf("the layer's file table passes %d bytes at entry %q (the limit; raise max_toc_bytes to index it): %w",
+				maxBytes, h.Name, errdefs.ErrInvalidArgument)
 		}
 		typ, ok := fileTypes[h.Typeflag]
 		if !ok {
@@ -68,6 +77,22 @@ func tarTable(r io.Reader, check *layerio.Check) (ztoc.TOC, compression.Offset, 
 		return ztoc.TOC{}, 0, err
 	}
 	return ztoc.TOC{FileMetadata: md}, compression.Offset(size), nil
+}
+
+// errSparse is a layer with a sparse file: soci's file table gives such a
+// file's packed data in the tar as its contents (its holes, and what
+// follows, would be served in their place), so the layer gets no zTOC and
+// is fetched whole.
+var errSparse = fmt.Errorf("a sparse file, which soci-snapshotter would serve as its packed tar data: %w", errdefs.ErrInvalidArgument)
+
+// entryBytes is what an entry's strings hold in a file table (the rest of
+// an entry is of fixed size, bounded with the entries by max_entries).
+func entryBytes(h *tar.Header) int64 {
+	n := int64(len(h.Name) + len(h.Linkname) + len(h.Uname) + len(h.Gname))
+	for k, v := range h.PAXRecords {
+		n += int64(len(k) + len(v))
+	}
+	return n
 }
 
 // fileTypes are the tar types soci's TOC builder indexes, by its names.

@@ -72,7 +72,8 @@ func (m manifests) Annotate(ctx context.Context, cs content.Store, layers []ocis
 // nothing else. Its zTOCs are fetched, and unless the publisher is trusted
 // each must be, byte for byte, the zTOC built here from its layer (the
 // output is deterministic); they are then linked from their layers as if
-// built here. For SOCI an untrusted publication saves no work (building a
+// built here. A trusted publisher's zTOCs are never linked: only the
+// adopted manifest (marked unverified) names them. For SOCI an untrusted publication saves no work (building a
 // zTOC costs what checking it does); a trusted one saves reading the layers.
 func (m manifests) Adopt(ctx context.Context, cs content.Store, layers []ocispec.Descriptor, diffIDs []digest.Digest, published map[string]string,
 	sc converter.SharedConversion) (map[string]string, []ocispec.Descriptor, error) {
@@ -138,10 +139,11 @@ func (m manifests) Adopt(ctx context.Context, cs content.Store, layers []ocispec
 				return nil, nil, err
 			}
 		}
-		if _, err := cs.Info(ctx, l.Digest); err == nil {
-			if err := labels.Set(ctx, cs, l.Digest, map[string]string{labels.VariantKey(m.o.variant()): z.Digest.String()}); err != nil {
-				return nil, nil, err
-			}
+		if sc.Trusted {
+			continue // never linked: a later conversion here builds its own
+		}
+		if err := labels.Set(ctx, cs, l.Digest, map[string]string{labels.VariantKey(m.o.variant()): z.Digest.String()}); err != nil {
+			return nil, nil, err
 		}
 	}
 	written, err := Index(ctx, cs, ztocs)
@@ -195,6 +197,9 @@ func (verifier) VerifyManifest(ctx context.Context, cs content.Store, m ocispec.
 			span, err := strconv.ParseInt(z.Annotations[soci.IndexAnnotationSociSpanSize], 10, 64)
 			if err != nil {
 				return fmt.Errorf("zTOC %s gives no span size: %w", z.Digest, errdefs.ErrInvalidArgument)
+			}
+			if z.MediaType != soci.SociLayerMediaType || z.Size <= 0 || z.Size > maxZTOCBytes || z.Digest.Validate() != nil {
+				return fmt.Errorf("the SOCI index lists %s (%q, %d bytes), which is no zTOC here: %w", z.Digest, z.MediaType, z.Size, errdefs.ErrInvalidArgument)
 			}
 			layer := m.Layers[pos]
 			for _, b := range []ocispec.Descriptor{layer, z} {

@@ -5,9 +5,9 @@ package soci
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
-	"os"
 	"runtime"
 	"strconv"
 
@@ -44,10 +44,15 @@ type Options struct {
 // DefaultOptions are soci's defaults.
 func DefaultOptions() Options { return Options{SpanSize: 4 << 20, MinLayerSize: 10 << 20} }
 
-// Validate refuses a span size below 1 KiB and a negative minimum.
+// MaxSpanSize is the largest span size: a span is inflated whole when it
+// is read (by soci-snapshotter) or checked (VerifyZTOC).
+const MaxSpanSize = 64 << 20
+
+// Validate refuses a span size below 1 KiB or above MaxSpanSize and a
+// negative minimum.
 func (o Options) Validate() error {
-	if o.SpanSize < 1<<10 {
-		return fmt.Errorf("SOCI span size must be at least 1024 bytes, got %d: %w", o.SpanSize, errdefs.ErrInvalidArgument)
+	if o.SpanSize < 1<<10 || o.SpanSize > MaxSpanSize {
+		return fmt.Errorf("SOCI span size must be between 1024 and %d bytes, got %d: %w", MaxSpanSize, o.SpanSize, errdefs.ErrInvalidArgument)
 	}
 	if o.MinLayerSize < 0 {
 		return fmt.Errorf("SOCI minimum layer size must not be negative, got %d: %w", o.MinLayerSize, errdefs.ErrInvalidArgument)
@@ -76,7 +81,8 @@ func (o Options) indexes(layer ocispec.Descriptor) bool {
 // ZTOC returns the zTOC descriptor of a layer (with soci's annotations),
 // building it and storing it in cs (under ctx's lease) unless the layer's
 // variant label already names a stored one. A layer smaller than
-// MinLayerSize, or not a gzip tar, gets none (nil, nil).
+// MinLayerSize, or not a gzip tar, or holding a sparse file, gets none
+// (nil, nil).
 func ZTOC(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Options) (*ocispec.Descriptor, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
@@ -96,6 +102,9 @@ func ZTOC(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Opt
 		}
 	}
 	toc, _, err := build(ctx, cs, layer, o, false)
+	if errors.Is(err, errSparse) {
+		return nil, nil // fetched whole (see errSparse)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -131,20 +140,6 @@ func annotated(desc, layer ocispec.Descriptor, o Options) *ocispec.Descriptor {
 // GiB of tar at soci's default span.
 const maxCheckpointBytes = 64 << 20
 
-// sourceAlgorithm is the name under which soci's TOC builder reads the
-// layer through lazyconv's source (a TarProvider of its own).
-const sourceAlgorithm = "lazyconv-source"
-
-// fileTable is soci's TOC of the uncompressed tar r, built by soci's own
-// TOC builder (so that every field is what soci writes), and its size as
-// soci counts it (to the end-of-archive marker). TocFromFile opens a file
-// by name before it asks its provider for the tar: any readable file does.
-func fileTable(r io.Reader) (ztoc.TOC, compression.Offset, error) {
-	tb := ztoc.NewTocBuilder()
-	tb.RegisterTarProvider(sourceAlgorithm, func(*os.File) (io.Reader, error) { return r, nil })
-	return tb.TocFromFile(sourceAlgorithm, os.DevNull)
-}
-
 // build makes the zTOC of a layer in one pass over it: zlib inflates it
 // once (checkpointer), recording soci's gzip checkpoints as it goes, and
 // the tar it yields is parsed once (tarTable): each header checked as every
@@ -171,7 +166,7 @@ func build(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Op
 		h = digest.SHA256.Digester()
 		tarReader = io.TeeReader(tarReader, h.Hash())
 	}
-	toc, tarSize, err := tarTable(tarReader, layerio.NewCheck(ctx))
+	toc, tarSize, err := tarTable(tarReader, layerio.NewCheck(ctx), converter.LimitsFrom(ctx).MaxTOCBytes)
 	if err == nil {
 		_, err = io.Copy(io.Discard, tarReader) // nothing but the gzip trailer, read by zlib
 	}

@@ -10,21 +10,30 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"sync"
 
 	"compress/flate"
 	"github.com/awslabs/soci-snapshotter/ztoc"
 	"github.com/awslabs/soci-snapshotter/ztoc/compression"
+	fbs "github.com/awslabs/soci-snapshotter/ztoc/fbs/ztoc"
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lazyconv/lazyconv/converter"
 	"github.com/lazyconv/lazyconv/internal/layerio"
 )
 
 // maxZTOCBytes bounds a zTOC read to be checked: its checkpoints' bound and
 // as much again for its file table.
 const maxZTOCBytes = 2 * maxCheckpointBytes
+
+// maxDeflateRatio is the most bytes one byte of deflate can inflate to.
+const maxDeflateRatio = 1032
+
+// maxInflight bounds the bytes of the spans a check holds at once.
+const maxInflight = 256 << 20
 
 // maxSpanSlack bounds how far a span may run past the span size: a span
 // ends at the first deflate block boundary after it, and zlib's blocks hold
@@ -69,6 +78,9 @@ func VerifyZTOC(ctx context.Context, cs content.Store, layer ocispec.Descriptor,
 	if err != nil {
 		return Report{}, err
 	}
+	if err := decodedSize(b, converter.LimitsFrom(ctx)); err != nil {
+		return Report{}, fmt.Errorf("zTOC %s: %v: %w", z.Digest, err, errdefs.ErrInvalidArgument)
+	}
 	zt, err := unmarshal(b)
 	if err != nil {
 		return Report{}, fmt.Errorf("zTOC %s: %v: %w", z.Digest, err, errdefs.ErrInvalidArgument)
@@ -83,8 +95,8 @@ func VerifyZTOC(ctx context.Context, cs content.Store, layer ocispec.Descriptor,
 		return invalid("compression %q, not gzip", zt.CompressionAlgorithm)
 	case int64(zt.CompressedArchiveSize) != layer.Size:
 		return invalid("it indexes %d compressed bytes, the layer has %d", zt.CompressedArchiveSize, layer.Size)
-	case zt.UncompressedArchiveSize < 0:
-		return invalid("negative uncompressed size")
+	case zt.UncompressedArchiveSize < 0 || int64(zt.UncompressedArchiveSize) > layer.Size*maxDeflateRatio+maxTrailingBytes:
+		return invalid("it gives the tar as %d bytes, which %d bytes of gzip cannot hold", zt.UncompressedArchiveSize, layer.Size)
 	case len(zt.Checkpoints) > maxCheckpointBytes:
 		return invalid("%d bytes of checkpoints, beyond the limit of %d", len(zt.Checkpoints), maxCheckpointBytes)
 	case len(zt.SpanDigests) != int(zt.MaxSpanID)+1:
@@ -115,20 +127,23 @@ func VerifyZTOC(ctx context.Context, cs content.Store, layer ocispec.Descriptor,
 	defer ra.Close()
 
 	// The spans are inflated on every core and written in order into a
-	// pipe, which the tar's digest and soci's TOC builder read.
+	// pipe, which the tar's digest and its parse read (the paths and
+	// limits checked as every layer's, the file table listed as soci's
+	// builder lists it).
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(inflateSpans(ctx, ra, spans, zt.SpanDigests, pw)) }()
+	inflated := make(chan struct{})
+	go func() {
+		defer close(inflated)
+		pw.CloseWithError(inflateSpans(ctx, ra, spans, zt.SpanDigests, pw, o.SpanSize))
+	}()
 	h := digest.SHA256.Digester()
-	tarStream := layerio.Inspect(ctx, io.TeeReader(pr, h.Hash())) // paths and limits, as every layer read
-	defer tarStream.Close()
-	toc, tarSize, err := fileTable(tarStream)
+	tarStream := io.TeeReader(pr, h.Hash())
+	toc, tarSize, err := tarTable(tarStream, layerio.NewCheck(ctx), converter.LimitsFrom(ctx).MaxTOCBytes)
 	if err == nil {
 		_, err = io.Copy(io.Discard, tarStream)
 	}
-	if err == nil {
-		err = tarStream.Checked()
-	}
 	pr.CloseWithError(err)
+	<-inflated // no span is read once this returns
 	if errors.Is(err, errShifted) {
 		return verifyByBuilding(ctx, cs, layer, diffID, z, o, len(spans))
 	}
@@ -142,7 +157,7 @@ func VerifyZTOC(ctx context.Context, cs content.Store, layer ocispec.Descriptor,
 		return invalid("its spans inflate to %s, not the layer's tar %s", h.Digest(), diffID)
 	}
 	if tarSize != zt.UncompressedArchiveSize {
-		return invalid("it gives the tar as %d bytes, soci's builder counts %d", zt.UncompressedArchiveSize, tarSize)
+		return invalid("it gives the tar as %d bytes, its parse counts %d", zt.UncompressedArchiveSize, tarSize)
 	}
 	// The file table is compared as soci writes it: the zTOC with this
 	// file table in place of its own must be the same bytes.
@@ -181,6 +196,48 @@ func verifyByBuilding(ctx context.Context, cs content.Store, layer ocispec.Descr
 		spans = int(zt.MaxSpanID) + 1
 	}
 	return Report{Spans: spans, Files: len(zt.FileMetadata), Bytes: int64(zt.UncompressedArchiveSize), Rebuilt: true}, nil
+}
+
+// decodedSize refuses a zTOC whose decoded file table would pass the
+// limits (its strings max_toc_bytes, its entries max_entries): soci's
+// decoder copies every entry, and a flatbuffer may list one table, or
+// point every entry at one string, any number of times. It walks the
+// buffer with the generated accessors, which copy nothing.
+func decodedSize(b []byte, limits converter.Limits) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("malformed zTOC: %v", r)
+		}
+	}()
+	root := fbs.GetRootAsZtoc(b, 0)
+	if ci := root.CompressionInfo(nil); ci != nil && (ci.CheckpointsLength() > maxCheckpointBytes || ci.SpanDigestsLength() > maxCheckpointBytes/windowSize+1) {
+		return fmt.Errorf("%d bytes of checkpoints and %d span digests, beyond the limit", ci.CheckpointsLength(), ci.SpanDigestsLength())
+	}
+	toc := root.Toc(nil)
+	if toc == nil {
+		return nil
+	}
+	if n := int64(toc.MetadataLength()); converter.Exceeds(n, limits.MaxEntries) {
+		return fmt.Errorf("its file table has %d entries, beyond the limit of %d (max_entries)", n, limits.MaxEntries)
+	}
+	var total int64
+	var fm fbs.FileMetadata
+	var x fbs.Xattr
+	for i := range toc.MetadataLength() {
+		if !toc.Metadata(&fm, i) {
+			return fmt.Errorf("file table entry %d is missing", i)
+		}
+		total += int64(len(fm.Name()) + len(fm.Type()) + len(fm.Linkname()) + len(fm.Uname()) + len(fm.Gname()) + len(fm.ModTime()))
+		for j := range fm.XattrsLength() {
+			if fm.Xattrs(&x, j) {
+				total += int64(len(x.Key()) + len(x.Value()))
+			}
+		}
+		if converter.Exceeds(total, limits.MaxTOCBytes) {
+			return fmt.Errorf("its file table decodes to more than %d bytes of names and xattrs (the limit; raise max_toc_bytes to check it)", limits.MaxTOCBytes)
+		}
+	}
+	return nil
 }
 
 // unmarshal parses a zTOC; the flatbuffers reader panics on some malformed
@@ -301,27 +358,38 @@ func spanLayout(cps []checkpoint, size, total, spanSize int64) ([]span, error) {
 // inflateSpans inflates each span from its checkpoint (soci's zlib code,
 // as the snapshotter does), on as many workers as there are cores, checks
 // each span's compressed digest, and writes the spans to w in order.
-func inflateSpans(ctx context.Context, ra io.ReaderAt, spans []span, digests []digest.Digest, w io.Writer) error {
+func inflateSpans(ctx context.Context, ra io.ReaderAt, spans []span, digests []digest.Digest, w io.Writer, spanSize int64) error {
 	type result struct {
 		data []byte
 		err  error
 	}
-	workers := runtime.GOMAXPROCS(0)
-	slots := make(chan struct{}, workers) // spans in memory: inflating or waiting to be written
+	// Spans in memory (inflating or waiting to be written) hold up to twice
+	// a span each (compressed and inflated): as many as there are cores,
+	// within maxInflight.
+	workers := max(1, min(runtime.GOMAXPROCS(0), int(maxInflight/(2*(spanSize+maxSpanSlack)))))
+	slots := make(chan struct{}, workers)
 	results := make([]chan result, len(spans))
 	for i := range results {
 		results[i] = make(chan result, 1)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	var running sync.WaitGroup
+	defer func() {
+		cancel()
+		running.Wait() // every span inflated or abandoned before the blob closes
+	}()
+	running.Add(1)
 	go func() {
+		defer running.Done()
 		for i, s := range spans {
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
 				return
 			}
+			running.Add(1)
 			go func() {
+				defer running.Done()
 				data, err := inflateSpan(ra, s, digests[i])
 				results[i] <- result{data, err}
 			}()
@@ -355,8 +423,8 @@ func inflateSpans(ctx context.Context, ra io.ReaderAt, spans []span, digests []d
 // alone, as soci-snapshotter inflates it.
 func inflateSpan(ra io.ReaderAt, s span, want digest.Digest) ([]byte, error) {
 	buf := make([]byte, s.cEnd-s.cStart)
-	if _, err := ra.ReadAt(buf, s.cStart); err != nil {
-		return nil, err
+	if n, err := ra.ReadAt(buf, s.cStart); n < len(buf) {
+		return nil, fmt.Errorf("reading span %d: %w", s.id, err)
 	}
 	if got := digest.FromBytes(buf); got != want {
 		return nil, fmt.Errorf("span %d's compressed bytes are %s, the zTOC says %s", s.id, got, want)
