@@ -257,3 +257,25 @@ func gzipBytes(t *testing.T, b []byte) []byte {
 	require.NoError(t, zw.Close())
 	return out.Bytes()
 }
+
+// image verify checks what a SOCI index lists before it fetches it: a zTOC
+// declared at 50 GiB is refused, not downloaded.
+func TestVerifyFetchesNoOversizedZTOC(t *testing.T) {
+	f := convertertest.NewFixture(t)
+	layer, diffID := textLayer(t, f, "app", 2)
+	huge := ocispec.Descriptor{MediaType: sociapi.SociLayerMediaType, Digest: digest.FromString("huge"), Size: 50 << 30,
+		Annotations: map[string]string{sociapi.IndexAnnotationImageLayerDigest: layer.Digest.String(), sociapi.IndexAnnotationSociSpanSize: "4194304"}}
+	idx := writeManifest(t, f, ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: sociapi.SociIndexArtifactTypeV2,
+		Layers: []ocispec.Descriptor{huge}}, nil)
+	m := ocispec.Manifest{Layers: []ocispec.Descriptor{layer}, Annotations: map[string]string{sociapi.ImageAnnotationSociIndexDigest: idx.Digest.String()}}
+	var fetched []digest.Digest
+	checks, err := soci.Verifier().VerifyManifest(f.Ctx, f.CS, m, []digest.Digest{diffID}, func(_ context.Context, d ocispec.Descriptor) error {
+		fetched = append(fetched, d.Digest)
+		return nil
+	})
+	require.NoError(t, err)
+	require.Len(t, checks, 1)
+	require.Error(t, checks[0].Err)
+	assert.True(t, errdefs.IsInvalidArgument(checks[0].Err), "%v", checks[0].Err)
+	assert.NotContains(t, fetched, huge.Digest, "not fetched")
+}
