@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 
 	"github.com/awslabs/soci-snapshotter/ztoc"
 	"github.com/awslabs/soci-snapshotter/ztoc/compression"
@@ -25,7 +26,8 @@ import (
 // it (to the end-of-archive marker). Verification compares it with soci's
 // own builder (VerifyZTOC), and TestZTOCsAndIndexAreSoci with soci's output.
 func tarTable(r io.Reader, check *layerio.Check, maxBytes int64) (ztoc.TOC, compression.Offset, error) {
-	pt := &positionReader{r: r}
+	var pos atomic.Int64 // where the reader stands in the tar
+	pt := &layerio.CountingReader{R: r, N: &pos}
 	tr := tar.NewReader(pt)
 	var md []ztoc.FileMetadata
 	var headerAt, held int64
@@ -52,13 +54,13 @@ func tarTable(r io.Reader, check *layerio.Check, maxBytes int64) (ztoc.TOC, comp
 		if !ok {
 			return ztoc.TOC{}, 0, fmt.Errorf("entry %q has tar type %q, which soci does not index: %w", h.Name, h.Typeflag, errdefs.ErrInvalidArgument)
 		}
-		e := ztoc.FileMetadata{Name: h.Name, Type: typ, UncompressedOffset: compression.Offset(pt.n), UncompressedSize: compression.Offset(h.Size),
+		e := ztoc.FileMetadata{Name: h.Name, Type: typ, UncompressedOffset: compression.Offset(pos.Load()), UncompressedSize: compression.Offset(h.Size),
 			TarHeaderOffset: compression.Offset(headerAt), Linkname: h.Linkname, Mode: h.Mode, UID: h.Uid, GID: h.Gid, Uname: h.Uname,
 			Gname: h.Gname, ModTime: h.ModTime, Devmajor: h.Devmajor, Devminor: h.Devminor, PAXHeaders: h.PAXRecords}
 		md = append(md, e)
 		headerAt = int64(ztoc.AlignToTarBlock(e.UncompressedOffset + e.UncompressedSize))
 	}
-	size := pt.n
+	size := pos.Load()
 	limit := check.MaxTrailing()
 	var trailing int64
 	var err error
@@ -99,16 +101,4 @@ func entryBytes(h *tar.Header) int64 {
 var fileTypes = map[byte]string{
 	tar.TypeLink: "hardlink", tar.TypeSymlink: "symlink", tar.TypeDir: "dir", tar.TypeReg: "reg",
 	tar.TypeChar: "char", tar.TypeBlock: "block", tar.TypeFifo: "fifo",
-}
-
-// positionReader counts what it reads.
-type positionReader struct {
-	r io.Reader
-	n int64
-}
-
-func (p *positionReader) Read(b []byte) (int, error) {
-	n, err := p.r.Read(b)
-	p.n += int64(n)
-	return n, err
 }

@@ -177,12 +177,7 @@ func TestSparseLayersGetNoZTOC(t *testing.T) {
 // manifest, marked unverified, not by the layer's label.
 func TestTrustedZTOCsAreNotCached(t *testing.T) {
 	opts := soci.Options{SpanSize: 512 << 10, MinLayerSize: 1 << 10}
-	a := convertertest.NewFixture(t)
-	img := image(t, a)
-	honest, err := a.Conv.ConvertImage(a.Ctx, a.Store.ImageStore(), img.Name, img.Name+"-soci", sociImage(opts))
-	require.NoError(t, err)
-	var idx ocispec.Index
-	readJSON(t, a, honest.Image.Target, &idx)
+	a, img, honest, idx := publisher(t, opts)
 	var pm, si ocispec.Manifest
 	readJSON(t, a, idx.Manifests[0], &pm)
 	readJSON(t, a, idx.Manifests[1], &si)

@@ -13,6 +13,7 @@ import (
 	sociapi "github.com/awslabs/soci-snapshotter/soci"
 	"github.com/awslabs/soci-snapshotter/ztoc"
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/stretchr/testify/assert"
@@ -66,12 +67,7 @@ func cs(ctx context.Context) content.Store { return ctx.Value(csKey{}).(content.
 // warning, and the image is converted here to the honest digest.
 func TestPublishedSOCIConversions(t *testing.T) {
 	opts := soci.Options{SpanSize: 512 << 10, MinLayerSize: 1 << 10}
-	a := convertertest.NewFixture(t)
-	img := image(t, a)
-	honest, err := a.Conv.ConvertImage(a.Ctx, a.Store.ImageStore(), img.Name, img.Name+"-soci", sociImage(opts))
-	require.NoError(t, err)
-	var idx ocispec.Index
-	readJSON(t, a, honest.Image.Target, &idx)
+	a, img, honest, idx := publisher(t, opts)
 	published := idx.Manifests[0]
 	var pm ocispec.Manifest
 	readJSON(t, a, published, &pm)
@@ -141,6 +137,19 @@ func TestPublishedSOCIConversions(t *testing.T) {
 			assert.Equal(t, tc.trusted, mi.Labels[labels.AdoptedUnverified] != "", "only a trusted adoption is unverified")
 		})
 	}
+}
+
+// publisher is another node's store holding the image and its SOCI
+// conversion (and that conversion's image index).
+func publisher(t *testing.T, opts soci.Options) (*convertertest.Fixture, images.Image, *converter.ImageResult, ocispec.Index) {
+	t.Helper()
+	a := convertertest.NewFixture(t)
+	img := image(t, a)
+	honest, err := a.Conv.ConvertImage(a.Ctx, a.Store.ImageStore(), img.Name, img.Name+"-soci", sociImage(opts))
+	require.NoError(t, err)
+	var idx ocispec.Index
+	readJSON(t, a, honest.Image.Target, &idx)
+	return a, img, honest, idx
 }
 
 func readJSON(t *testing.T, f *convertertest.Fixture, d ocispec.Descriptor, v any) {
