@@ -40,6 +40,9 @@ var bins struct {
 	// referrersRegistry is go-containerregistry's registry with the OCI
 	// referrers API (integration/referrersregistry).
 	referrersRegistry string
+	// sociSnapshotter is soci-snapshotter's snapshotter service behind a
+	// main of lazyconv's (integration/socisnapshotter).
+	sociSnapshotter string
 	// upstreamCtr is containerd v2.4's own ctr; ctr is lazyconv's.
 	upstreamCtr, ctr string
 }
@@ -77,6 +80,7 @@ func buildBinaries() error {
 	bins.stockContainerd = filepath.Join(bins.dir, "stock", "containerd")
 	bins.registry = filepath.Join(bins.dir, "registry")
 	bins.referrersRegistry = filepath.Join(bins.dir, "referrersregistry")
+	bins.sociSnapshotter = filepath.Join(bins.dir, "socisnapshotter")
 	bins.upstreamCtr = filepath.Join(bins.dir, "upstream", "ctr")
 	bins.ctr = filepath.Join(bins.dir, "ctr")
 	for _, b := range []struct{ out, pkg string }{
@@ -91,6 +95,9 @@ func buildBinaries() error {
 	}
 	// A module of its own (its dependency is not lazyconv's).
 	if err := goCmd(filepath.Join(repo, "integration", "referrersregistry"), nil, "build", "-o", bins.referrersRegistry, "."); err != nil {
+		return err
+	}
+	if err := goCmd(filepath.Join(repo, "integration", "socisnapshotter"), nil, "build", "-o", bins.sociSnapshotter, "."); err != nil {
 		return err
 	}
 	for _, b := range []struct{ out, module string }{
