@@ -22,6 +22,9 @@ import (
 type ManifestFormat interface {
 	// Variant names the format with every option that changes its output.
 	Variant() string
+	// Reads reports whether the format reads this layer's blob (a layer it
+	// reads not is never fetched for it).
+	Reads(layer ocispec.Descriptor) bool
 	// Cached reports whether what Annotate builds for these layers is
 	// already here (a registry is then not asked for it).
 	Cached(ctx context.Context, cs content.Store, layers []ocispec.Descriptor) bool
@@ -154,7 +157,8 @@ func (w *imageWalk) tryAnnotatedShared(ctx context.Context, desc ocispec.Descrip
 	return out, nil
 }
 
-// ensureLayers makes the layers of the manifest desc local (EnsureLayer):
+// ensureLayers makes the layers of the manifest desc that the format reads
+// local (EnsureLayer):
 // a manifest format reads the layer blobs themselves, so a layer that is
 // here only as its snapshot's files cannot be used.
 func (w *imageWalk) ensureLayers(ctx context.Context, desc ocispec.Descriptor, layers []ocispec.Descriptor) error {
@@ -162,6 +166,9 @@ func (w *imageWalk) ensureLayers(ctx context.Context, desc ocispec.Descriptor, l
 		return nil
 	}
 	for i, l := range layers {
+		if !w.opts.Manifests.Reads(l) {
+			continue
+		}
 		if _, err := w.c.cs.Info(ctx, l.Digest); err == nil {
 			continue
 		}

@@ -33,6 +33,9 @@ type manifests struct{ o Options }
 // layer size when they are not.
 func (m manifests) Variant() string { return options.Variant("soci", m.o, DefaultOptions()) }
 
+// Reads reports whether the layer gets a zTOC (the others are not read).
+func (m manifests) Reads(layer ocispec.Descriptor) bool { return m.o.indexes(layer) }
+
 // Cached reports whether every layer that gets a zTOC has one here.
 func (m manifests) Cached(ctx context.Context, cs content.Store, layers []ocispec.Descriptor) bool {
 	for _, l := range layers {

@@ -172,3 +172,23 @@ func writeManifest(t *testing.T, f *convertertest.Fixture, m ocispec.Manifest, a
 	require.NoError(t, content.WriteBlob(f.Ctx, f.CS, "m-"+d.Digest.Encoded(), bytes.NewReader(b), d))
 	return d
 }
+
+// A layer that gets no zTOC is never fetched for one: converting an image
+// whose small layer is not here (a lazy pull) asks for none of its layers.
+func TestLayersBelowTheMinimumAreNotFetched(t *testing.T) {
+	f := convertertest.NewFixture(t)
+	img := image(t, f)
+	var m ocispec.Manifest
+	readJSON(t, f, img.Target, &m)
+	small := m.Layers[1]
+	require.NoError(t, f.CS.Delete(f.Ctx, small.Digest))
+	var asked []digest.Digest
+	o := sociImage(soci.Options{SpanSize: 512 << 10, MinLayerSize: 1 << 10})
+	o.EnsureLayer = func(_ context.Context, l, _ ocispec.Descriptor, _ int, _ converter.LayerReport) (converter.Ensured, error) {
+		asked = append(asked, l.Digest)
+		return converter.Ensured{Desc: l}, nil
+	}
+	_, err := f.Conv.ConvertImage(f.Ctx, f.Store.ImageStore(), img.Name, img.Name+"-soci", o)
+	require.NoError(t, err)
+	assert.Empty(t, asked, "the small layer (below the minimum) is not fetched")
+}
