@@ -164,6 +164,10 @@ type Engine struct {
 	reconcile chan struct{}
 	// idle is closed and replaced when no key is queued, running or waiting.
 	idleCh chan struct{}
+	// started: Start ran; reconciled is closed once its first reconcile is
+	// done (WaitIdle waits for it).
+	started    bool
+	reconciled chan struct{}
 }
 
 // New returns an engine converting in is with worker. namespaces lists the
@@ -174,12 +178,16 @@ func New(cfg Config, is images.Store, namespaces func(context.Context) ([]string
 		return nil, err
 	}
 	return &Engine{cfg: cfg.withDefaults(), is: is, namespaces: namespaces, worker: worker, pub: pub, metrics: ruleMetrics(),
-		entries: map[key]*entry{}, ready: make(chan struct{}, 1), reconcile: make(chan struct{}, 1), idleCh: make(chan struct{})}, nil
+		entries: map[key]*entry{}, ready: make(chan struct{}, 1), reconcile: make(chan struct{}, 1), idleCh: make(chan struct{}),
+		reconciled: make(chan struct{})}, nil
 }
 
 // Start runs the workers and reconcile (now, then every ReconcileInterval)
 // until ctx is done.
 func (e *Engine) Start(ctx context.Context) {
+	e.mu.Lock()
+	e.started = true
+	e.mu.Unlock()
 	for range e.cfg.Workers {
 		go e.work(ctx)
 	}
@@ -505,9 +513,20 @@ func (e *Engine) label(ctx context.Context, img images.Image, set map[string]str
 	}
 }
 
-// WaitIdle waits until no key is queued, running or waiting (or ctx is
-// done): for tests and benchmarks.
+// WaitIdle waits until the first reconcile of a started engine is done and
+// no key is queued, running or waiting (or ctx is done): for tests and
+// benchmarks.
 func (e *Engine) WaitIdle(ctx context.Context) error {
+	e.mu.Lock()
+	started := e.started
+	e.mu.Unlock()
+	if started {
+		select {
+		case <-e.reconciled:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	for {
 		e.mu.Lock()
 		n, ch := len(e.entries), e.idleCh

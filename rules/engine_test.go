@@ -452,6 +452,7 @@ func TestNotified(t *testing.T) {
 		f := newFixture(t, rules.Config{Rules: []rules.Rule{pushing, local}, ReconcileInterval: time.Hour}, p.worker)
 		f.e = mustEngine(t, f, rules.Config{Rules: []rules.Rule{pushing, local}, ReconcileInterval: time.Hour}, p)
 		f.e.Start(f.ctx)
+		f.idle(t) // the start-up reconcile is done: it would queue the local rule too for what the notification pulls
 		require.NoError(t, f.e.Notified(f.ctx, "test", []notifications.Push{push("v1", "a"), push("v1-esgz", "b"), {Host: "registry.example.com", Repository: "app", Digest: digest.FromString("c")}}))
 		f.idle(t)
 		require.NoError(t, f.e.Notified(f.ctx, "test", []notifications.Push{push("v1", "a")}))

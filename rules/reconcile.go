@@ -19,9 +19,14 @@ import (
 func (e *Engine) reconcileLoop(ctx context.Context) {
 	tick := time.NewTicker(e.cfg.ReconcileInterval)
 	defer tick.Stop()
+	first := true
 	for {
 		if err := e.Reconcile(ctx); err != nil && ctx.Err() == nil {
 			log.G(ctx).WithError(err).Warn("lazyconv: rule reconcile")
+		}
+		if first {
+			close(e.reconciled)
+			first = false
 		}
 		select {
 		case <-tick.C:
