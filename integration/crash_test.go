@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/content"
@@ -137,4 +138,63 @@ func reachableContent(t *testing.T, ctx context.Context, c *containerd.Client) m
 		}), img.Target))
 	}
 	return seen
+}
+
+// A SOCI conversion killed (SIGKILL) at any moment leaves nothing half-made:
+// after the restarts the retry gives the image an uninterrupted conversion
+// gives, it verifies, and a collection leaves nothing orphaned.
+func TestKilledMidSOCIConversionRecovers(t *testing.T) {
+	requireRoot(t)
+	d := startDaemon(t, bins.containerdLazyconv, testConfig)
+	img := newTestImage(t, "example.com/socibig:v1", 48<<20)
+	mustLazyconv(t, "--address", d.address, "image", "import", img.archive)
+	ctx := nsContext("default")
+	req := &api.ConvertRequest{Source: img.name, Target: "example.com/socibig:soci", Format: "soci", Oci: true,
+		Options: map[string]string{"min-layer-size": "0", "span-size": "65536"}}
+
+	// Killed at three moments of the conversion (while its zTOCs are built,
+	// stored, linked or bound), restarting each time.
+	var c *containerd.Client
+	for _, after := range []time.Duration{30 * time.Millisecond, 120 * time.Millisecond, 400 * time.Millisecond} {
+		c = d.client(t)
+		stream, err := converterClient(t, c).Convert(ctx, req)
+		require.NoError(t, err)
+		_, err = stream.Recv() // the conversion has started
+		require.NoError(t, err)
+		time.Sleep(after)
+		d.kill()
+		c.Close()
+		d.start()
+	}
+	c = d.client(t)
+	stream, err := converterClient(t, c).Convert(ctx, req)
+	require.NoError(t, err)
+	_, err = api.ReceiveConvert(stream, nil)
+	require.NoError(t, err)
+	got, err := c.ImageService().Get(ctx, req.Target)
+	require.NoError(t, err)
+
+	// The same as a conversion nothing interrupted, on a fresh daemon.
+	fresh := startDaemon(t, bins.containerdLazyconv, testConfig)
+	mustLazyconv(t, "--address", fresh.address, "image", "import", img.archive)
+	fc := fresh.client(t)
+	stream, err = converterClient(t, fc).Convert(ctx, req)
+	require.NoError(t, err)
+	_, err = api.ReceiveConvert(stream, nil)
+	require.NoError(t, err)
+	want, err := fc.ImageService().Get(ctx, req.Target)
+	require.NoError(t, err)
+	assert.Equal(t, want.Target.Digest, got.Target.Digest, "the retry gives the uninterrupted conversion's image")
+	verified := mustLazyconv(t, "--address", d.address, "image", "verify", req.Target)
+	assert.Contains(t, verified, "lazy-pull layers verified")
+
+	collect(t, ctx, c)
+	statuses, err := c.ContentStore().ListStatuses(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, statuses, "no ingest survives")
+	reachable := reachableContent(t, ctx, c)
+	require.NoError(t, c.ContentStore().Walk(ctx, func(info content.Info) error {
+		assert.Contains(t, reachable, info.Digest, "%s is orphaned", info.Digest)
+		return nil
+	}))
 }
