@@ -82,6 +82,25 @@ func TestKilledMidConversionRecovers(t *testing.T) {
 	assertConvertedImage(t, ctx, c.ContentStore(), c.ImageService(), "example.com/big:esgz", img)
 
 	// After a collection, nothing half-written or unreferenced survives.
+	assertNothingLeftOver(t, ctx, c)
+}
+
+// convertNow runs a conversion to its end and returns its target image.
+func convertNow(t *testing.T, ctx context.Context, c *containerd.Client, req *api.ConvertRequest) images.Image {
+	t.Helper()
+	stream, err := converterClient(t, c).Convert(ctx, req)
+	require.NoError(t, err)
+	_, err = api.ReceiveConvert(stream, nil)
+	require.NoError(t, err)
+	img, err := c.ImageService().Get(ctx, req.Target)
+	require.NoError(t, err)
+	return img
+}
+
+// assertNothingLeftOver collects garbage and checks that no ingest and no
+// unreachable blob survive.
+func assertNothingLeftOver(t *testing.T, ctx context.Context, c *containerd.Client) {
+	t.Helper()
 	collect(t, ctx, c)
 	statuses, err := c.ContentStore().ListStatuses(ctx)
 	require.NoError(t, err)
@@ -167,34 +186,15 @@ func TestKilledMidSOCIConversionRecovers(t *testing.T) {
 		d.start()
 	}
 	c = d.client(t)
-	stream, err := converterClient(t, c).Convert(ctx, req)
-	require.NoError(t, err)
-	_, err = api.ReceiveConvert(stream, nil)
-	require.NoError(t, err)
-	got, err := c.ImageService().Get(ctx, req.Target)
-	require.NoError(t, err)
+	got := convertNow(t, ctx, c, req)
 
 	// The same as a conversion nothing interrupted, on a fresh daemon.
 	fresh := startDaemon(t, bins.containerdLazyconv, testConfig)
 	mustLazyconv(t, "--address", fresh.address, "image", "import", img.archive)
-	fc := fresh.client(t)
-	stream, err = converterClient(t, fc).Convert(ctx, req)
-	require.NoError(t, err)
-	_, err = api.ReceiveConvert(stream, nil)
-	require.NoError(t, err)
-	want, err := fc.ImageService().Get(ctx, req.Target)
-	require.NoError(t, err)
+	want := convertNow(t, ctx, fresh.client(t), req)
 	assert.Equal(t, want.Target.Digest, got.Target.Digest, "the retry gives the uninterrupted conversion's image")
 	verified := mustLazyconv(t, "--address", d.address, "image", "verify", req.Target)
 	assert.Contains(t, verified, "lazy-pull layers verified")
 
-	collect(t, ctx, c)
-	statuses, err := c.ContentStore().ListStatuses(ctx)
-	require.NoError(t, err)
-	assert.Empty(t, statuses, "no ingest survives")
-	reachable := reachableContent(t, ctx, c)
-	require.NoError(t, c.ContentStore().Walk(ctx, func(info content.Info) error {
-		assert.Contains(t, reachable, info.Digest, "%s is orphaned", info.Digest)
-		return nil
-	}))
+	assertNothingLeftOver(t, ctx, c)
 }

@@ -49,20 +49,23 @@ func (s *Service) VerifyImage(ctx context.Context, req *api.VerifyRequest) (*api
 	var layers []layerOf
 	var claimed []claimedManifest
 	handler := images.HandlerFunc(func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
-		children, err := images.Children(ctx, s.cs, desc)
-		if images.IsManifestType(desc.MediaType) {
-			if c, ok := s.claim(ctx, desc); ok {
-				claimed = append(claimed, c)
-				return nil, err
-			}
-			for _, c := range children {
-				if images.IsLayerType(c.MediaType) {
-					layers = append(layers, layerOf{c, desc})
-				}
-			}
+		if !images.IsManifestType(desc.MediaType) {
+			return images.Children(ctx, s.cs, desc)
+		}
+		var m ocispec.Manifest // read once: for a format's claim and for its layers
+		if _, err := converter.ReadDocument(ctx, s.cs, &m, desc); err != nil {
 			return nil, err
 		}
-		return children, err
+		if c, ok := s.claim(ctx, desc, m); ok {
+			claimed = append(claimed, c)
+			return nil, nil
+		}
+		for _, l := range m.Layers {
+			if images.IsLayerType(l.MediaType) {
+				layers = append(layers, layerOf{l, desc})
+			}
+		}
+		return nil, nil
 	})
 	if err := images.Walk(ctx, images.FilterPlatforms(handler, pm), img.Target); err != nil {
 		return nil, err
@@ -119,12 +122,8 @@ type claimedManifest struct {
 	verifier converter.ManifestVerifier
 }
 
-// claim finds the verifier of a format that claims the manifest desc.
-func (s *Service) claim(ctx context.Context, desc ocispec.Descriptor) (claimedManifest, bool) {
-	var m ocispec.Manifest
-	if _, err := converter.ReadDocument(ctx, s.cs, &m, desc); err != nil {
-		return claimedManifest{}, false
-	}
+// claim finds the verifier of a format that claims the manifest m (desc).
+func (s *Service) claim(ctx context.Context, desc ocispec.Descriptor, m ocispec.Manifest) (claimedManifest, bool) {
 	for _, f := range s.formats.Formats {
 		v := f.Verifier()
 		if v == nil || !v.Claims(m) {

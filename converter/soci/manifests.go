@@ -39,18 +39,7 @@ func (m manifests) Reads(layer ocispec.Descriptor) bool { return m.o.indexes(lay
 // Cached reports whether every layer that gets a zTOC has one here.
 func (m manifests) Cached(ctx context.Context, cs content.Store, layers []ocispec.Descriptor) bool {
 	for _, l := range layers {
-		if !m.o.indexes(l) {
-			continue
-		}
-		info, err := cs.Info(ctx, l.Digest)
-		if err != nil {
-			return false
-		}
-		z, ok := labels.Variant(info, m.o.variant())
-		if !ok {
-			return false
-		}
-		if _, err := cs.Info(ctx, z); err != nil {
+		if _, _, ok := cachedZTOC(ctx, cs, l, m.o); m.o.indexes(l) && !ok {
 			return false
 		}
 	}
@@ -117,8 +106,8 @@ func (m manifests) Adopt(ctx context.Context, cs content.Store, layers []ocispec
 	}
 	ztocs := make([]ocispec.Descriptor, len(indexed))
 	for j, z := range idx.Layers {
-		if z.MediaType != soci.SociLayerMediaType || z.Size <= 0 || z.Size > maxZTOCBytes || z.Digest.Validate() != nil {
-			return invalid("its SOCI index lists %s (%q, %d bytes), which is no zTOC here", z.Digest, z.MediaType, z.Size)
+		if err := checkZTOCDescriptor(z); err != nil {
+			return nil, nil, err
 		}
 		ztocs[j] = *annotated(ocispec.Descriptor{MediaType: soci.SociLayerMediaType, Digest: z.Digest, Size: z.Size}, layers[indexed[j]], m.o)
 	}
@@ -157,6 +146,15 @@ func (m manifests) Adopt(ctx context.Context, cs content.Store, layers []ocispec
 }
 
 var _ converter.ManifestFormat = manifests{}
+
+// checkZTOCDescriptor refuses an entry of a SOCI index that is not a zTOC
+// within the size a check reads, before anything is fetched for it.
+func checkZTOCDescriptor(z ocispec.Descriptor) error {
+	if z.MediaType != soci.SociLayerMediaType || z.Size <= 0 || z.Size > maxZTOCBytes || z.Digest.Validate() != nil {
+		return fmt.Errorf("the SOCI index lists %s (%q, %d bytes), which is no zTOC here: %w", z.Digest, z.MediaType, z.Size, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
 
 // Verifier checks the zTOCs of SOCI-enabled manifests against their layers
 // (VerifyZTOC), at the span size each zTOC's index entry gives.
@@ -201,8 +199,8 @@ func (verifier) VerifyManifest(ctx context.Context, cs content.Store, m ocispec.
 			if err != nil {
 				return fmt.Errorf("zTOC %s gives no span size: %w", z.Digest, errdefs.ErrInvalidArgument)
 			}
-			if z.MediaType != soci.SociLayerMediaType || z.Size <= 0 || z.Size > maxZTOCBytes || z.Digest.Validate() != nil {
-				return fmt.Errorf("the SOCI index lists %s (%q, %d bytes), which is no zTOC here: %w", z.Digest, z.MediaType, z.Size, errdefs.ErrInvalidArgument)
+			if err := checkZTOCDescriptor(z); err != nil {
+				return err
 			}
 			layer := m.Layers[pos]
 			for _, b := range []ocispec.Descriptor{layer, z} {

@@ -78,6 +78,23 @@ func (o Options) indexes(layer ocispec.Descriptor) bool {
 	return err == nil && comp == converter.Gzip && layer.Size >= o.MinLayerSize
 }
 
+// cachedZTOC is the stored zTOC the layer's variant label names, if any.
+func cachedZTOC(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Options) (digest.Digest, int64, bool) {
+	info, err := cs.Info(ctx, layer.Digest)
+	if err != nil {
+		return "", 0, false
+	}
+	cached, ok := labels.Variant(info, o.variant())
+	if !ok {
+		return "", 0, false
+	}
+	ci, err := cs.Info(ctx, cached)
+	if err != nil {
+		return "", 0, false
+	}
+	return cached, ci.Size, true
+}
+
 // ZTOC returns the zTOC descriptor of a layer (with soci's annotations),
 // building it and storing it in cs (under ctx's lease) unless the layer's
 // variant label already names a stored one. A layer smaller than
@@ -90,16 +107,13 @@ func ZTOC(ctx context.Context, cs content.Store, layer ocispec.Descriptor, o Opt
 	if !o.indexes(layer) {
 		return nil, nil
 	}
-	info, err := cs.Info(ctx, layer.Digest)
-	if err != nil {
+	if _, err := cs.Info(ctx, layer.Digest); err != nil {
 		return nil, err
 	}
 	desc := ocispec.Descriptor{MediaType: soci.SociLayerMediaType}
-	if cached, ok := labels.Variant(info, o.variant()); ok {
-		if ci, err := cs.Info(ctx, cached); err == nil {
-			desc.Digest, desc.Size = cached, ci.Size
-			return annotated(desc, layer, o), nil
-		}
+	if cached, size, ok := cachedZTOC(ctx, cs, layer, o); ok {
+		desc.Digest, desc.Size = cached, size
+		return annotated(desc, layer, o), nil
 	}
 	toc, _, err := build(ctx, cs, layer, o, false)
 	if errors.Is(err, errSparse) {

@@ -112,7 +112,12 @@ func VerifyZTOC(ctx context.Context, cs content.Store, layer ocispec.Descriptor,
 	if len(cps) != int(zt.MaxSpanID)+1 {
 		return invalid("%d checkpoints for %d spans", len(cps), int(zt.MaxSpanID)+1)
 	}
-	total, err := uncompressedSize(ctx, cs, layer, int64(zt.UncompressedArchiveSize))
+	ra, err := cs.ReaderAt(ctx, layer)
+	if err != nil {
+		return Report{}, err
+	}
+	defer ra.Close()
+	total, err := uncompressedSize(ra, layer.Size, int64(zt.UncompressedArchiveSize))
 	if err != nil {
 		return invalid("%v", err)
 	}
@@ -120,11 +125,6 @@ func VerifyZTOC(ctx context.Context, cs content.Store, layer ocispec.Descriptor,
 	if err != nil {
 		return invalid("%v", err)
 	}
-	ra, err := cs.ReaderAt(ctx, layer)
-	if err != nil {
-		return Report{}, err
-	}
-	defer ra.Close()
 
 	// The spans are inflated on every core and written in order into a
 	// pipe, which the tar's digest and its parse read (the paths and
@@ -296,20 +296,16 @@ func parseCheckpoints(b []byte) (int64, []checkpoint, error) {
 	return span, out, nil
 }
 
-// uncompressedSize is the length of the layer's tar: at least covered
-// (what the zTOC covers), and equal modulo 2^32 to the size the gzip
-// trailer gives; the tar may run past covered by at most maxTrailingBytes.
-func uncompressedSize(ctx context.Context, cs content.Store, layer ocispec.Descriptor, covered int64) (int64, error) {
-	if layer.Size < 18 {
+// uncompressedSize is the length of the tar of the gzip blob ra (size
+// bytes): at least covered (what the zTOC covers), and equal modulo 2^32 to
+// the size the gzip trailer gives; the tar may run past covered by at most
+// maxTrailingBytes.
+func uncompressedSize(ra io.ReaderAt, size, covered int64) (int64, error) {
+	if size < 18 {
 		return 0, fmt.Errorf("the layer is too short for gzip")
 	}
-	ra, err := cs.ReaderAt(ctx, layer)
-	if err != nil {
-		return 0, err
-	}
-	defer ra.Close()
 	var trailer [4]byte
-	if _, err := ra.ReadAt(trailer[:], layer.Size-4); err != nil {
+	if n, err := ra.ReadAt(trailer[:], size-4); n < len(trailer) {
 		return 0, err
 	}
 	isize := int64(binary.LittleEndian.Uint32(trailer[:]))
