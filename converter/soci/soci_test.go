@@ -167,7 +167,7 @@ func sociImage(o soci.Options) converter.ImageOptions {
 }
 
 func TestOptionsAreChecked(t *testing.T) {
-	for _, o := range []soci.Options{{SpanSize: 0}, {SpanSize: 100}, {SpanSize: 4 << 20, MinLayerSize: -1}} {
+	for _, o := range []soci.Options{{SpanSize: 0}, {SpanSize: 100}, {SpanSize: soci.MaxSpanSize + 1}, {SpanSize: 4 << 20, MinLayerSize: -1}} {
 		assert.True(t, errdefs.IsInvalidArgument(o.Validate()), "%+v", o)
 	}
 	require.NoError(t, soci.DefaultOptions().Validate())
